@@ -1,0 +1,304 @@
+import * as v from "valibot";
+import safeRegex from "safe-regex2";
+import { PolicySetSchema } from "./policy-schema.ts";
+
+// Every bound below exists so that a hostile or mistyped value is refused at apply time
+// instead of hurting a proxy at request time.
+const MAX_TIMEOUT_MS = 24 * 3600 * 1000;
+const MAX_WEIGHT = 1_000_000;
+const MAX_REGEX_LENGTH = 512;
+
+const Name = v.pipe(
+  v.string(),
+  v.regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, "must be a DNS label: lowercase letters, digits and '-'"),
+);
+const Port = v.pipe(v.number(), v.integer("must be an integer"), v.minValue(1), v.maxValue(65535));
+const DurationMs = v.pipe(
+  v.number(),
+  v.integer("must be an integer number of milliseconds"),
+  v.minValue(0, "must not be negative"),
+  v.maxValue(MAX_TIMEOUT_MS, "must be at most 24 hours"),
+);
+const PositiveDurationMs = v.pipe(
+  v.number(),
+  v.integer("must be an integer number of milliseconds"),
+  v.minValue(1, "must be at least 1 ms"),
+  v.maxValue(MAX_TIMEOUT_MS, "must be at most 24 hours"),
+);
+const ByteCount = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(2 ** 40));
+const HeaderName = v.pipe(v.string(), v.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "must be a valid HTTP header name"));
+const HeaderValue = v.pipe(v.string(), v.regex(/^[^\r\n\0]*$/, "must not contain CR, LF or NUL"));
+
+/** A regular expression that compiles, is bounded in length and has no catastrophic backtracking. */
+export const SafeRegex = v.pipe(
+  v.string(),
+  v.maxLength(MAX_REGEX_LENGTH, `must be at most ${MAX_REGEX_LENGTH} characters`),
+  v.check((s) => {
+    try {
+      new RegExp(s);
+      return true;
+    } catch {
+      return false;
+    }
+  }, "must be a valid regular expression"),
+  v.check((s) => safeRegex(s), "may backtrack catastrophically (nested or overlapping quantifiers)"),
+);
+
+const Host = v.pipe(
+  v.string(),
+  v.regex(/^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$|^\*$/i, "must be a host name, '*.suffix' or '*'"),
+);
+
+const StringMatch = v.union(
+  [
+    v.strictObject({ exact: v.string() }),
+    v.strictObject({ prefix: v.string() }),
+    v.strictObject({ regex: SafeRegex }),
+  ],
+  "must be one of { exact }, { prefix } or { regex }",
+);
+
+const PathMatch = v.union(
+  [
+    v.strictObject({ exact: v.pipe(v.string(), v.startsWith("/", "must start with '/'")) }),
+    v.strictObject({ prefix: v.pipe(v.string(), v.startsWith("/", "must start with '/'")) }),
+    v.strictObject({ regex: SafeRegex }),
+  ],
+  "must be one of { exact }, { prefix } or { regex }",
+);
+
+const HeaderMatch = v.union(
+  [
+    v.strictObject({ exact: v.string() }),
+    v.strictObject({ prefix: v.string() }),
+    v.strictObject({ regex: SafeRegex }),
+    v.strictObject({ present: v.literal(true) }),
+    v.strictObject({ absent: v.literal(true) }),
+  ],
+  "must be one of { exact }, { prefix }, { regex }, { present: true } or { absent: true }",
+);
+
+const Method = v.picklist(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]);
+
+/** One match condition; every field given must hold (AND). */
+export const RouteMatchSchema = v.strictObject({
+  /** Host names (exact or `*.suffix`); default: any host. */
+  hosts: v.optional(v.pipe(v.array(Host), v.minLength(1))),
+  /** Path match; default: any path. */
+  path: v.optional(PathMatch),
+  /** Methods; default: any method. */
+  methods: v.optional(v.pipe(v.array(Method), v.minLength(1))),
+  /** Header conditions keyed by header name (case-insensitive). */
+  headers: v.optional(v.record(HeaderName, HeaderMatch)),
+  /** Query parameter conditions keyed by parameter name. */
+  query: v.optional(v.record(v.pipe(v.string(), v.minLength(1)), v.union([StringMatch, v.strictObject({ present: v.literal(true) })]))),
+});
+
+const RetryOn = v.picklist(["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes"]);
+
+/** Retry policy; by default a request is tried once more on connect failure only. */
+export const RetryPolicySchema = v.strictObject({
+  /** Retries after the first try (default 1; 0 disables). */
+  attempts: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10)), 1),
+  /** Timeout of each try; default: the route timeout. */
+  perTryTimeoutMs: v.optional(PositiveDurationMs),
+  /** Conditions that trigger a retry (default ["connect-failure"]). */
+  retryOn: v.optional(v.array(RetryOn), ["connect-failure"]),
+  /** Status codes retried with "retriable-status-codes" (default [503]). */
+  retriableStatusCodes: v.optional(v.array(v.pipe(v.number(), v.integer(), v.minValue(100), v.maxValue(599))), [503]),
+  /** Exponential backoff base (default 25 ms) and cap (default 250 ms); full jitter. */
+  backoff: v.optional(
+    v.strictObject({ baseMs: v.optional(DurationMs, 25), maxMs: v.optional(DurationMs, 250) }),
+    { baseMs: 25, maxMs: 250 },
+  ),
+  /** Retry POST/PATCH and other non-idempotent methods too (default false). */
+  retryNonIdempotent: v.optional(v.boolean(), false),
+  /** Largest request body kept for replay; a longer body is not retried (default 64 KiB). */
+  maxReplayBytes: v.optional(ByteCount, 65536),
+});
+
+const HashOn = v.union(
+  [
+    v.strictObject({ header: HeaderName }),
+    v.strictObject({ cookie: v.pipe(v.string(), v.minLength(1)) }),
+    v.strictObject({ sourceIp: v.literal(true) }),
+  ],
+  "must be one of { header }, { cookie } or { sourceIp: true }",
+);
+
+/** How callers balance across a service's endpoints. */
+export const LoadBalancerSchema = v.union(
+  [
+    v.picklist(["round_robin", "random", "least_request"]),
+    v.strictObject({ consistentHash: HashOn }),
+  ],
+  "must be 'round_robin', 'random', 'least_request' or { consistentHash }",
+);
+
+/** Destination policy: how callers reach a service (Istio's DestinationRule). */
+export const DestinationPolicySchema = v.strictObject({
+  /** Load balancing (default "round_robin"). */
+  loadBalancer: v.optional(LoadBalancerSchema, "round_robin"),
+  /** Connect timeout (default 2000 ms). */
+  connectTimeoutMs: v.optional(PositiveDurationMs, 2000),
+  /** Time to response headers when the route sets none (default 15000 ms). */
+  timeoutMs: v.optional(PositiveDurationMs, 15000),
+  /** Retries when the route sets none. */
+  retries: v.optional(RetryPolicySchema),
+  /** Idle upstream connections close after this (default 30000 ms, below Node's 65 s server keep-alive). */
+  idleTimeoutMs: v.optional(PositiveDurationMs, 30000),
+  /** Upstream connections kept per endpoint (default 128). */
+  maxConnectionsPerEndpoint: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100_000)), 128),
+});
+
+const Destination = v.strictObject({
+  /** Target service (must be declared). */
+  service: Name,
+  /** Version subset of the service; default: every endpoint. */
+  subset: v.optional(Name),
+  /** Relative weight (default 1). */
+  weight: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(MAX_WEIGHT, `must be at most ${MAX_WEIGHT}`)), 1),
+  /** Service port; default: the service's first port. */
+  port: v.optional(Port),
+});
+
+const HeaderOps = v.strictObject({
+  set: v.optional(v.record(HeaderName, HeaderValue)),
+  add: v.optional(v.record(HeaderName, HeaderValue)),
+  remove: v.optional(v.array(HeaderName)),
+});
+
+const Forward = v.strictObject({
+  to: v.pipe(v.array(Destination), v.minLength(1, "needs at least one destination")),
+  /** Time to response headers, including retries; default: the destination's timeoutMs. */
+  timeoutMs: v.optional(PositiveDurationMs),
+  retries: v.optional(RetryPolicySchema),
+  rewrite: v.optional(
+    v.strictObject({
+      /** Replaces the matched path prefix (route must match by prefix). */
+      pathPrefix: v.optional(v.pipe(v.string(), v.startsWith("/"))),
+      /** Replaces the Host/authority sent upstream. */
+      host: v.optional(Host),
+    }),
+  ),
+  /** Largest request body accepted (413 beyond); default: unlimited. */
+  maxBodyBytes: v.optional(ByteCount),
+});
+
+const Redirect = v.strictObject({
+  scheme: v.optional(v.picklist(["http", "https"])),
+  host: v.optional(Host),
+  port: v.optional(Port),
+  path: v.optional(v.pipe(v.string(), v.startsWith("/"))),
+  /** Replaces the matched path prefix. */
+  prefixRewrite: v.optional(v.pipe(v.string(), v.startsWith("/"))),
+  status: v.optional(v.picklist([301, 302, 303, 307, 308]), 301),
+});
+
+const DirectResponse = v.strictObject({
+  status: v.pipe(v.number(), v.integer(), v.minValue(200), v.maxValue(599)),
+  body: v.optional(v.pipe(v.string(), v.maxLength(65536))),
+  contentType: v.optional(HeaderValue, "text/plain; charset=utf-8"),
+});
+
+/** A route: match conditions (any of them) and exactly one action. */
+export const RouteSchema = v.pipe(
+  v.strictObject({
+    name: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(128))),
+    /** One condition or a list (any may match); default: match everything. */
+    match: v.optional(v.union([RouteMatchSchema, v.pipe(v.array(RouteMatchSchema), v.minLength(1))])),
+    forward: v.optional(Forward),
+    redirect: v.optional(Redirect),
+    directResponse: v.optional(DirectResponse),
+    headers: v.optional(v.strictObject({ request: v.optional(HeaderOps), response: v.optional(HeaderOps) })),
+  }),
+  v.check(
+    (r) => [r.forward, r.redirect, r.directResponse].filter((a) => a !== undefined).length === 1,
+    "needs exactly one of forward, redirect or directResponse",
+  ),
+  v.check(
+    (r) => !r.forward || r.forward.to.some((d) => d.weight !== 0),
+    "forward.to needs at least one destination with a weight above 0",
+  ),
+);
+
+const ServicePort = v.strictObject({
+  port: Port,
+  protocol: v.optional(v.picklist(["http", "http2", "grpc", "tcp", "tls"]), "http"),
+  name: v.optional(Name),
+});
+
+/** A statically known endpoint; the registry adds live ones. */
+const StaticEndpoint = v.strictObject({
+  /** host:port, or unix:/path for a Unix socket. */
+  address: v.pipe(v.string(), v.regex(/^(unix:\/.+|\[[0-9a-f:.]+\]:\d{1,5}|[a-z0-9.-]+:\d{1,5})$/i, "must be host:port or unix:/path")),
+  version: v.optional(Name),
+  weight: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(MAX_WEIGHT)), 1),
+});
+
+export const ServiceSchema = v.strictObject({
+  /** Namespace (default "default"). */
+  namespace: v.optional(Name, "default"),
+  /** Service account, the workload's identity (default: the service name). */
+  serviceAccount: v.optional(Name),
+  ports: v.optional(v.pipe(v.array(ServicePort), v.minLength(1)), [{ port: 80, protocol: "http" }]),
+  /** Version subsets: name → labels an endpoint must carry. */
+  versions: v.optional(v.record(Name, v.record(v.string(), v.string()))),
+  endpoints: v.optional(v.array(StaticEndpoint)),
+  /** Routes applied by callers of this service (Istio VirtualService for the mesh host); default: all to the service. */
+  routes: v.optional(v.array(RouteSchema)),
+  /** How callers reach this service. */
+  traffic: v.optional(DestinationPolicySchema, {}),
+  /** Policy applied by this service's own sidecar to incoming requests. */
+  inbound: v.optional(PolicySetSchema, {}),
+});
+
+const Listener = v.pipe(
+  v.strictObject({
+    name: v.optional(Name),
+    port: v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(65535)),
+    /** Bind address (default "0.0.0.0"). */
+    address: v.optional(v.string(), "0.0.0.0"),
+    protocol: v.optional(v.picklist(["http", "https"]), "http"),
+    tls: v.optional(v.strictObject({ certFile: v.string(), keyFile: v.string() })),
+  }),
+  v.check((l) => l.protocol !== "https" || l.tls !== undefined, "an https listener needs tls.certFile and tls.keyFile"),
+);
+
+export const GatewaySchema = v.strictObject({
+  listeners: v.pipe(v.array(Listener), v.minLength(1)),
+  routes: v.array(RouteSchema),
+  /** Trusted proxies in front of this gateway: how many x-forwarded-for hops to believe (default 0). */
+  xffTrustedHops: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10)), 0),
+  /** Header limits: beyond them the request is refused with 431. */
+  maxHeaderCount: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(1000)), 100),
+  maxHeaderBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1024), v.maxValue(1 << 20)), 16384),
+  /** Policy applied at the gateway. */
+  policy: v.optional(PolicySetSchema, {}),
+});
+
+export const AccessLogSchema = v.optional(
+  v.union([v.literal("off"), v.literal("json"), v.strictObject({ text: v.pipe(v.string(), v.minLength(1)) })]),
+  "json",
+);
+
+export const MeshSchema = v.strictObject({
+  /** SPIFFE trust domain (default "cluster.local"). */
+  trustDomain: v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9._-]+$/, "must be lowercase letters, digits, '.', '_' or '-'")), "cluster.local"),
+  /** What sidecars do with hosts the mesh does not know (default "REGISTRY_ONLY"). */
+  outboundTrafficPolicy: v.optional(v.picklist(["REGISTRY_ONLY", "ALLOW_ANY"]), "REGISTRY_ONLY"),
+  /** Access log format for every proxy (default "json"). */
+  accessLog: AccessLogSchema,
+  services: v.optional(v.record(Name, ServiceSchema), {}),
+  gateways: v.optional(v.record(Name, GatewaySchema), {}),
+});
+
+export type MeshInput = v.InferInput<typeof MeshSchema>;
+export type MeshConfig = v.InferOutput<typeof MeshSchema>;
+export type ServiceConfig = v.InferOutput<typeof ServiceSchema>;
+export type GatewayConfig = v.InferOutput<typeof GatewaySchema>;
+export type RouteConfig = v.InferOutput<typeof RouteSchema>;
+export type RouteMatchConfig = v.InferOutput<typeof RouteMatchSchema>;
+export type RetryPolicyConfig = v.InferOutput<typeof RetryPolicySchema>;
+export type DestinationPolicyConfig = v.InferOutput<typeof DestinationPolicySchema>;
+export type LoadBalancerConfig = v.InferOutput<typeof LoadBalancerSchema>;

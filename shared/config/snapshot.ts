@@ -1,0 +1,50 @@
+import type { DestinationPolicyConfig, GatewayConfig, RouteConfig } from "./schema.ts";
+import type { PolicySetConfig } from "./policy-schema.ts";
+
+/** One instance of a service that a proxy can send requests to. */
+export interface Endpoint {
+  /** host:port or unix:/path, as declared or registered. */
+  readonly address: string;
+  readonly host: string;
+  readonly port: number;
+  /** Set for a Unix-socket endpoint. */
+  readonly socketPath?: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly weight: number;
+  /** A draining endpoint finishes what it has and gets no new requests. */
+  readonly draining: boolean;
+}
+
+/** A service as every proxy sees it after compilation. */
+export interface ServiceSnapshot {
+  readonly name: string;
+  readonly namespace: string;
+  readonly serviceAccount: string;
+  /** SPIFFE ID its workloads hold: spiffe://<trust-domain>/ns/<ns>/sa/<sa>. */
+  readonly spiffeId: string;
+  /** Names a caller may use as Host: name, name.ns, name.ns.svc, name.ns.svc.<trust-domain-cluster-suffix>. */
+  readonly hostnames: readonly string[];
+  readonly ports: readonly { readonly port: number; readonly protocol: string; readonly name?: string }[];
+  /** Version subset name → labels. */
+  readonly subsets: Readonly<Record<string, Readonly<Record<string, string>>>>;
+  readonly endpoints: readonly Endpoint[];
+  readonly traffic: DestinationPolicyConfig;
+  /** Routes for calls to this service; always at least one (the default route to the service). */
+  readonly routes: readonly RouteConfig[];
+  readonly inbound: PolicySetConfig;
+}
+
+export interface GatewaySnapshot extends GatewayConfig {
+  readonly name: string;
+}
+
+/** The whole compiled, frozen configuration one proxy runs. */
+export interface Snapshot {
+  /** Monotonic revision of the config this was built from (0 for a file loaded locally). */
+  readonly revision: number;
+  readonly trustDomain: string;
+  readonly outboundTrafficPolicy: "REGISTRY_ONLY" | "ALLOW_ANY";
+  readonly accessLog: "off" | "json" | { readonly text: string };
+  readonly services: ReadonlyMap<string, ServiceSnapshot>;
+  readonly gateways: ReadonlyMap<string, GatewaySnapshot>;
+}

@@ -1,0 +1,96 @@
+import * as v from "valibot";
+import { MeshSchema, type MeshConfig, type RouteConfig } from "./schema.ts";
+
+/** One problem found in a config: where (dot path) and why. */
+export interface ConfigIssue {
+  readonly path: string;
+  readonly message: string;
+}
+
+export type Validated<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly issues: readonly ConfigIssue[] };
+
+/**
+ * validateMesh checks a whole config and returns every problem at once, never just the first.
+ * @example
+ * const r = validateMesh(JSON.parse(text));
+ * if (!r.ok) for (const i of r.issues) console.error(`${i.path}: ${i.message}`);
+ */
+export function validateMesh(input: unknown): Validated<MeshConfig> {
+  const parsed = v.safeParse(MeshSchema, input, { abortEarly: false });
+  if (!parsed.success) {
+    // Cross-references are checked on the raw input too, so one pass lists every problem.
+    const issues = parsed.issues.map(toIssue);
+    const seen = new Set(issues.map((i) => i.path));
+    for (const extra of safeCrossCheck(input)) if (!seen.has(extra.path)) issues.push(extra);
+    return { ok: false, issues };
+  }
+  const issues = crossCheck(parsed.output);
+  return issues.length > 0 ? { ok: false, issues } : { ok: true, value: parsed.output };
+}
+
+function toIssue(issue: v.BaseIssue<unknown>): ConfigIssue {
+  // A union reports its own message plus the branch issues; the deepest dot path is the useful one.
+  const path = v.getDotPath(issue) ?? "(root)";
+  return { path, message: issue.message };
+}
+
+function safeCrossCheck(input: unknown): ConfigIssue[] {
+  if (!input || typeof input !== "object") return [];
+  const raw = input as Partial<MeshConfig>;
+  const services = raw.services && typeof raw.services === "object" ? raw.services : {};
+  const gateways = raw.gateways && typeof raw.gateways === "object" ? raw.gateways : {};
+  try {
+    return crossCheck({ ...(raw as MeshConfig), services, gateways });
+  } catch {
+    return []; // shapes the schema already rejected
+  }
+}
+
+/** References between parts of the config that a schema cannot see. */
+function crossCheck(mesh: MeshConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const checkRoutes = (routes: readonly RouteConfig[], base: string) => {
+    routes.forEach((route, i) => {
+      const at = `${base}.${i}`;
+      if (Array.isArray(route?.forward?.to)) route.forward.to.forEach((dest, j) => {
+        const svc = mesh.services[dest.service];
+        if (!svc) {
+          issues.push({ path: `${at}.forward.to.${j}.service`, message: `service "${dest.service}" is not declared` });
+          return;
+        }
+        if (dest.subset && !svc.versions?.[dest.subset]) {
+          issues.push({ path: `${at}.forward.to.${j}.subset`, message: `service "${dest.service}" has no version "${dest.subset}"` });
+        }
+        if (dest.port !== undefined && Array.isArray(svc.ports) && !svc.ports.some((p) => p.port === dest.port)) {
+          issues.push({ path: `${at}.forward.to.${j}.port`, message: `service "${dest.service}" has no port ${dest.port}` });
+        }
+      });
+      const matches = route.match === undefined ? [] : Array.isArray(route.match) ? route.match : [route.match];
+      if (route.forward?.rewrite?.pathPrefix !== undefined || route.redirect?.prefixRewrite !== undefined) {
+        if (matches.length === 0 || matches.some((m) => !m.path || !("prefix" in m.path))) {
+          issues.push({ path: `${at}`, message: "a prefix rewrite needs every match to use path.prefix" });
+        }
+      }
+    });
+  };
+  for (const [name, svc] of Object.entries(mesh.services)) {
+    if (Array.isArray(svc.routes)) checkRoutes(svc.routes, `services.${name}.routes`);
+    if (Array.isArray(svc.endpoints)) svc.endpoints.forEach((ep, i) => {
+      if (ep.version && !svc.versions?.[ep.version]) {
+        issues.push({ path: `services.${name}.endpoints.${i}.version`, message: `version "${ep.version}" is not declared in services.${name}.versions` });
+      }
+    });
+  }
+  for (const [name, gw] of Object.entries(mesh.gateways)) {
+    if (Array.isArray(gw.routes)) checkRoutes(gw.routes, `gateways.${name}.routes`);
+    const seen = new Map<string, number>();
+    gw.listeners?.forEach((l, i) => {
+      const key = `${l.address ?? "0.0.0.0"}:${l.port}`;
+      if (l.port !== 0 && seen.has(key)) {
+        issues.push({ path: `gateways.${name}.listeners.${i}.port`, message: `${key} is already used by listener ${seen.get(key)}` });
+      }
+      seen.set(key, i);
+    });
+  }
+  return issues;
+}

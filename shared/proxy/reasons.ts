@@ -1,0 +1,31 @@
+/**
+ * Every locally generated failure has one short, greppable reason. This table maps each reason
+ * to the status the client sees; the reason itself travels in `x-weft-reason` and the access log.
+ */
+export const REASONS = {
+  bad_request: 400,
+  missing_host: 400,
+  jwt_invalid: 401,
+  denied: 403,
+  no_route: 404,
+  body_too_large: 413,
+  headers_too_large: 431,
+  rate_limited: 429,
+  internal: 500,
+  no_cluster: 502,
+  upstream_reset: 502,
+  upstream_protocol_error: 502,
+  no_healthy_upstream: 503,
+  upstream_connect_failure: 503,
+  retries_exhausted: 503,
+  circuit_open: 503,
+  overflow: 503,
+  timeout: 504,
+} as const;
+
+export type Reason = keyof typeof REASONS;
+
+/** statusOf gives the HTTP status a locally generated failure answers with. */
+export function statusOf(reason: Reason): number {
+  return REASONS[reason];
+}
