@@ -28,3 +28,97 @@ export interface RequestHead {
 }
 
 export type { Endpoint };
+
+/**
+ * The request body, owned by the runtime adapter; the engine only asks whether a retry may
+ * replay it. Adapters keep what they stream upstream in memory up to `maxReplayBytes`.
+ */
+export interface RequestBody {
+  /** Declared length in bytes, 0 when there is no body, undefined when unknown (chunked). */
+  readonly length: number | undefined;
+  /** True while every byte read so far is still held for a replay. */
+  readonly replayable: boolean;
+}
+
+/** What the engine asks an UpstreamClient to send. */
+export interface UpstreamRequest {
+  readonly endpoint: Endpoint;
+  readonly method: string;
+  readonly path: string;
+  readonly headers: Record<string, string | string[]>;
+  readonly body: RequestBody;
+  /** Give up connecting after this long (reason `upstream_connect_failure`). */
+  readonly connectTimeoutMs: number;
+  /** Give up waiting for response headers after this long (reason `timeout`). */
+  readonly timeoutMs: number;
+  /** Close idle pooled connections after this long. */
+  readonly idleTimeoutMs: number;
+  /** Largest body accepted; more fails with `body_too_large`. */
+  readonly maxBodyBytes: number | undefined;
+  /** Keep up to this many body bytes for a replay. */
+  readonly maxReplayBytes: number;
+  /** Connections kept per endpoint. */
+  readonly maxConnections: number;
+}
+
+/** The head of an upstream response; its body stays with the adapter until written or discarded. */
+export interface UpstreamResponse {
+  readonly status: number;
+  readonly headers: HeaderMap;
+  /** Release the response without reading it (a retry will follow). */
+  discard(): void;
+}
+
+export type UpstreamFailure =
+  | "upstream_connect_failure"
+  | "upstream_reset"
+  | "timeout"
+  | "body_too_large"
+  | "upstream_protocol_error";
+
+export type UpstreamResult =
+  | { readonly ok: true; readonly response: UpstreamResponse }
+  | { readonly ok: false; readonly reason: UpstreamFailure; readonly detail?: string };
+
+/** How a runtime reaches upstreams: pooled, streaming, one method. Declared here, implemented per runtime. */
+export interface UpstreamClient {
+  forward(request: UpstreamRequest): Promise<UpstreamResult>;
+  close(): Promise<void>;
+}
+
+/** A listening socket serving the engine. */
+export interface Listener {
+  readonly port: number;
+  /** Stops accepting; in-flight requests finish, idle keep-alive connections close. */
+  close(): Promise<void>;
+  /** Replaces the TLS certificate for new connections (old ones keep theirs). */
+  setTls(tls: { cert: string; key: string }): void;
+}
+
+export interface ListenOptions {
+  readonly port: number;
+  readonly address?: string;
+  readonly tls?: { readonly cert: string; readonly key: string };
+  /** Headers beyond these limits are answered with 431. */
+  readonly maxHeaderCount: number;
+  readonly maxHeaderBytes: number;
+}
+
+/** How a listener reaches the engine: the live view is read once per request. */
+export interface ServeTarget {
+  readonly engine: import("./engine.ts").Engine;
+  current(): import("./engine.ts").RouteView;
+  /** Called for a crashed request (a bug): logged by the role, answered 500 `internal`. */
+  onInternalError?(err: unknown): void;
+}
+
+/** A small Web-standard HTTP app (the admin API), served by the runtime. */
+export type FetchHandler = (request: Request) => Response | Promise<Response>;
+
+/** What differs per runtime, implemented once in shared/runtime/<runtime>/ and passed to a role. */
+export interface ProxyRuntime {
+  readonly name: "node" | "bun" | "deno";
+  createUpstreamClient(): UpstreamClient;
+  listen(options: ListenOptions, target: ServeTarget): Promise<Listener>;
+  serveFetch(handler: FetchHandler, options: { port: number; address: string }): Promise<{ port: number; close(): Promise<void> }>;
+}

@@ -1,0 +1,117 @@
+import { readFile } from "node:fs/promises";
+import type { GatewaySnapshot, Snapshot } from "../shared/config/index.ts";
+import {
+  createEngine,
+  createGatewayView,
+  type Listener,
+  type ProxyRuntime,
+  type RequestRecord,
+  type RouteView,
+  type ViewDeps,
+} from "../shared/proxy/index.ts";
+import type { Logger } from "../shared/telemetry/logger.ts";
+
+export interface IngressOptions {
+  readonly runtime: ProxyRuntime;
+  /** Which gateway of the config this process is. */
+  readonly name: string;
+  readonly log: Logger;
+  readonly onRequestDone?: (record: RequestRecord) => void;
+  readonly viewDeps?: ViewDeps;
+}
+
+export interface Ingress {
+  /** Applies a new snapshot: routes swap atomically, listeners are opened/closed to match. */
+  apply(snapshot: Snapshot): Promise<void>;
+  /** Ports actually bound, by listener key (address:port as configured). */
+  readonly ports: ReadonlyMap<string, number>;
+  readonly current: RouteView | undefined;
+  readonly snapshot: Snapshot | undefined;
+  /** Stops accepting, lets in-flight requests finish (up to graceMs), closes upstream pools. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+interface OpenListener {
+  readonly listener: Listener;
+  readonly signature: string;
+}
+
+/**
+ * createIngress runs a gateway's listeners over the shared engine; a new snapshot replaces the
+ * routes for the next request while requests in flight finish on the old ones.
+ * @example
+ * const ingress = createIngress({ runtime: nodeRuntime, name: "ingress", log });
+ * await ingress.apply(compileMesh(config));
+ */
+export function createIngress(options: IngressOptions): Ingress {
+  const { runtime, name, log } = options;
+  const client = runtime.createUpstreamClient();
+  const engine = createEngine({ client, edge: true, onRequestDone: options.onRequestDone });
+  const listeners = new Map<string, OpenListener>();
+  const ports = new Map<string, number>();
+  let view: RouteView | undefined;
+  let snapshot: Snapshot | undefined;
+  const target = {
+    engine,
+    current: () => view!,
+    onInternalError: (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) }),
+  };
+
+  async function reconcileListeners(gateway: GatewaySnapshot) {
+    const wanted = new Map<string, { signature: string; spec: GatewaySnapshot["listeners"][number] }>();
+    for (const spec of gateway.listeners) {
+      const key = `${spec.address}:${spec.port}`;
+      const signature = JSON.stringify([spec.protocol, spec.tls, gateway.maxHeaderBytes, gateway.maxHeaderCount]);
+      wanted.set(key, { signature, spec });
+    }
+    for (const [key, open] of listeners) {
+      const next = wanted.get(key);
+      if (!next || next.signature !== open.signature) {
+        await open.listener.close();
+        listeners.delete(key);
+        ports.delete(key);
+        log.info("listener closed", { listener: key });
+      }
+    }
+    for (const [key, { signature, spec }] of wanted) {
+      if (listeners.has(key)) continue;
+      const tls = spec.tls
+        ? { cert: await readFile(spec.tls.certFile, "utf8"), key: await readFile(spec.tls.keyFile, "utf8") }
+        : undefined;
+      const listener = await runtime.listen(
+        { port: spec.port, address: spec.address, tls, maxHeaderCount: gateway.maxHeaderCount, maxHeaderBytes: gateway.maxHeaderBytes },
+        target,
+      );
+      listeners.set(key, { listener, signature });
+      ports.set(key, listener.port);
+      log.info("listening", { listener: key, port: listener.port, protocol: spec.protocol, runtime: runtime.name });
+    }
+  }
+
+  return {
+    async apply(next) {
+      const gateway = next.gateways.get(name);
+      if (!gateway) throw new TypeError(`gateway "${name}" is not in the config`);
+      // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
+      const nextView = createGatewayView(next, name, options.viewDeps);
+      view = nextView;
+      snapshot = next;
+      await reconcileListeners(gateway);
+    },
+    ports,
+    get current() {
+      return view;
+    },
+    get snapshot() {
+      return snapshot;
+    },
+    async stop(graceMs = 10_000) {
+      const closing = Promise.all([...listeners.values()].map((l) => l.listener.close()));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+      clearTimeout(timer);
+      listeners.clear();
+      await client.close();
+    },
+  };
+}

@@ -1,0 +1,133 @@
+import { watch } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import process from "node:process";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+import { compileMesh, loadMeshModule, readEnv, type ConfigIssue } from "../shared/config/index.ts";
+import { detectRuntime } from "../shared/runtime/index.ts";
+import { createLogger } from "../shared/telemetry/logger.ts";
+import { createAdminApp } from "./admin.ts";
+import { createIngress } from "./ingress.ts";
+
+const USAGE = `usage: weft gateway --config weft.config.ts [--name ingress] [--admin 127.0.0.1:15000]
+
+Serves a gateway from a config file and reloads it when the file changes.
+  --config FILE   the mesh config (weft.config.ts, .js or .json); env WEFT_CONFIG
+  --name NAME     which gateway of the config to run (default: the only one, or "ingress")
+  --admin ADDR    admin API address (default 127.0.0.1:15000; env WEFT_ADMIN_ADDRESS; port 0 = any)
+  --grace-ms N    how long in-flight requests may take to finish on SIGTERM (default 10000)`;
+
+/**
+ * main runs `weft gateway`; it resolves once the gateway is listening and returns a stop function.
+ * @example
+ * const stop = await main(["--config", "weft.config.ts"]);
+ */
+export async function main(argv: string[]): Promise<() => Promise<void>> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: "string" },
+      name: { type: "string" },
+      admin: { type: "string" },
+      "grace-ms": { type: "string" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const env = readEnv(process.env);
+  const log = createLogger({ component: "gateway", level: env.logLevel, write: (line) => process.stderr.write(`${line}\n`) });
+  const configPath = values.config ?? env.configFile;
+  if (!configPath) {
+    console.error(USAGE);
+    process.exit(2);
+  }
+  const file = resolve(configPath);
+  const url = pathToFileURL(file);
+  const reportIssues = (issues: readonly ConfigIssue[]) => {
+    for (const issue of issues) log.error("invalid config", { file, path: issue.path, reason: issue.message });
+  };
+
+  const first = await loadMeshModule(url);
+  if (!first.ok) {
+    reportIssues(first.issues);
+    process.exit(1);
+  }
+  const gatewayNames = Object.keys(first.value.gateways);
+  const name = values.name ?? (gatewayNames.length === 1 ? gatewayNames[0]! : "ingress");
+  if (!first.value.gateways[name]) {
+    log.error("gateway not in config", { file, gateway: name, gateways: gatewayNames });
+    process.exit(1);
+  }
+
+  const runtime = await detectRuntime();
+  const ingress = createIngress({ runtime, name, log });
+  let revision = 0;
+  await ingress.apply(compileMesh(first.value, revision));
+
+  const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
+  const admin = await runtime.serveFetch(
+    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot }).fetch,
+    { port: adminPort, address: adminHost },
+  );
+  log.info("admin listening", { address: adminHost, port: admin.port });
+
+  // Editors often replace a file instead of writing it: watch the folder and filter by name.
+  let reloadTimer: ReturnType<typeof setTimeout> | undefined;
+  let reloading = Promise.resolve();
+  const watcher = watch(dirname(file), (_event, changed) => {
+    if (changed !== null && changed !== basename(file)) return;
+    clearTimeout(reloadTimer);
+    reloadTimer = setTimeout(() => {
+      reloading = reloading.then(async () => {
+        const next = await loadMeshModule(url);
+        if (!next.ok) {
+          log.error("config refused, still serving the last good one", { file, revision });
+          reportIssues(next.issues);
+          return;
+        }
+        if (!next.value.gateways[name]) {
+          log.error("config refused: gateway missing, still serving the last good one", { file, gateway: name });
+          return;
+        }
+        revision += 1;
+        await ingress.apply(compileMesh(next.value, revision));
+        log.info("config reloaded", { file, revision });
+      });
+    }, 100);
+  });
+
+  const graceMs = Number(values["grace-ms"] ?? 10_000);
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      watcher.close();
+      clearTimeout(reloadTimer);
+      await ingress.stop(graceMs);
+      await admin.close();
+      log.info("stopped");
+    })());
+  return stop;
+}
+
+function splitAddress(address: string): [string, number] {
+  const colon = address.lastIndexOf(":");
+  return [address.slice(0, colon) || "127.0.0.1", Number(address.slice(colon + 1))];
+}
+
+function isEntry(): boolean {
+  const meta = import.meta as ImportMeta & { main?: boolean };
+  if (meta.main !== undefined) return meta.main;
+  return process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+}
+
+if (isEntry()) {
+  const stop = await main(process.argv.slice(2));
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.once(signal, () => {
+      stop().then(() => process.exit(0));
+    });
+  }
+}

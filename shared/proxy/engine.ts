@@ -1,0 +1,299 @@
+import type { RetryPolicyConfig, RouteConfig } from "../config/index.ts";
+import type { Cluster } from "./cluster.ts";
+import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
+import { REASONS, type Reason } from "./reasons.ts";
+import { backoffMs, isIdempotent, shouldRetryFailure, shouldRetryStatus } from "./retry.ts";
+import { chooseWeighted, type RouteMatch } from "./router.ts";
+import { applyHeaderOps, redirectLocation, rewritePath } from "./route-actions.ts";
+import type { Endpoint, RequestBody, RequestHead, UpstreamClient, UpstreamResponse, UpstreamResult } from "./types.ts";
+
+/** What one request needs from the live config; built once per config swap (see view.ts). */
+export interface RouteView {
+  readonly revision: number;
+  /** Routes a request; undefined = no route. */
+  route(head: RequestHead): RouteMatch | undefined;
+  cluster(service: string): Cluster | undefined;
+  readonly policy: PolicyGate | undefined;
+  readonly xffTrustedHops: number;
+}
+
+/** The policy step as the engine sees it (authn → authz → rate limit), implemented in shared/policy. */
+export interface PolicyGate {
+  evaluate(request: RequestHead): Promise<PolicyVerdict>;
+}
+export type PolicyVerdict =
+  | {
+      readonly ok: true;
+      readonly principal?: string;
+      readonly requestHeaders?: readonly (readonly [string, string])[];
+      readonly removeHeaders?: readonly string[];
+      readonly responseHeaders?: readonly (readonly [string, string])[];
+    }
+  | { readonly ok: false; readonly reason: "jwt_invalid" | "denied" | "rate_limited"; readonly headers?: readonly (readonly [string, string])[] };
+
+/** Everything known about a finished request, handed to telemetry. */
+export interface RequestRecord {
+  startTimeMs: number;
+  durationMs: number;
+  upstreamDurationMs?: number;
+  method: string;
+  authority: string;
+  path: string;
+  protocol: string;
+  status: number;
+  reason?: string;
+  route?: string;
+  service?: string;
+  upstream?: string;
+  bytesIn: number;
+  bytesOut: number;
+  requestId: string;
+  traceId?: string;
+  spanId?: string;
+  sourcePrincipal?: string;
+  clientIp: string;
+  userAgent?: string;
+  attempts: number;
+}
+
+/** The engine's answer: a local response or an upstream one, and a hook to call when it is sent. */
+export type Exchange = (
+  | { readonly kind: "local"; readonly status: number; readonly headers: OutgoingHeaders; readonly body: string }
+  | { readonly kind: "upstream"; readonly status: number; readonly headers: OutgoingHeaders; readonly response: UpstreamResponse }
+) & {
+  /** Call once the response is written (or failed), with the byte counts the adapter saw. */
+  finish(bytesIn: number, bytesOut: number, error?: string): void;
+};
+
+export interface EngineOptions {
+  readonly client: UpstreamClient;
+  /** At the mesh edge (a gateway): client-supplied x-weft-* headers go, x-request-id is always new. */
+  readonly edge: boolean;
+  readonly random?: () => number;
+  readonly now?: () => number;
+  readonly onRequestDone?: (record: RequestRecord) => void;
+  readonly newRequestId?: () => string;
+  readonly sleep?: (ms: number) => Promise<void>;
+}
+
+export interface Engine {
+  handle(head: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange>;
+}
+
+const VALID_AUTHORITY = /^[^\s,/\\@]+$/;
+
+const DEFAULT_RETRIES: RetryPolicyConfig = {
+  attempts: 1,
+  retryOn: ["connect-failure"],
+  retriableStatusCodes: [503],
+  backoff: { baseMs: 25, maxMs: 250 },
+  retryNonIdempotent: false,
+  maxReplayBytes: 65536,
+};
+
+/**
+ * createEngine builds the request path shared by gateway and sidecar: policy → route → destination
+ * (balance, timeout, retries) → upstream → telemetry. It never touches sockets: the adapter owns them.
+ * @example
+ * const engine = createEngine({ client: createNodeUpstreamClient(), edge: true });
+ * const exchange = await engine.handle(head, body, store.current);
+ */
+export function createEngine(options: EngineOptions): Engine {
+  const { client, edge } = options;
+  const random = options.random ?? Math.random;
+  const now = options.now ?? Date.now;
+  const onRequestDone = options.onRequestDone;
+  const newRequestId = options.newRequestId ?? (() => crypto.randomUUID());
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+
+  function local(
+    record: RequestRecord,
+    reason: Reason,
+    extra?: readonly (readonly [string, string])[],
+    status = REASONS[reason],
+  ): Exchange {
+    const headers: OutgoingHeaders = { "content-type": "text/plain; charset=utf-8", "x-weft-reason": reason, "x-request-id": record.requestId };
+    if (extra) for (const [name, value] of extra) headers[name] = value;
+    record.status = status;
+    record.reason = reason;
+    return { kind: "local", status, headers, body: `${reason}\n`, finish: finisher(record) };
+  }
+
+  function finisher(record: RequestRecord): Exchange["finish"] {
+    return (bytesIn, bytesOut, error) => {
+      if (!onRequestDone) return;
+      record.bytesIn = bytesIn;
+      record.bytesOut = bytesOut;
+      record.durationMs = now() - record.startTimeMs;
+      if (error && record.reason === undefined) record.reason = error;
+      onRequestDone(record);
+    };
+  }
+
+  async function handle(head: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange> {
+    const startTimeMs = now();
+    const incomingId = edge ? undefined : firstValue(head.headers, "x-request-id");
+    const requestId = incomingId && incomingId.length <= 128 ? incomingId : newRequestId();
+    const record: RequestRecord = {
+      startTimeMs,
+      durationMs: 0,
+      method: head.method,
+      authority: head.authority,
+      path: head.path,
+      protocol: "HTTP/1.1",
+      status: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+      requestId,
+      clientIp: view.xffTrustedHops === 0 ? head.clientIp : trustedClientIp(firstValue(head.headers, "x-forwarded-for"), head.clientIp, view.xffTrustedHops),
+      userAgent: firstValue(head.headers, "user-agent"),
+      attempts: 0,
+      sourcePrincipal: head.peer?.spiffeId,
+    };
+    if (!head.authority) return local(record, "missing_host");
+    // A repeated Host arrives joined with "," from Web runtimes: as bad as two Host lines (RFC 9112 §3.2).
+    if (!VALID_AUTHORITY.test(head.authority)) return local(record, "bad_request");
+
+    let verdict: PolicyVerdict | undefined;
+    if (view.policy) {
+      try {
+        verdict = await view.policy.evaluate(head);
+      } catch {
+        // A policy that cannot be evaluated denies (fail closed).
+        return local(record, "denied");
+      }
+      if (!verdict.ok) return local(record, verdict.reason, verdict.headers);
+      if (verdict.principal) record.sourcePrincipal ??= verdict.principal;
+    }
+
+    const match = view.route(head);
+    if (!match) return local(record, "no_route");
+    const route = match.route;
+    record.route = route.name;
+
+    if (route.directResponse) {
+      const d = route.directResponse;
+      const headers: OutgoingHeaders = { "content-type": d.contentType ?? "text/plain; charset=utf-8", "x-request-id": requestId };
+      if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
+      record.status = d.status;
+      return { kind: "local", status: d.status, headers, body: d.body ?? "", finish: finisher(record) };
+    }
+    if (route.redirect) {
+      const status = route.redirect.status ?? 301;
+      const headers: OutgoingHeaders = { location: redirectLocation(route.redirect, head, match.matchedPrefix), "x-request-id": requestId };
+      if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
+      record.status = status;
+      return { kind: "local", status, headers, body: "", finish: finisher(record) };
+    }
+    return forward(head, body, view, match, route, record, verdict);
+  }
+
+  async function forward(
+    head: RequestHead,
+    body: RequestBody,
+    view: RouteView,
+    match: RouteMatch,
+    route: RouteConfig,
+    record: RequestRecord,
+    verdict: PolicyVerdict | undefined,
+  ): Promise<Exchange> {
+    const fwd = route.forward!;
+    const destination = chooseWeighted(fwd.to, random);
+    const cluster = view.cluster(destination.service);
+    if (!cluster) return local(record, "no_cluster");
+    record.service = destination.service;
+    const traffic = cluster.service.traffic;
+
+    const maxBody = fwd.maxBodyBytes;
+    if (maxBody !== undefined && body.length !== undefined && body.length > maxBody) return local(record, "body_too_large");
+
+    const headers = copyForwardable(head.headers, edge);
+    const xff = firstValue(head.headers, "x-forwarded-for");
+    headers["x-forwarded-for"] = appendForwardedFor(edge && view.xffTrustedHops === 0 ? undefined : xff, head.clientIp);
+    if (edge || headers["x-forwarded-proto"] === undefined) headers["x-forwarded-proto"] = head.scheme;
+    if (edge || headers["x-forwarded-host"] === undefined) headers["x-forwarded-host"] = head.authority;
+    headers["x-request-id"] = record.requestId;
+    if (verdict?.ok) {
+      if (verdict.removeHeaders) for (const name of verdict.removeHeaders) delete headers[name];
+      if (verdict.requestHeaders) for (const [name, value] of verdict.requestHeaders) headers[name] = value;
+    }
+    if (route.headers?.request) applyHeaderOps(route.headers.request, headers);
+    headers.host = fwd.rewrite?.host ?? head.authority;
+    const path =
+      fwd.rewrite?.pathPrefix !== undefined && match.matchedPrefix !== undefined
+        ? rewritePath(head.path, match.matchedPrefix, fwd.rewrite.pathPrefix)
+        : head.path;
+
+    const retry = fwd.retries ?? cluster.retries ?? DEFAULT_RETRIES;
+    const timeoutMs = fwd.timeoutMs ?? traffic.timeoutMs;
+    const deadline = record.startTimeMs + timeoutMs;
+    const mayReplayMethod = retry.retryNonIdempotent || isIdempotent(head.method);
+    const endpoints = cluster.endpoints(destination.subset);
+    const ctx = { head, random };
+
+    let last: UpstreamResult | undefined;
+    let lastEndpoint: Endpoint | undefined;
+    for (let attempt = 0; ; attempt++) {
+      let endpoint = cluster.balancer.pick(endpoints, ctx);
+      // On a retry, prefer another endpoint than the one that just failed (Envoy's previous_hosts).
+      if (attempt > 0 && endpoint === lastEndpoint && endpoints.length > 1) endpoint = cluster.balancer.pick(endpoints, ctx);
+      if (!endpoint) return local(record, "no_healthy_upstream");
+      lastEndpoint = endpoint;
+      record.upstream = endpoint.address;
+      record.attempts = attempt + 1;
+
+      const remaining = deadline - now();
+      if (remaining <= 0) return local(record, "timeout");
+      const tryTimeout = retry.perTryTimeoutMs !== undefined ? Math.min(retry.perTryTimeoutMs, remaining) : remaining;
+      const sentAt = now();
+      cluster.balancer.start?.(endpoint);
+      try {
+        last = await client.forward({
+          endpoint,
+          method: head.method,
+          path,
+          headers,
+          body,
+          connectTimeoutMs: traffic.connectTimeoutMs,
+          timeoutMs: tryTimeout,
+          idleTimeoutMs: traffic.idleTimeoutMs,
+          maxBodyBytes: maxBody,
+          maxReplayBytes: retry.maxReplayBytes,
+          maxConnections: traffic.maxConnectionsPerEndpoint,
+        });
+      } finally {
+        cluster.balancer.end?.(endpoint);
+      }
+      record.upstreamDurationMs = now() - sentAt;
+
+      const canRetry = attempt < retry.attempts && body.replayable && now() < deadline;
+      if (last.ok) {
+        const status = last.response.status;
+        if (canRetry && mayReplayMethod && shouldRetryStatus(retry, status)) {
+          last.response.discard();
+          await sleep(backoffMs(retry, attempt, random));
+          continue;
+        }
+        return upstreamExchange(last.response, route, record);
+      }
+      if (last.reason === "body_too_large") return local(record, "body_too_large");
+      // A connect failure never reached the upstream, so even a POST is safe to send again.
+      const safe = last.reason === "upstream_connect_failure" || mayReplayMethod;
+      if (canRetry && safe && shouldRetryFailure(retry, last.reason)) {
+        await sleep(backoffMs(retry, attempt, random));
+        continue;
+      }
+      if (last.reason === "timeout" && now() >= deadline) return local(record, "timeout");
+      return local(record, attempt > 0 ? "retries_exhausted" : last.reason);
+    }
+  }
+
+  function upstreamExchange(response: UpstreamResponse, route: RouteConfig, record: RequestRecord): Exchange {
+    const headers = copyForwardable(response.headers, false);
+    if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
+    record.status = response.status;
+    return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };
+  }
+
+  return { handle };
+}

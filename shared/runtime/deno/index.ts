@@ -1,0 +1,100 @@
+import { Readable } from "node:stream";
+import type { Listener, ListenOptions, ProxyRuntime, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
+import type { NodeRequestBody } from "../node/body.ts";
+import { createNodeUpstreamClient, type NodeUpstreamResponse } from "../node/upstream.ts";
+import { serveWeb, webHead, type WebRequestBody, type WebUpstreamResponse } from "../web/exchange.ts";
+
+// The subset of Deno.serve this adapter uses; declared here so the tree type-checks without Deno's types.
+interface DenoServer {
+  readonly addr: { port: number };
+  shutdown(): Promise<void>;
+}
+interface DenoGlobal {
+  serve(options: Record<string, unknown>, handler: (request: Request, info: { remoteAddr: { hostname: string } }) => Response | Promise<Response>): DenoServer;
+}
+const deno = (globalThis as unknown as { Deno: DenoGlobal }).Deno;
+
+const KEEP_BYTES = 65536;
+
+/**
+ * Deno's fetch always sends the URL's host as Host, so upstream requests go through node:http
+ * (Deno's Node compatibility), with Web bodies bridged to Node streams and back.
+ */
+function createDenoUpstreamClient(): UpstreamClient {
+  const node = createNodeUpstreamClient();
+  return {
+    async forward(req) {
+      const web = req.body as WebRequestBody;
+      const bridged: NodeRequestBody = {
+        length: web.length,
+        get replayable() {
+          return web.replayable;
+        },
+        get bytesRead() {
+          return web.bytesRead;
+        },
+        sendTo(target) {
+          const data = web.take();
+          if (data === null) target.end();
+          else if (data instanceof Uint8Array) target.end(data);
+          else Readable.fromWeb(data as import("node:stream/web").ReadableStream).pipe(target);
+        },
+      };
+      const result = await node.forward({ ...req, body: bridged });
+      if (!result.ok) return result;
+      const message = (result.response as NodeUpstreamResponse).message;
+      const response: WebUpstreamResponse = {
+        status: result.response.status,
+        headers: result.response.headers,
+        body: Readable.toWeb(message) as unknown as ReadableStream<Uint8Array>,
+        discard: () => result.response.discard(),
+      };
+      return { ok: true, response };
+    },
+    close: () => node.close(),
+  };
+}
+
+function listenDeno(options: ListenOptions, target: ServeTarget): Promise<Listener> {
+  const scheme = options.tls ? "https" : "http";
+  return new Promise((resolve) => {
+    let port = 0;
+    const server = deno.serve(
+      {
+        port: options.port,
+        hostname: options.address ?? "0.0.0.0",
+        ...(options.tls ? { cert: options.tls.cert, key: options.tls.key } : {}),
+        onListen: (addr: { port: number }) => {
+          port = addr.port;
+          resolve({
+            port,
+            close: () => server.shutdown(),
+            setTls() {
+              // Deno.serve cannot swap certificates in place; the role restarts the listener instead.
+            },
+          });
+        },
+      },
+      (request, info) => {
+        let count = 0;
+        request.headers.forEach(() => count++);
+        if (count > options.maxHeaderCount) {
+          return new Response("headers_too_large\n", { status: 431, headers: { "x-weft-reason": "headers_too_large" } });
+        }
+        return serveWeb(target, request, webHead(request, scheme, info.remoteAddr.hostname, port), KEEP_BYTES);
+      },
+    );
+  });
+}
+
+/** The Deno runtime: Deno.serve listeners, node:http upstreams (Deno's fetch drops Host). */
+export const denoRuntime: ProxyRuntime = {
+  name: "deno",
+  createUpstreamClient: createDenoUpstreamClient,
+  listen: listenDeno,
+  serveFetch(handler, { port, address }) {
+    return new Promise((resolve) => {
+      const server = deno.serve({ port, hostname: address, onListen: (addr: { port: number }) => resolve({ port: addr.port, close: () => server.shutdown() }) }, handler);
+    });
+  },
+};

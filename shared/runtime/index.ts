@@ -1,0 +1,13 @@
+import type { ProxyRuntime } from "../proxy/index.ts";
+
+/**
+ * detectRuntime loads the adapter for the runtime this process runs on (Bun, Deno or Node.js).
+ * Only a role's main.ts calls it: everything below receives the runtime as an argument.
+ * @example
+ * const runtime = await detectRuntime();
+ */
+export async function detectRuntime(): Promise<ProxyRuntime> {
+  if ("Bun" in globalThis) return (await import("./bun/index.ts")).bunRuntime;
+  if ("Deno" in globalThis) return (await import("./deno/index.ts")).denoRuntime;
+  return (await import("./node/index.ts")).nodeRuntime;
+}

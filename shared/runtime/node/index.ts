@@ -1,0 +1,27 @@
+import { serve } from "@hono/node-server";
+import type { AddressInfo } from "node:net";
+import type { ProxyRuntime } from "../../proxy/index.ts";
+import { listenNode } from "./server.ts";
+import { createNodeUpstreamClient } from "./upstream.ts";
+
+export * from "./body.ts";
+export * from "./upstream.ts";
+export * from "./server.ts";
+
+/** The Node.js runtime: node:http listeners and upstreams on the hot path, @hono/node-server for small apps. */
+export const nodeRuntime: ProxyRuntime = {
+  name: "node",
+  createUpstreamClient: createNodeUpstreamClient,
+  listen: listenNode,
+  serveFetch(handler, { port, address }) {
+    return new Promise((resolve, reject) => {
+      const server = serve({ fetch: handler, port, hostname: address, overrideGlobalObjects: false }, (info: AddressInfo) => {
+        resolve({
+          port: info.port,
+          close: () => new Promise<void>((done) => server.close(() => done())),
+        });
+      });
+      server.once("error", reject);
+    });
+  },
+};

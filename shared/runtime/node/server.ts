@@ -1,0 +1,144 @@
+import http from "node:http";
+import https from "node:https";
+import type { AddressInfo, Socket } from "node:net";
+import type { Exchange, Listener, ListenOptions, RequestHead, ServeTarget } from "../../proxy/index.ts";
+import { createNodeBody, type NodeRequestBody } from "./body.ts";
+import type { NodeUpstreamResponse } from "./upstream.ts";
+
+function writeRawError(socket: Socket, status: number, reason: string) {
+  const text = status === 431 ? "Request Header Fields Too Large" : "Bad Request";
+  if (socket.writable) {
+    socket.end(`HTTP/1.1 ${status} ${text}\r\nx-weft-reason: ${reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
+  }
+  socket.destroy();
+}
+
+/**
+ * listenNode serves the engine over node:http (or node:https with `tls`), streaming bodies and
+ * refusing malformed or oversized requests before they reach the engine.
+ * @example
+ * const l = await listenNode({ port: 8080, maxHeaderCount: 100, maxHeaderBytes: 16384 }, { engine, current: () => view });
+ */
+export async function listenNode(options: ListenOptions, target: ServeTarget): Promise<Listener> {
+  const serverOptions: http.ServerOptions = {
+    maxHeaderSize: options.maxHeaderBytes,
+    requireHostHeader: true,
+    keepAliveTimeout: 60_000,
+    headersTimeout: 30_000,
+    // Whole-request timeouts would cut long uploads; the route timeout and idle timeouts bound them instead.
+    requestTimeout: 0,
+  };
+  const scheme = options.tls ? "https" : "http";
+  const server = options.tls
+    ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key })
+    : http.createServer(serverOptions);
+
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (err.code === "ECONNRESET" || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    if (err.code === "HPE_HEADER_OVERFLOW") writeRawError(socket, 431, "headers_too_large");
+    else writeRawError(socket, 400, "bad_request");
+  });
+
+  server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const raw = req.rawHeaders;
+    if (raw.length / 2 > options.maxHeaderCount) return refuse(res, 431, "headers_too_large");
+    // RFC 9112 §3.2: more than one Host is a bad request (node would silently keep the first).
+    let hosts = 0;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!;
+      if (name.length === 4 && name.toLowerCase() === "host") hosts++;
+    }
+    if (hosts > 1) return refuse(res, 400, "bad_request");
+    const socket = req.socket;
+    const head: RequestHead = {
+      method: req.method!,
+      scheme,
+      authority: req.headers.host ?? "",
+      path: req.url!,
+      headers: req.headers,
+      clientIp: socket.remoteAddress ?? "",
+      localPort: socket.localPort ?? 0,
+    };
+    const body = createNodeBody(req);
+    target.engine.handle(head, body, target.current()).then(
+      (exchange) => respond(exchange, res, body),
+      (err) => {
+        target.onInternalError?.(err);
+        if (!res.headersSent) refuse(res, 500, "internal");
+        else res.destroy();
+      },
+    );
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port, options.address ?? "0.0.0.0", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      }),
+    setTls(tls) {
+      if (server instanceof https.Server) server.setSecureContext({ cert: tls.cert, key: tls.key });
+    },
+  };
+}
+
+function refuse(res: http.ServerResponse, status: number, reason: string) {
+  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "x-weft-reason": reason, connection: "close" });
+  res.end(`${reason}\n`);
+}
+
+function respond(exchange: Exchange, res: http.ServerResponse, body: NodeRequestBody) {
+  if (exchange.kind === "local") {
+    const text = exchange.body;
+    const length = Buffer.byteLength(text);
+    exchange.headers["content-length"] = String(length);
+    res.writeHead(exchange.status, exchange.headers);
+    res.end(text);
+    exchange.finish(body.bytesRead, length);
+    return;
+  }
+  const upstream = exchange.response as NodeUpstreamResponse;
+  const message = upstream.message;
+  let bytesOut = 0;
+  let done = false;
+  const finish = (error?: string) => {
+    if (done) return;
+    done = true;
+    exchange.finish(body.bytesRead, bytesOut, error);
+  };
+  res.writeHead(exchange.status, exchange.headers);
+  message.on("data", (chunk: Buffer) => {
+    bytesOut += chunk.length;
+    if (!res.write(chunk)) {
+      message.pause();
+      res.once("drain", () => message.resume());
+    }
+  });
+  message.once("end", () => {
+    res.end();
+    finish();
+  });
+  message.once("aborted", () => {
+    // The upstream went away mid-body: the client cannot get a complete response, so cut it too.
+    res.destroy();
+    finish("upstream_reset");
+  });
+  res.once("close", () => {
+    if (!res.writableFinished) {
+      upstream.request.destroy();
+      finish("downstream_disconnect");
+    }
+  });
+}

@@ -1,0 +1,189 @@
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
+import { rawExchange, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+
+function mesh(a: TestUpstream, b: TestUpstream, extra: Record<string, unknown> = {}) {
+  return {
+    services: {
+      alpha: { endpoints: [{ address: a.address }] },
+      beta: { endpoints: [{ address: b.address }] },
+    },
+    gateways: {
+      edge: {
+        listeners: [{ port: 0, address: "127.0.0.1" }],
+        maxHeaderCount: 50,
+        routes: [
+          { name: "beta-header", match: { path: { prefix: "/a" }, headers: { "x-canary": { exact: "1" } } }, forward: { to: [{ service: "beta" }] } },
+          { name: "alpha", match: { path: { prefix: "/a" } }, forward: { to: [{ service: "alpha" }] } },
+          { name: "beta", match: { path: { prefix: "/b" } }, forward: { to: [{ service: "beta" }], rewrite: { pathPrefix: "/" } } },
+          { name: "split", match: { path: { exact: "/split" } }, forward: { to: [{ service: "alpha", weight: 90 }, { service: "beta", weight: 10 }] } },
+          { name: "limited", match: { path: { prefix: "/upload" } }, forward: { to: [{ service: "alpha" }], maxBodyBytes: 1000 } },
+          { name: "teapot", match: { path: { exact: "/teapot" } }, directResponse: { status: 418, body: "short and stout" } },
+          { name: "moved", match: { path: { prefix: "/old" } }, redirect: { prefixRewrite: "/new", status: 308 } },
+          { name: "down", match: { path: { prefix: "/down" } }, forward: { to: [{ service: "gone" }] } },
+        ],
+        ...extra,
+      },
+    },
+  };
+}
+
+describe("gateway on Node: routing, splitting, framing", () => {
+  let a: TestUpstream;
+  let b: TestUpstream;
+  let gone: TestUpstream;
+  let gw: GatewayProcess;
+  let port: number;
+
+  before(async () => {
+    a = await startUpstream(replyAs("alpha"));
+    b = await startUpstream(replyAs("beta"));
+    gone = await startUpstream();
+    await gone.close(); // a port nobody listens on any more
+    const config = mesh(a, b);
+    (config.services as Record<string, unknown>).gone = { endpoints: [{ address: gone.address }] };
+    gw = await startGateway(config);
+    port = gw.ports[0]!;
+  });
+  after(async () => {
+    await gw?.stop();
+    await a?.close();
+    await b?.close();
+  });
+
+  test("routes two paths to two upstreams and rewrites the prefix", async () => {
+    const ra = await request(port, { path: "/a/x?q=1", headers: { host: "shop.test" } });
+    assert.equal(ra.status, 200);
+    assert.equal(JSON.parse(ra.body).upstream, "alpha");
+    assert.equal(JSON.parse(ra.body).url, "/a/x?q=1");
+    const rb = await request(port, { path: "/b/y", headers: { host: "shop.test" } });
+    assert.equal(JSON.parse(rb.body).upstream, "beta");
+    assert.equal(JSON.parse(rb.body).url, "/y");
+  });
+
+  test("a header match wins over the plain prefix route", async () => {
+    const r = await request(port, { path: "/a", headers: { "x-canary": "1" } });
+    assert.equal(JSON.parse(r.body).upstream, "beta");
+  });
+
+  test("a 90/10 weighted split lands within two points over 2,000 requests", async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+    let alpha = 0;
+    const total = 2000;
+    for (let i = 0; i < total; i += 50) {
+      const batch = await Promise.all(Array.from({ length: 50 }, () => request(port, { path: "/split", agent })));
+      for (const r of batch) if (JSON.parse(r.body).upstream === "alpha") alpha++;
+    }
+    agent.destroy();
+    const share = (alpha / total) * 100;
+    assert.ok(Math.abs(share - 90) <= 2, `alpha share ${share}%`);
+  });
+
+  test("hop-by-hop headers, Connection-named headers and client x-weft-* never reach the upstream", async () => {
+    const before = a.requests.length;
+    await request(port, {
+      path: "/a/hop",
+      headers: { connection: "keep-alive, x-secret-hop", "x-secret-hop": "1", "keep-alive": "timeout=5", te: "trailers", "proxy-authorization": "Basic eA==", "x-weft-reason": "forged", "x-end": "kept" },
+    });
+    const seen = a.requests[before]!.headers;
+    for (const h of ["x-secret-hop", "keep-alive", "te", "proxy-authorization", "x-weft-reason"]) assert.equal(seen[h], undefined, h);
+    assert.equal(seen["x-end"], "kept");
+    assert.equal(seen["x-forwarded-for"], "127.0.0.1");
+    assert.equal(seen["x-forwarded-proto"], "http");
+    assert.match(String(seen["x-request-id"]), /^[0-9a-f-]{36}$/);
+  });
+
+  test("direct responses and redirects are answered by the gateway", async () => {
+    const t = await request(port, { path: "/teapot" });
+    assert.equal(t.status, 418);
+    assert.equal(t.body, "short and stout");
+    const m = await request(port, { path: "/old/page?x=1", headers: { host: "shop.test" } });
+    assert.equal(m.status, 308);
+    assert.equal(m.headers.location, "http://shop.test/new/page?x=1");
+  });
+
+  test("no route is 404 and an unreachable upstream is 503, each with its reason", async () => {
+    const n = await request(port, { path: "/nowhere" });
+    assert.equal(n.status, 404);
+    assert.equal(n.headers["x-weft-reason"], "no_route");
+    const d = await request(port, { path: "/down" });
+    assert.equal(d.status, 503);
+    assert.ok(["upstream_connect_failure", "retries_exhausted"].includes(String(d.headers["x-weft-reason"])));
+  });
+
+  test("a body over the route limit is refused with 413", async () => {
+    const r = await request(port, { method: "POST", path: "/upload", body: Buffer.alloc(5000) });
+    assert.equal(r.status, 413);
+    assert.equal(r.headers["x-weft-reason"], "body_too_large");
+  });
+
+  test("malformed requests get 400 and never reach an upstream", async () => {
+    const count = a.requests.length + b.requests.length;
+    const cases = [
+      "GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /a/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+      "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+      "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\na",
+      "GET /a HTTP/1.1\r\nHost : x\r\n\r\n",
+      "GET /a HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n b\r\n\r\n",
+      "GET /a HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+      "GET /a HTTP/1.1\r\n\r\n",
+      "GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+      "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked, identity\r\n\r\n",
+      "GARBAGE\r\n\r\n",
+    ];
+    for (const payload of cases) {
+      const out = await rawExchange(port, payload);
+      assert.match(out, /^HTTP\/1\.1 400 /, JSON.stringify(payload));
+      assert.doesNotMatch(out, /HTTP\/1\.1 200/, JSON.stringify(payload));
+    }
+    assert.equal(a.requests.length + b.requests.length, count);
+  });
+
+  test("too many headers get 431", async () => {
+    const headers: Record<string, string> = {};
+    for (let i = 0; i < 80; i++) headers[`x-h${i}`] = "v";
+    const r = await request(port, { path: "/a", headers });
+    assert.equal(r.status, 431);
+    const huge = await request(port, { path: "/a", headers: { "x-big": "v".repeat(20000) } }).catch(() => ({ status: 431 }));
+    assert.equal(huge.status, 431);
+  });
+});
+
+describe("gateway on Node: live reload", () => {
+  test("a valid change reroutes and an invalid one keeps the last good config", async () => {
+    const a = await startUpstream(replyAs("alpha"));
+    const b = await startUpstream(replyAs("beta"));
+    const config = mesh(a, b);
+    const gw = await startGateway(config);
+    try {
+      const port = gw.ports[0]!;
+      assert.equal(JSON.parse((await request(port, { path: "/a" })).body).upstream, "alpha");
+      const rerouted = structuredClone(config);
+      (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
+      await gw.writeConfig(rerouted);
+      await waitFor(async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
+      const broken = structuredClone(rerouted) as unknown as { gateways: { edge: { routes: unknown[] } } };
+      broken.gateways.edge.routes.push({ forward: { to: [{ service: "nope" }] } }, { match: { path: { regex: "(a+)+$" } }, directResponse: { status: 200 } });
+      await gw.writeConfig(broken);
+      await waitFor(async () => gw.logs().some((l) => l.msg === "invalid config" && l.path === "gateways.edge.routes.9.match.path.regex"));
+      const paths = gw.logs().filter((l) => l.msg === "invalid config").map((l) => l.path);
+      assert.ok(paths.includes("gateways.edge.routes.8.forward.to.0.service"), JSON.stringify(paths));
+      assert.equal(JSON.parse((await request(port, { path: "/a" })).body).upstream, "beta");
+    } finally {
+      await gw.stop();
+      await a.close();
+      await b.close();
+    }
+  });
+});
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("condition not met in time");
+}
