@@ -1,3 +1,6 @@
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { basename, dirname, extname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { validateMesh, type ConfigIssue } from "./validate.ts";
 import type { MeshConfig } from "./schema.ts";
 
@@ -5,23 +8,32 @@ export type Loaded = { ok: true; value: MeshConfig } | { ok: false; issues: read
 
 /**
  * loadMeshModule imports a config module (`weft.config.ts`, `.js` or `.json`) and validates its default export.
- * Each call imports a fresh copy, so a changed file is read again.
+ * Each call reads the file again, so a changed file takes effect (files it imports are not re-read).
  * @example
  * const r = await loadMeshModule(pathToFileURL("weft.config.ts"));
  */
 export async function loadMeshModule(url: URL): Promise<Loaded> {
-  const fresh = new URL(url);
-  fresh.searchParams.set("v", `${Date.now()}-${Math.random().toString(36).slice(2)}`);
-  let mod: { default?: unknown };
+  const file = fileURLToPath(url);
+  let config: unknown;
   try {
-    mod = url.pathname.endsWith(".json")
-      ? await import(fresh.href, { with: { type: "json" } })
-      : await import(fresh.href);
+    if (file.endsWith(".json")) {
+      config = JSON.parse(await readFile(file, "utf8"));
+    } else {
+      // Loaders (tsx among them) cache modules by path and ignore query strings, so each load
+      // imports a copy under a fresh name beside the original (relative imports still resolve).
+      const copy = join(dirname(file), `.${basename(file)}.${Date.now()}-${Math.random().toString(36).slice(2)}${extname(file)}`);
+      await writeFile(copy, await readFile(file));
+      try {
+        config = ((await import(pathToFileURL(copy).href)) as { default?: unknown }).default;
+      } finally {
+        await rm(copy, { force: true });
+      }
+      if (config === undefined) {
+        return { ok: false, issues: [{ path: "(file)", message: "the module has no default export (export default defineMesh({...}))" }] };
+      }
+    }
   } catch (err) {
-    return { ok: false, issues: [{ path: "(file)", message: `cannot load ${url.pathname}: ${(err as Error).message}` }] };
+    return { ok: false, issues: [{ path: "(file)", message: `cannot load ${file}: ${(err as Error).message}` }] };
   }
-  if (mod.default === undefined) {
-    return { ok: false, issues: [{ path: "(file)", message: "the module has no default export (export default defineMesh({...}))" }] };
-  }
-  return validateMesh(mod.default);
+  return validateMesh(config);
 }

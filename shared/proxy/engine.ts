@@ -180,7 +180,7 @@ export function createEngine(options: EngineOptions): Engine {
     }
     if (route.redirect) {
       const status = route.redirect.status ?? 301;
-      const headers: OutgoingHeaders = { location: redirectLocation(route.redirect, head, match.matchedPrefix), "x-request-id": requestId };
+      const headers: OutgoingHeaders = { location: redirectLocation(route.redirect, head, match), "x-request-id": requestId };
       if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
       record.status = status;
       return { kind: "local", status, headers, body: "", finish: finisher(record) };
@@ -221,8 +221,8 @@ export function createEngine(options: EngineOptions): Engine {
     headers.host = fwd.rewrite?.host ?? head.authority;
     const path =
       fwd.rewrite?.pathPrefix !== undefined && match.matchedPrefix !== undefined
-        ? rewritePath(head.path, match.matchedPrefix, fwd.rewrite.pathPrefix)
-        : head.path;
+        ? rewritePath(match.path, match.matchedPrefix, fwd.rewrite.pathPrefix)
+        : match.path;
 
     const retry = fwd.retries ?? cluster.retries ?? DEFAULT_RETRIES;
     const timeoutMs = fwd.timeoutMs ?? traffic.timeoutMs;

@@ -4,11 +4,13 @@ import http from "node:http";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { rawExchange, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 
-function mesh(a: TestUpstream, b: TestUpstream, extra: Record<string, unknown> = {}) {
+// "gone" points at a port nobody listens on (by default the discard port, closed on loopback).
+function mesh(a: TestUpstream, b: TestUpstream, goneAddress = "127.0.0.1:9") {
   return {
     services: {
       alpha: { endpoints: [{ address: a.address }] },
       beta: { endpoints: [{ address: b.address }] },
+      gone: { endpoints: [{ address: goneAddress }] },
     },
     gateways: {
       edge: {
@@ -24,7 +26,6 @@ function mesh(a: TestUpstream, b: TestUpstream, extra: Record<string, unknown> =
           { name: "moved", match: { path: { prefix: "/old" } }, redirect: { prefixRewrite: "/new", status: 308 } },
           { name: "down", match: { path: { prefix: "/down" } }, forward: { to: [{ service: "gone" }] } },
         ],
-        ...extra,
       },
     },
   };
@@ -42,8 +43,7 @@ describe("gateway on Node: routing, splitting, framing", () => {
     b = await startUpstream(replyAs("beta"));
     gone = await startUpstream();
     await gone.close(); // a port nobody listens on any more
-    const config = mesh(a, b);
-    (config.services as Record<string, unknown>).gone = { endpoints: [{ address: gone.address }] };
+    const config = mesh(a, b, gone.address);
     gw = await startGateway(config);
     port = gw.ports[0]!;
   });
