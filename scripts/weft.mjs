@@ -4,9 +4,14 @@ import { register } from "tsx/esm/api";
 
 register();
 
+// name → [module, export, help]
 const COMMANDS = {
-  dev: ["../scripts/dev.ts", "runs a demo mesh on loopback: gateway and two sample services"],
-  gateway: ["../gateway/main.ts", "serves an ingress gateway from a config file"],
+  dev: ["../scripts/dev.ts", "main", "runs a demo mesh on loopback: control plane, gateway and two sample services"],
+  control: ["../control/main.ts", "main", "runs the control plane on a NATS bus"],
+  gateway: ["../gateway/main.ts", "main", "serves an ingress gateway from the bus or a config file"],
+  apply: ["../control/cli.ts", "apply", "validates a config file and applies it to the mesh"],
+  status: ["../control/cli.ts", "status", "shows every proxy's revision and whether it is in sync"],
+  get: ["../control/cli.ts", "get", "lists routes, services, endpoints or gateways"],
 };
 
 const [name, ...args] = process.argv.slice(2);
@@ -14,12 +19,12 @@ const command = COMMANDS[name];
 if (!command) {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
   console.log("usage: weft <command> [options]\n\ncommands:");
-  for (const [cmd, [, help]] of Object.entries(COMMANDS)) console.log(`  ${cmd.padEnd(width)}  ${help}`);
+  for (const [cmd, [, , help]] of Object.entries(COMMANDS)) console.log(`  ${cmd.padEnd(width)}  ${help}`);
   console.log("\n`weft <command> --help` describes a command's options.");
   process.exit(name === undefined || name === "help" || name === "--help" ? 0 : 2);
 }
 const mod = await import(new URL(command[0], import.meta.url).href);
-const stop = await mod.main(args);
+const stop = await mod[command[1]](args);
 if (typeof stop === "function") {
   for (const signal of ["SIGTERM", "SIGINT"]) process.once(signal, () => stop().then(() => process.exit(0)));
 } else if (typeof stop === "number") {

@@ -10,6 +10,8 @@
  * | `weft.rls.check` | request/reply | global rate-limit decision |
  * | `weft.status.<proxy-id>` | subject | applied revisions (ACK) and rejections (NACK) |
  * | `weft.telemetry.<proxy-id>` | subject | a proxy's periodic stats |
+ * | `weft.control.apply` / `.status` / `.get` | request/reply | the control plane's API for the CLI |
+ * | `lock.apply` in `weft-config` | KV key | the apply lock (compare-and-set) that serialises control-plane replicas |
  *
  * Names that go into a key or subject must be one bus token (`[A-Za-z0-9_-]+`): a `.` would split it
  * into two tokens and break `*` filters. Use `toBusToken` for free-form ids such as host names.
@@ -32,6 +34,14 @@ export const GATEWAY_KEYS = "gw.*";
 export const ENDPOINTS_KEYS = "eps.*";
 /** Filter over every trust bundle key. */
 export const TRUST_BUNDLE_KEYS = "bundle.>";
+
+/** The key whose compare-and-set serialises applies from several control-plane replicas. */
+export const APPLY_LOCK_KEY = "lock.apply";
+
+/** Request/reply subjects of the control plane's API (used by `weft apply`, `weft status`, `weft get`). */
+export const CONTROL_APPLY_SUBJECT = "weft.control.apply";
+export const CONTROL_STATUS_SUBJECT = "weft.control.status";
+export const CONTROL_GET_SUBJECT = "weft.control.get";
 
 /** Request/reply subject of the certificate authority. */
 export const CA_SIGN_SUBJECT = "weft.ca.sign";

@@ -1,0 +1,160 @@
+import { resolve } from "node:path";
+import process from "node:process";
+import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+import {
+  connectNatsBus,
+  CONTROL_APPLY_SUBJECT,
+  CONTROL_GET_SUBJECT,
+  CONTROL_STATUS_SUBJECT,
+  decodeJson,
+  encodeJson,
+  type Bus,
+} from "../shared/bus/index.ts";
+import { loadMeshModule, readEnv } from "../shared/config/index.ts";
+import { GET_KINDS, type ApplyReply, type GetKind } from "./plane.ts";
+import type { ProxyStatusRow } from "./status.ts";
+
+const NATS_HELP = "  --nats URL     NATS server(s), comma-separated; env WEFT_NATS_URL (default nats://127.0.0.1:4222)";
+
+async function connect(nats: string | undefined): Promise<Bus> {
+  const servers = nats ?? readEnv(process.env).natsUrl ?? "nats://127.0.0.1:4222";
+  return connectNatsBus({ servers: servers.split(","), name: "weft-cli", connectTimeoutMs: 3000 });
+}
+
+async function ask(bus: Bus, subject: string, body: unknown, timeoutMs: number): Promise<{ ok: true; value: Record<string, unknown> } | { ok: false; message: string }> {
+  const r = await bus.request(subject, encodeJson(body), { timeoutMs });
+  if (!r.ok) return { ok: false, message: r.reason === "no_responders" ? "no control plane is running on this bus (start `weft control`)" : `control plane did not answer: ${r.reason}` };
+  const decoded = decodeJson(r.data);
+  return decoded.ok ? { ok: true, value: decoded.value as Record<string, unknown> } : { ok: false, message: `bad reply: ${decoded.reason}` };
+}
+
+/**
+ * apply runs `weft apply FILE`: validates the config locally (every problem listed, exit 1), then
+ * hands it to the control plane and prints what changed.
+ * @example
+ * process.exitCode = await apply(["weft.config.ts", "--nats", "nats://127.0.0.1:4222"]);
+ */
+export async function apply(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { nats: { type: "string" }, "timeout-ms": { type: "string" }, help: { type: "boolean" } },
+  });
+  if (values.help || positionals.length !== 1) {
+    console.log(`usage: weft apply FILE [--nats URL]\n\nValidates FILE (weft.config.ts, .js or .json) and applies it to the mesh.\n${NATS_HELP}`);
+    return values.help ? 0 : 2;
+  }
+  const file = resolve(positionals[0]!);
+  const loaded = await loadMeshModule(pathToFileURL(file));
+  if (!loaded.ok) {
+    console.error(`${file}: config refused, ${loaded.issues.length} problem(s):`);
+    for (const i of loaded.issues) console.error(`  ${i.path}: ${i.message}`);
+    return 1;
+  }
+  const bus = await connect(values.nats);
+  try {
+    const r = await ask(bus, CONTROL_APPLY_SUBJECT, { config: loaded.value }, Number(values["timeout-ms"] ?? 30_000));
+    if (!r.ok) {
+      console.error(r.message);
+      return 1;
+    }
+    const reply = r.value as unknown as ApplyReply;
+    if (!reply.ok) {
+      if (reply.reason === "invalid_config") {
+        console.error(`config refused by the control plane, ${reply.issues.length} problem(s):`);
+        for (const i of reply.issues) console.error(`  ${i.path}: ${i.message}`);
+      } else console.error(`apply failed (${reply.reason}): ${reply.message}`);
+      return 1;
+    }
+    if (reply.changes.length === 0) console.log(`unchanged (revision ${reply.generation})`);
+    else {
+      for (const c of reply.changes) console.log(`${c.key} ${c.op}`);
+      console.log(`applied revision ${reply.generation}`);
+    }
+    return 0;
+  } finally {
+    await bus.close();
+  }
+}
+
+/**
+ * status runs `weft status`: one row per proxy with the revision it runs and whether it is in sync.
+ * @example
+ * process.exitCode = await status(["--nats", url]);
+ */
+export async function status(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { nats: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean" } } });
+  if (values.help) {
+    console.log(`usage: weft status [--nats URL] [-o json]\n\nOne row per proxy: id, role, name, running/expected revision, SYNCED|STALE|NACK|WAITING|GONE, last refusal.\n${NATS_HELP}`);
+    return 0;
+  }
+  const bus = await connect(values.nats);
+  try {
+    const r = await ask(bus, CONTROL_STATUS_SUBJECT, {}, 5000);
+    if (!r.ok) {
+      console.error(r.message);
+      return 1;
+    }
+    const rows = r.value.rows as ProxyStatusRow[];
+    if (values.output === "json") console.log(JSON.stringify(rows, null, 2));
+    else {
+      console.log(`mesh revision ${String(r.value.generation)}`);
+      printTable(rows.map((row) => ({
+        PROXY: row.proxyId,
+        ROLE: row.role,
+        NAME: row.name,
+        REVISION: `${row.revision}/${row.expected}`,
+        SYNC: row.sync,
+        "LAST NACK": row.lastNack ?? "",
+      })));
+    }
+    return 0;
+  } finally {
+    await bus.close();
+  }
+}
+
+/**
+ * get runs `weft get routes|services|endpoints|gateways`.
+ * @example
+ * process.exitCode = await get(["routes", "-o", "json"]);
+ */
+export async function get(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { nats: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean" } },
+  });
+  const kind = positionals[0] as GetKind | undefined;
+  if (values.help || !kind || !GET_KINDS.includes(kind)) {
+    console.log(`usage: weft get ${GET_KINDS.join("|")} [--nats URL] [-o json]\n${NATS_HELP}`);
+    return values.help ? 0 : 2;
+  }
+  const bus = await connect(values.nats);
+  try {
+    const r = await ask(bus, CONTROL_GET_SUBJECT, { kind }, 5000);
+    if (!r.ok) {
+      console.error(r.message);
+      return 1;
+    }
+    const items = r.value.items as Record<string, unknown>[];
+    if (values.output === "json") console.log(JSON.stringify(items, null, 2));
+    else printTable(items.map((item) => Object.fromEntries(Object.entries(item).map(([k, v]) => [k.toUpperCase(), String(v)]))));
+    return 0;
+  } finally {
+    await bus.close();
+  }
+}
+
+function printTable(rows: Record<string, string>[]): void {
+  if (rows.length === 0) {
+    console.log("(none)");
+    return;
+  }
+  const cols = Object.keys(rows[0]!);
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? "").length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(width[i]!)).join("  ").trimEnd();
+  console.log(line(cols));
+  for (const r of rows) console.log(line(cols.map((c) => r[c] ?? "")));
+}

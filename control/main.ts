@@ -1,0 +1,56 @@
+import { hostname } from "node:os";
+import { resolve } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { connectNatsBus, toBusToken } from "../shared/bus/index.ts";
+import { readEnv } from "../shared/config/index.ts";
+import { createLogger } from "../shared/telemetry/logger.ts";
+import { startControlPlane } from "./plane.ts";
+
+const USAGE = `usage: weft control --nats URL [--id ID]
+
+Runs the control plane: validates and compiles applied configs into the weft-config bucket, keeps
+the service registry (eps.<service>) current from heartbeats, and tracks every proxy's status.
+Several replicas may run against one NATS; applies are serialised through a lock key.
+  --nats URL   NATS server(s), comma-separated; env WEFT_NATS_URL
+  --id ID      this replica's id (default control-<host>-<pid>)`;
+
+/**
+ * main runs `weft control`; it resolves once the control plane answers and returns a stop function.
+ * @example
+ * const stop = await main(["--nats", "nats://127.0.0.1:4222"]);
+ */
+export async function main(argv: string[]): Promise<() => Promise<void>> {
+  const { values } = parseArgs({ args: argv, options: { nats: { type: "string" }, id: { type: "string" }, help: { type: "boolean" } } });
+  if (values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const env = readEnv(process.env);
+  const log = createLogger({ component: "control", level: env.logLevel, write: (line) => process.stderr.write(`${line}\n`) });
+  const servers = values.nats ?? env.natsUrl;
+  if (!servers) {
+    console.error(USAGE);
+    process.exit(2);
+  }
+  const id = toBusToken(values.id ?? `control-${hostname()}-${process.pid}`);
+  const bus = await connectNatsBus({ servers: servers.split(","), name: id, waitOnFirstConnect: true });
+  bus.onStatus((status) => log.info("bus", { status }));
+  const control = await startControlPlane({ bus, id, log });
+  return async () => {
+    await control.stop();
+    await bus.close();
+  };
+}
+
+function isEntry(): boolean {
+  const meta = import.meta as ImportMeta & { main?: boolean };
+  if (meta.main !== undefined) return meta.main;
+  return process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+}
+
+if (isEntry()) {
+  const stop = await main(process.argv.slice(2));
+  for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => void stop().then(() => process.exit(0)));
+}

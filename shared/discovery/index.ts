@@ -1,0 +1,3 @@
+export * from "./resources.ts";
+export * from "./watcher.ts";
+export * from "./announce.ts";
