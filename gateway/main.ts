@@ -3,17 +3,25 @@ import { basename, dirname, resolve } from "node:path";
 import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { compileMesh, loadMeshModule, readEnv, type ConfigIssue } from "../shared/config/index.ts";
+import { hostname } from "node:os";
+import { toBusToken } from "../shared/bus/index.ts";
+import { compileMesh, loadMeshModule, readEnv, type ConfigIssue, type WeftEnv } from "../shared/config/index.ts";
 import { detectRuntime } from "../shared/runtime/index.ts";
-import { createLogger } from "../shared/telemetry/logger.ts";
+import { createLogger, type Logger } from "../shared/telemetry/logger.ts";
 import { createAdminApp } from "./admin.ts";
+import { followBus } from "./follow-bus.ts";
 import { createIngress } from "./ingress.ts";
 
-const USAGE = `usage: weft gateway --config weft.config.ts [--name ingress] [--admin 127.0.0.1:15000]
+const USAGE = `usage: weft gateway --nats URL [--name ingress] [--admin 127.0.0.1:15000]
+       weft gateway --config weft.config.ts [--name ingress] [--admin 127.0.0.1:15000]
 
-Serves a gateway from a config file and reloads it when the file changes.
+Serves a gateway. With --nats it follows the control plane (watching only what its routes reach),
+serves its last good config from WEFT_STATE_DIR while the bus is away, and reports ACK/NACK. With
+--config it serves a config file and reloads it when the file changes.
+  --nats URL      NATS server(s), comma-separated; env WEFT_NATS_URL
   --config FILE   the mesh config (weft.config.ts, .js or .json); env WEFT_CONFIG
-  --name NAME     which gateway of the config to run (default: the only one, or "ingress")
+  --name NAME     which gateway to run (default: the only one in the file, or "ingress")
+  --proxy-id ID   this proxy's id on the bus (env WEFT_PROXY_ID; default gateway-<name>-<host>-<pid>)
   --admin ADDR    admin API address (default 127.0.0.1:15000; env WEFT_ADMIN_ADDRESS; port 0 = any)
   --grace-ms N    how long in-flight requests may take to finish on SIGTERM (default 10000)`;
 
@@ -27,7 +35,9 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     args: argv,
     options: {
       config: { type: "string" },
+      nats: { type: "string" },
       name: { type: "string" },
+      "proxy-id": { type: "string" },
       admin: { type: "string" },
       "grace-ms": { type: "string" },
       help: { type: "boolean" },
@@ -40,6 +50,8 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   const env = readEnv(process.env);
   const log = createLogger({ component: "gateway", level: env.logLevel, write: (line) => process.stderr.write(`${line}\n`) });
   const configPath = values.config ?? env.configFile;
+  const natsUrl = values.nats ?? env.natsUrl;
+  if (!configPath && natsUrl) return serveFromBus(natsUrl, values, env, log);
   if (!configPath) {
     console.error(USAGE);
     process.exit(2);
@@ -110,6 +122,35 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       log.info("stopped");
     })());
   return stop;
+}
+
+/** The gateway following the control plane over NATS. */
+async function serveFromBus(
+  servers: string,
+  values: { name?: string; admin?: string; "grace-ms"?: string; "proxy-id"?: string },
+  env: WeftEnv,
+  log: Logger,
+): Promise<() => Promise<void>> {
+  const name = values.name ?? "ingress";
+  const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `gateway-${name}-${hostname()}-${process.pid}`);
+  const runtime = await detectRuntime();
+  const ingress = createIngress({ runtime, name, log });
+  const follow = await followBus({ servers, proxyId, role: { kind: "gateway", name }, stateDir: env.stateDir, apply: (s) => ingress.apply(s), log });
+  const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
+  const admin = await runtime.serveFetch(
+    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot }).fetch,
+    { port: adminPort, address: adminHost },
+  );
+  log.info("admin listening", { address: adminHost, port: admin.port });
+  const graceMs = Number(values["grace-ms"] ?? 10_000);
+  let stopping: Promise<void> | undefined;
+  return () =>
+    (stopping ??= (async () => {
+      await follow.stop();
+      await ingress.stop(graceMs);
+      await admin.close();
+      log.info("stopped");
+    })());
 }
 
 function splitAddress(address: string): [string, number] {

@@ -21,7 +21,9 @@ export async function loadMeshModule(url: URL): Promise<Loaded> {
     } else {
       // Loaders (tsx among them) cache modules by path and ignore query strings, so each load
       // imports a copy under a fresh name beside the original (relative imports still resolve).
-      const copy = join(dirname(file), `.${basename(file)}.${Date.now()}-${Math.random().toString(36).slice(2)}${extname(file)}`);
+      // The copy's extension forces ESM (.mts/.mjs): outside a "type": "module" package a .ts would load as CommonJS.
+      const ext = { ".ts": ".mts", ".js": ".mjs" }[extname(file)] ?? extname(file);
+      const copy = join(dirname(file), `.${basename(file)}.${Date.now()}-${Math.random().toString(36).slice(2)}${ext}`);
       await writeFile(copy, await readFile(file));
       try {
         config = ((await import(pathToFileURL(copy).href)) as { default?: unknown }).default;
