@@ -1,6 +1,6 @@
-import { APPLY_LOCK_KEY, decodeJson, encodeJson, MESH_KEY, parseConfigKey, type Kv, type KvEntry } from "../shared/bus/index.ts";
+import { APPLIED_KEY, APPLY_LOCK_KEY, decodeJson, encodeJson, parseConfigKey, type Kv, type KvEntry } from "../shared/bus/index.ts";
 import type { MeshConfig } from "../shared/config/index.ts";
-import { splitMesh, type MeshResource } from "../shared/discovery/index.ts";
+import { splitMesh, type AppliedRecord } from "../shared/discovery/index.ts";
 import type { ConfigMirror } from "./mirror.ts";
 
 export interface Change {
@@ -26,8 +26,8 @@ export interface ApplyOptions {
 
 /**
  * applyMesh writes a validated config to the bucket as the next generation. Only keys whose content
- * changed are written, services before the gateways that route to them, the `mesh` key next, and
- * deletions last, so a proxy watching mid-apply never sees a route to a service not yet written.
+ * changed are written (services before the gateways that route to them, deletions after), then the
+ * `applied` record; a proxy whose keys did not change hears nothing.
  * Replicas serialise through a compare-and-set lock key; a lock whose holder died expires, and the
  * next apply repairs whatever the dead one half-wrote (it diffs against the bucket, not a cache).
  * @example
@@ -42,14 +42,13 @@ export async function applyMesh(config: MeshConfig, options: ApplyOptions): Prom
     // The mirror has seen every write up to our lock: the diff below is against the bucket as it is.
     await mirror.caughtUpTo(lock.revision);
     const current = mirror.entries();
-    const meshNow = current.get(MESH_KEY) as MeshResource | undefined;
-    const generation = (meshNow?.generation ?? 0) + 1;
+    const appliedNow = current.get(APPLIED_KEY) as AppliedRecord | undefined;
+    const generation = (appliedNow?.generation ?? 0) + 1;
     const desired = splitMesh(config, generation);
 
     const changes: Change[] = [];
     const puts: [string, unknown][] = [];
     for (const [key, value] of desired) {
-      if (key === MESH_KEY) continue;
       const old = current.get(key);
       if (old !== undefined && sameContent(old, value)) continue;
       puts.push([key, value]);
@@ -60,31 +59,35 @@ export async function applyMesh(config: MeshConfig, options: ApplyOptions): Prom
       return (kind === "service" || kind === "gateway") && !desired.has(key);
     });
     for (const key of deletes) changes.push({ key, op: "deleted" });
-    const meshChanged = meshNow === undefined || !sameContent(meshNow, desired.get(MESH_KEY), ["appliedAt"]);
-    if (changes.length === 0 && !meshChanged) return { ok: true, generation: meshNow?.generation ?? 0, changes };
-    changes.push({ key: MESH_KEY, op: meshNow === undefined ? "created" : "updated" });
+    if (changes.length === 0) return { ok: true, generation: appliedNow?.generation ?? 0, changes };
 
+    // Services first (a gateway's new route must find its service), the mesh and gateways next.
     const order = (key: string) => (key.startsWith("svc.") ? 0 : 1);
     puts.sort(([a], [b]) => order(a) - order(b));
     for (const [key, value] of puts) {
       const r = await kv.put(key, encodeJson(value));
       if (!r.ok) return { ok: false, reason: "write_failed", message: `${key}: ${r.reason}` };
     }
-    const r = await kv.put(MESH_KEY, encodeJson(desired.get(MESH_KEY)));
-    if (!r.ok) return { ok: false, reason: "write_failed", message: `${MESH_KEY}: ${r.reason}` };
     deletes.sort((a, b) => order(b) - order(a));
     for (const key of deletes) await kv.delete(key);
+    const record: AppliedRecord = {
+      generation,
+      appliedAt: new Date(now()).toISOString(),
+      services: Object.keys(config.services).sort(),
+      gateways: Object.keys(config.gateways).sort(),
+    };
+    const r = await kv.put(APPLIED_KEY, encodeJson(record));
+    if (!r.ok) return { ok: false, reason: "write_failed", message: `${APPLIED_KEY}: ${r.reason}` };
     return { ok: true, generation, changes };
   } finally {
     await releaseLock(kv, options.holder);
   }
 }
 
-/** Compares two resources ignoring their generation (and other listed fields). */
-function sameContent(a: unknown, b: unknown, ignore: readonly string[] = []): boolean {
+/** Compares two resources ignoring their generation. */
+function sameContent(a: unknown, b: unknown): boolean {
   const strip = (x: unknown) => {
     const { generation: _g, ...rest } = x as Record<string, unknown>;
-    for (const k of ignore) delete rest[k];
     return JSON.stringify(rest);
   };
   return strip(a) === strip(b);

@@ -2,7 +2,7 @@
 // the NATS runs are in test/integration/control-plane.test.ts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { CONFIG_BUCKET, createMemoryBus, createMemoryNetwork, decodeJson, MESH_KEY, type Bus } from "../shared/bus/index.ts";
+import { CONFIG_BUCKET, createMemoryBus, createMemoryNetwork, decodeJson, APPLIED_KEY, type Bus } from "../shared/bus/index.ts";
 import type { MeshInput, Snapshot } from "../shared/config/index.ts";
 import { createAnnouncer, createConfigWatcher, type LastGoodStore } from "../shared/discovery/index.ts";
 import { startControlPlane } from "./plane.ts";
@@ -102,9 +102,11 @@ test("only changed keys are written, and a change the proxy does not depend on d
     c.services.unrelated!.endpoints = [{ address: "127.0.0.1:9999" }];
     const r = await control.apply(c);
     assert.ok(r.ok);
-    assert.deepEqual(r.changes.map((x) => `${x.key} ${x.op}`), ["svc.unrelated updated", "mesh updated"]);
-    // The mesh key changed (generation 2), so the gateway moves to revision 2 with the same routes.
-    await until("revision 2", () => gw.watcher.revision === 2);
+    assert.deepEqual(r.changes.map((x) => `${x.key} ${x.op}`), ["svc.unrelated updated"]);
+    // None of the gateway's keys changed: it hears nothing and stays on revision 1.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(gw.applied.length, 1);
+    assert.equal(gw.watcher.revision, 1);
     const rerouted = await control.apply(meshConfig("beta"));
     assert.ok(rerouted.ok);
     await until("rerouted", () => gw.last()!.services.has("beta"));
@@ -179,7 +181,7 @@ test("two control-plane replicas applying at once leave a consistent bucket", as
     const gens = results.map((r) => (r.ok ? r.generation : 0)).sort((x, y) => x - y);
     assert.deepEqual(gens, [1, 2, 3, 4, 5, 6], "each apply got its own generation");
     const kv = await reader.kv(CONFIG_BUCKET);
-    const mesh = decodeJson((await kv.get(MESH_KEY))!.value);
+    const mesh = decodeJson((await kv.get(APPLIED_KEY))!.value);
     assert.ok(mesh.ok);
     const declared = (mesh.value as { services: string[]; generation: number }).services;
     const stored = (await kv.keys("svc.*")).map((k) => k.slice(4));

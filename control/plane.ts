@@ -1,4 +1,5 @@
 import {
+  APPLIED_KEY,
   BUCKET_HISTORY,
   CONFIG_BUCKET,
   CONTROL_APPLY_SUBJECT,
@@ -11,7 +12,7 @@ import {
   type Subscription,
 } from "../shared/bus/index.ts";
 import { validateMesh, type ConfigIssue, type RouteConfig } from "../shared/config/index.ts";
-import type { EndpointsResource, GatewayResource, MeshResource, ServiceResource } from "../shared/discovery/index.ts";
+import type { AppliedRecord, EndpointsResource, GatewayResource, ServiceResource } from "../shared/discovery/index.ts";
 import { applyMesh, type ApplyResult } from "./apply.ts";
 import { createConfigMirror, type ConfigMirror } from "./mirror.ts";
 import { createRegistry, type Registry } from "./registry.ts";
@@ -113,14 +114,14 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     });
   const subs = [
     serve(CONTROL_APPLY_SUBJECT, (body) => apply((body as { config?: unknown })?.config)),
-    serve(CONTROL_STATUS_SUBJECT, () => ({ ok: true, rows: tracker.rows(), generation: (mirror.get("mesh") as MeshResource | undefined)?.generation ?? 0 })),
+    serve(CONTROL_STATUS_SUBJECT, () => ({ ok: true, rows: tracker.rows(), generation: (mirror.get(APPLIED_KEY) as AppliedRecord | undefined)?.generation ?? 0 })),
     serve(CONTROL_GET_SUBJECT, (body) => {
       const kind = (body as { kind?: string })?.kind as GetKind;
       return GET_KINDS.includes(kind) ? { ok: true, items: get(kind) } : { ok: false, reason: "bad_request", message: `kind must be one of ${GET_KINDS.join(", ")}` };
     }),
   ];
   await bus.flush();
-  log?.info("control plane ready", { id, generation: (mirror.get("mesh") as MeshResource | undefined)?.generation ?? 0 });
+  log?.info("control plane ready", { id, generation: (mirror.get(APPLIED_KEY) as AppliedRecord | undefined)?.generation ?? 0 });
 
   return {
     apply,

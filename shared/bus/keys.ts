@@ -11,6 +11,7 @@
  * | `weft.status.<proxy-id>` | subject | applied revisions (ACK) and rejections (NACK) |
  * | `weft.telemetry.<proxy-id>` | subject | a proxy's periodic stats |
  * | `weft.control.apply` / `.status` / `.get` | request/reply | the control plane's API for the CLI |
+ * | `applied` in `weft-config` | KV key | the last apply: generation, time, every service and gateway (written last: the commit record) |
  * | `lock.apply` in `weft-config` | KV key | the apply lock (compare-and-set) that serialises control-plane replicas |
  *
  * Names that go into a key or subject must be one bus token (`[A-Za-z0-9_-]+`): a `.` would split it
@@ -34,6 +35,9 @@ export const GATEWAY_KEYS = "gw.*";
 export const ENDPOINTS_KEYS = "eps.*";
 /** Filter over every trust bundle key. */
 export const TRUST_BUNDLE_KEYS = "bundle.>";
+
+/** The apply record in `weft-config`: latest generation, when, and every service and gateway (proxies do not watch it). */
+export const APPLIED_KEY = "applied";
 
 /** The key whose compare-and-set serialises applies from several control-plane replicas. */
 export const APPLY_LOCK_KEY = "lock.apply";

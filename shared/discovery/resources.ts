@@ -23,10 +23,17 @@ export interface MeshResource {
   readonly trustDomain: string;
   readonly outboundTrafficPolicy: MeshConfig["outboundTrafficPolicy"];
   readonly accessLog: MeshConfig["accessLog"];
-  /** Every service and gateway of the mesh, for `weft get` and on-demand discovery. */
+}
+
+/**
+ * The `applied` key: written last by every apply that changed something. Proxies do not watch it,
+ * so an apply reaches only the proxies whose keys it changed.
+ */
+export interface AppliedRecord {
+  readonly generation: number;
+  readonly appliedAt: string;
   readonly services: readonly string[];
   readonly gateways: readonly string[];
-  readonly appliedAt: string;
 }
 
 export interface ServiceResource {
@@ -62,9 +69,6 @@ export const MeshResourceSchema = v.object({
   trustDomain: v.string(),
   outboundTrafficPolicy: v.picklist(["REGISTRY_ONLY", "ALLOW_ANY"]),
   accessLog: v.unknown(),
-  services: v.array(Token),
-  gateways: v.array(Token),
-  appliedAt: v.string(),
 });
 
 const SectionResourceSchema = v.object({
@@ -87,20 +91,17 @@ const EndpointsResourceSchema = v.object({
 });
 
 /**
- * splitMesh turns a validated config into the bucket's keys and values for one generation.
+ * splitMesh turns a validated config into the keys proxies watch (mesh, svc.*, gw.*), for one generation.
  * @example
  * for (const [key, value] of splitMesh(config, 7)) await kv.put(key, encodeJson(value));
  */
-export function splitMesh(config: MeshConfig, generation: number, appliedAt = new Date().toISOString()): Map<string, unknown> {
+export function splitMesh(config: MeshConfig, generation: number): Map<string, unknown> {
   const out = new Map<string, unknown>();
   const mesh: MeshResource = {
     generation,
     trustDomain: config.trustDomain,
     outboundTrafficPolicy: config.outboundTrafficPolicy,
     accessLog: config.accessLog,
-    services: Object.keys(config.services).sort(),
-    gateways: Object.keys(config.gateways).sort(),
-    appliedAt,
   };
   out.set(MESH_KEY, mesh);
   for (const [name, svc] of Object.entries(config.services)) out.set(serviceKey(name), { generation, name, config: svc } satisfies ServiceResource);

@@ -6,7 +6,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import http from "node:http";
-import { CONFIG_BUCKET, connectNatsBus, decodeJson, MESH_KEY } from "../../shared/bus/index.ts";
+import { CONFIG_BUCKET, connectNatsBus, decodeJson, APPLIED_KEY } from "../../shared/bus/index.ts";
 import { startControlPlane } from "../../control/plane.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { freePort } from "../harness/ports.ts";
@@ -159,7 +159,7 @@ describe("control plane over NATS", () => {
       const results = await Promise.all(configs.map((c, i) => (i % 2 ? cpA : cpB).apply(c)));
       for (const r of results) assert.ok(r.ok, JSON.stringify(r));
       const kv = await busA.kv(CONFIG_BUCKET);
-      const mesh = decodeJson((await kv.get(MESH_KEY))!.value);
+      const mesh = decodeJson((await kv.get(APPLIED_KEY))!.value);
       assert.ok(mesh.ok);
       const value = mesh.value as { services: string[]; generation: number };
       const gens = results.map((r) => (r.ok ? r.generation : 0));
