@@ -9,7 +9,6 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startControlPlane } from "../control/plane.ts";
 import { connectNatsBus, createMemoryBus, createMemoryNetwork, decodeJson, STATUS_SUBJECTS, type Bus } from "../shared/bus/index.ts";
-import type { MeshInput } from "../shared/config/index.ts";
 import { createConfigWatcher, type ConfigWatcher, type StatusReport } from "../shared/discovery/index.ts";
 
 const { values } = parseArgs({
@@ -34,7 +33,7 @@ const depsOf = Array.from({ length: P }, () => {
   return [...set];
 });
 
-function config(version: number[]): MeshInput {
+function config(version: number[]): unknown {
   const services: Record<string, object> = {};
   for (let s = 0; s < S; s++) {
     services[`svc-${s}`] = { endpoints: [{ address: `10.0.${Math.floor(s / 250)}.${s % 250}:8080` }], traffic: { timeoutMs: 1000 + version[s]! } };

@@ -4,12 +4,12 @@ import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { hostname } from "node:os";
-import { toBusToken } from "../shared/bus/index.ts";
+import { connectNatsBus, toBusToken } from "../shared/bus/index.ts";
+import { followBus } from "../shared/discovery/index.ts";
 import { compileMesh, loadMeshModule, readEnv, type ConfigIssue, type WeftEnv } from "../shared/config/index.ts";
-import { detectRuntime } from "../shared/runtime/index.ts";
+import { detectRuntime, fileStore } from "../shared/runtime/index.ts";
 import { createLogger, type Logger } from "../shared/telemetry/logger.ts";
 import { createAdminApp } from "./admin.ts";
-import { followBus } from "./follow-bus.ts";
 import { createIngress } from "./ingress.ts";
 
 const USAGE = `usage: weft gateway --nats URL [--name ingress] [--admin 127.0.0.1:15000]
@@ -135,7 +135,14 @@ async function serveFromBus(
   const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `gateway-${name}-${hostname()}-${process.pid}`);
   const runtime = await detectRuntime();
   const ingress = createIngress({ runtime, name, log });
-  const follow = await followBus({ servers, proxyId, role: { kind: "gateway", name }, stateDir: env.stateDir, apply: (s) => ingress.apply(s), log });
+  const follow = await followBus({
+    connect: () => connectNatsBus({ servers: servers.split(","), name: proxyId, waitOnFirstConnect: true }),
+    proxyId,
+    role: { kind: "gateway", name },
+    store: fileStore(env.stateDir, proxyId),
+    apply: (s) => ingress.apply(s),
+    log,
+  });
   const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
   const admin = await runtime.serveFetch(
     createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot }).fetch,

@@ -11,3 +11,5 @@ export async function detectRuntime(): Promise<ProxyRuntime> {
   if ("Deno" in globalThis) return (await import("./deno/index.ts")).denoRuntime;
   return (await import("./node/index.ts")).nodeRuntime;
 }
+
+export { fileStore } from "./state-file.ts";
