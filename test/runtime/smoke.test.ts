@@ -1,0 +1,115 @@
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { startGateway, type GatewayProcess, type RuntimeName } from "../harness/gateway.ts";
+import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+
+// One smoke body, run as a real `weft gateway --config <file>` process on each runtime.
+function mesh(a: TestUpstream, b: TestUpstream) {
+  return {
+    services: {
+      alpha: { endpoints: [{ address: a.address }] },
+      beta: { endpoints: [{ address: b.address }] },
+    },
+    gateways: {
+      edge: {
+        listeners: [{ port: 0, address: "127.0.0.1" }],
+        routes: [
+          { name: "canary", match: { path: { prefix: "/a" }, headers: { "x-canary": { exact: "1" } } }, forward: { to: [{ service: "beta" }] } },
+          { name: "alpha", match: { path: { prefix: "/a" } }, forward: { to: [{ service: "alpha" }] } },
+          { name: "beta", match: { path: { prefix: "/b" } }, forward: { to: [{ service: "beta" }], rewrite: { pathPrefix: "/" } } },
+          { name: "split", match: { path: { exact: "/split" } }, forward: { to: [{ service: "alpha", weight: 70 }, { service: "beta", weight: 30 }] } },
+          { name: "ping", match: { path: { exact: "/ping" } }, directResponse: { status: 200, body: "pong\n" } },
+        ],
+      },
+    },
+  };
+}
+
+for (const runtime of ["node", "bun", "deno"] as const satisfies readonly RuntimeName[]) {
+  describe(`gateway smoke on ${runtime}`, () => {
+    let a: TestUpstream;
+    let b: TestUpstream;
+    let gw: GatewayProcess;
+    let port: number;
+
+    before(async () => {
+      a = await startUpstream(replyAs("alpha"));
+      b = await startUpstream(replyAs("beta"));
+      gw = await startGateway(mesh(a, b), { runtime });
+      port = gw.ports[0]!;
+    });
+    after(async () => {
+      await gw?.stop();
+      await a?.close();
+      await b?.close();
+    });
+
+    test(`the gateway process serves on ${runtime}'s own adapter`, () => {
+      const listening = gw.logs().find((l) => l.msg === "listening");
+      assert.equal(listening?.runtime, runtime);
+    });
+
+    test("routes two paths to two upstreams, keeping Host and rewriting the prefix", async () => {
+      const ra = await request(port, { path: "/a/x?q=1", headers: { host: "shop.test" } });
+      assert.equal(ra.status, 200);
+      const bodyA = JSON.parse(ra.body);
+      assert.equal(bodyA.upstream, "alpha");
+      assert.equal(bodyA.url, "/a/x?q=1");
+      assert.equal(bodyA.headers.host, "shop.test");
+      assert.equal(bodyA.headers["x-forwarded-proto"], "http");
+      const rb = await request(port, { path: "/b/y", headers: { host: "shop.test" } });
+      assert.equal(rb.status, 200);
+      assert.equal(JSON.parse(rb.body).upstream, "beta");
+      assert.equal(JSON.parse(rb.body).url, "/y");
+    });
+
+    test("a header match sends the request to the canary", async () => {
+      const r = await request(port, { path: "/a/z", headers: { "x-canary": "1" } });
+      assert.equal(JSON.parse(r.body).upstream, "beta");
+    });
+
+    test("hop-by-hop request headers do not reach the upstream", async () => {
+      const r = await request(port, {
+        path: "/a/hop",
+        headers: { connection: "keep-alive, x-hop", "x-hop": "1", "keep-alive": "timeout=5", te: "trailers", "x-end": "kept" },
+      });
+      const seen = JSON.parse(r.body).headers as Record<string, string>;
+      for (const h of ["x-hop", "keep-alive", "te"]) assert.equal(seen[h], undefined, h);
+      assert.equal(seen["x-end"], "kept");
+    });
+
+    test("a 70/30 weighted split lands within five points over 1,000 requests", async () => {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+      let alpha = 0;
+      const total = 1000;
+      try {
+        for (let i = 0; i < total; i += 50) {
+          const batch = await Promise.all(Array.from({ length: 50 }, () => request(port, { path: "/split", agent })));
+          for (const r of batch) {
+            assert.equal(r.status, 200);
+            if (JSON.parse(r.body).upstream === "alpha") alpha++;
+          }
+        }
+      } finally {
+        agent.destroy();
+      }
+      const share = (alpha / total) * 100;
+      assert.ok(Math.abs(share - 70) <= 5, `alpha share ${share}%`);
+    });
+
+    test("a direct response is answered by the gateway", async () => {
+      const before = a.requests.length + b.requests.length;
+      const r = await request(port, { path: "/ping" });
+      assert.equal(r.status, 200);
+      assert.equal(r.body, "pong\n");
+      assert.equal(a.requests.length + b.requests.length, before);
+    });
+
+    test("no route is a 404 with x-weft-reason no_route", async () => {
+      const r = await request(port, { path: "/nowhere" });
+      assert.equal(r.status, 404);
+      assert.equal(r.headers["x-weft-reason"], "no_route");
+    });
+  });
+}
