@@ -307,9 +307,10 @@ async function exportKeyPem(key: CryptoKey): Promise<string> {
 }
 
 function randomSerial(): string {
-  // 128 random bits with the sign bit cleared: a positive INTEGER per RFC 5280 §4.1.2.2.
+  // 16 random bytes, sign bit cleared (a positive INTEGER, RFC 5280 §4.1.2.2) and first byte non-zero
+  // so the encoding always keeps all 16 octets: 126 bits of entropy.
   const bytes = crypto.getRandomValues(new Uint8Array(16));
-  bytes[0] = bytes[0]! & 0x7f;
+  bytes[0] = (bytes[0]! & 0x7f) | 0x01;
   return toHex(bytes);
 }
 
