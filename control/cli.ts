@@ -11,7 +11,8 @@ import {
   encodeJson,
   type Bus,
 } from "../shared/bus/index.ts";
-import { loadMeshModule, readEnv } from "../shared/config/index.ts";
+import { readEnv } from "../shared/config/index.ts";
+import { loadMeshModule } from "../shared/runtime/index.ts";
 import { GET_KINDS, type ApplyReply, type GetKind } from "./plane.ts";
 import type { ProxyStatusRow } from "./status.ts";
 

@@ -7,9 +7,9 @@ import { startControlPlane } from "../control/plane.ts";
 import { createAdminApp } from "../gateway/admin.ts";
 import { createIngress } from "../gateway/ingress.ts";
 import { createMemoryBus, createMemoryNetwork } from "../shared/bus/index.ts";
-import { loadMeshModule, readEnv } from "../shared/config/index.ts";
+import { readEnv } from "../shared/config/index.ts";
 import { createConfigWatcher } from "../shared/discovery/index.ts";
-import { detectRuntime } from "../shared/runtime/index.ts";
+import { detectRuntime, loadMeshModule } from "../shared/runtime/index.ts";
 import { createLogger } from "../shared/telemetry/logger.ts";
 
 const USAGE = `usage: weft dev [--config examples/weft.config.ts]

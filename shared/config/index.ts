@@ -4,5 +4,4 @@ export * from "./snapshot.ts";
 export * from "./validate.ts";
 export * from "./compile.ts";
 export * from "./define.ts";
-export * from "./load.ts";
 export * from "./env.ts";

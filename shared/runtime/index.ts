@@ -13,3 +13,4 @@ export async function detectRuntime(): Promise<ProxyRuntime> {
 }
 
 export { fileStore } from "./state-file.ts";
+export { loadMeshModule, type Loaded } from "./load-config.ts";

@@ -1,8 +1,7 @@
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, extname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { validateMesh, type ConfigIssue } from "./validate.ts";
-import type { MeshConfig } from "./schema.ts";
+import { validateMesh, type ConfigIssue, type MeshConfig } from "../config/index.ts";
 
 export type Loaded = { ok: true; value: MeshConfig } | { ok: false; issues: readonly ConfigIssue[] };
 
