@@ -64,8 +64,9 @@ test("serial numbers are positive, 128-bit-sized and distinct", async () => {
   assert.equal(serials.size, 20);
 });
 
-test("the root is a critical CA with certificate and CRL signing and a trust-domain name constraint", async () => {
-  const ca = await createCertificateAuthority({ trustDomain: TD });
+test("the root is a critical CA with certificate and CRL signing, and a trust-domain name constraint on request", async () => {
+  assert.equal(new x509.X509Certificate((await createCertificateAuthority({ trustDomain: TD })).bundle()[0]!).getExtension("2.5.29.30"), null);
+  const ca = await createCertificateAuthority({ trustDomain: TD, nameConstraints: true });
   const root = new x509.X509Certificate(ca.bundle()[0]!);
   assert.ok(await root.isSelfSigned());
   const bc = root.getExtension(x509.BasicConstraintsExtension)!;

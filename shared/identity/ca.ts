@@ -54,7 +54,11 @@ export type CertificateAuthorityOptions = {
   rootTtlMs?: number;
   /** Sign leaves with an intermediate under the root; default false. */
   intermediate?: boolean;
-  /** Put a URI name constraint for the trust domain on generated CA certificates; default true. */
+  /**
+   * Put a critical URI name constraint for the trust domain on generated CA certificates; default false.
+   * OpenSSL (Node) and BoringSSL (Bun) enforce it, but Deno's rustls-webpki refuses every chain that
+   * carries a URI name constraint, so it is opt-in for meshes without Deno proxies.
+   */
   nameConstraints?: boolean;
 };
 
@@ -94,7 +98,7 @@ export async function createCertificateAuthority(options: CertificateAuthorityOp
   const leafTtlMs = options.leafTtlMs ?? HOUR;
   const rootTtlMs = options.rootTtlMs ?? 365 * DAY;
   const useIntermediate = options.intermediate ?? false;
-  const constrain = options.nameConstraints ?? true;
+  const constrain = options.nameConstraints ?? false;
 
   let generations: Generation[];
   let active: number;

