@@ -111,6 +111,7 @@ test("malformed and oversized requests are refused before any attestation", asyn
   assert.deepEqual(await bad(JSON.stringify({ csrPem: 1, attestation: {} })), { ok: false, reason: "bad_request" });
   assert.deepEqual(await bad(JSON.stringify({ csrPem: "x", attestation: { kind: "magic", token: "t" } })), { ok: false, reason: "bad_request" });
   assert.deepEqual(await handle(new Uint8Array(70 * 1024)).then(decodeSignResponse), { ok: false, reason: "request_too_large" });
+  assert.deepEqual(await bad(JSON.stringify({ csrPem: "not a csr", attestation: { kind: "join_token", token: "t" } })), { ok: false, reason: "bad_csr" });
 });
 
 test("a CSR with no URI SAN gets the attested ID", async () => {

@@ -112,11 +112,12 @@ export function handleSignRequest(
     if (request.byteLength > MAX_REQUEST_BYTES) return encode({ ok: false, reason: "request_too_large" });
     const req = parseRequest(request);
     if (!req) return encode({ ok: false, reason: "bad_request" });
+    // Parse the CSR before attesting, so an unreadable request never spends a single-use token.
+    const asked = requestedUriSans(req.csrPem);
+    if (asked === null) return encode({ ok: false, reason: "bad_csr" });
     const attested = await verifyAttestation(req.attestation);
     if (!attested.ok) return encode({ ok: false, reason: attested.reason });
     const spiffeId = workloadId(ca.trustDomain, attested.namespace, attested.serviceAccount);
-    const asked = requestedUriSans(req.csrPem);
-    if (asked === null) return encode({ ok: false, reason: "bad_csr" });
     // The CSR may name no ID, or exactly the attested one; anything else is a request for an
     // identity the caller has not proven.
     if (asked.length > 1 || (asked.length === 1 && asked[0] !== spiffeId)) return encode({ ok: false, reason: "id_not_attested" });
