@@ -1,4 +1,5 @@
-import { resolve } from "node:path";
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import process from "node:process";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
@@ -12,6 +13,7 @@ import {
   type Bus,
 } from "../shared/bus/index.ts";
 import { readEnv } from "../shared/config/index.ts";
+import { mintJoinToken } from "../shared/identity/index.ts";
 import { loadMeshModule } from "../shared/runtime/index.ts";
 import { GET_KINDS, type ApplyReply, type GetKind } from "./plane.ts";
 import type { ProxyStatusRow } from "./status.ts";
@@ -146,6 +148,33 @@ export async function get(argv: string[]): Promise<number> {
   } finally {
     await bus.close();
   }
+}
+
+/**
+ * token runs `weft token --ns NS --sa SA`: mints a join token from the CA's key on this machine (never
+ * over the bus), for a proxy outside Kubernetes to attest its identity once.
+ * @example
+ * process.exitCode = await token(["--ns", "default", "--sa", "web", "--state-dir", ".weft/control"]);
+ */
+export async function token(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { ns: { type: "string" }, sa: { type: "string" }, "ttl-ms": { type: "string" }, "state-dir": { type: "string" }, help: { type: "boolean" } },
+  });
+  if (values.help || !values.ns || !values.sa) {
+    console.log("usage: weft token --ns NAMESPACE --sa SERVICE_ACCOUNT [--ttl-ms 3600000] [--state-dir DIR]\n\nMints a join token with the control plane's key (DIR default $WEFT_STATE_DIR/control).");
+    return values.help ? 0 : 2;
+  }
+  const dir = values["state-dir"] ?? join(readEnv(process.env).stateDir, "control");
+  let key: Uint8Array;
+  try {
+    key = new Uint8Array(await readFile(join(dir, "join-token.key")));
+  } catch {
+    console.error(`no join-token key in ${dir}: start \`weft control --state-dir ${dir}\` once first`);
+    return 1;
+  }
+  console.log(await mintJoinToken({ namespace: values.ns, serviceAccount: values.sa, ttlMs: Number(values["ttl-ms"] ?? 3_600_000) }, key));
+  return 0;
 }
 
 function printTable(rows: Record<string, string>[]): void {

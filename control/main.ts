@@ -1,5 +1,5 @@
 import { hostname } from "node:os";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -8,13 +8,17 @@ import { readEnv } from "../shared/config/index.ts";
 import { createLogger } from "../shared/telemetry/logger.ts";
 import { startControlPlane } from "./plane.ts";
 
-const USAGE = `usage: weft control --nats URL [--id ID]
+const USAGE = `usage: weft control --nats URL [--id ID] [--trust-domain cluster.local] [--state-dir DIR] [--leaf-ttl-ms N]
 
 Runs the control plane: validates and compiles applied configs into the weft-config bucket, keeps
 the service registry (eps.<service>) current from heartbeats, and tracks every proxy's status.
 Several replicas may run against one NATS; applies are serialised through a lock key.
   --nats URL   NATS server(s), comma-separated; env WEFT_NATS_URL
-  --id ID      this replica's id (default control-<host>-<pid>)`;
+  --id ID      this replica's id (default control-<host>-<pid>)
+  --trust-domain TD   the mesh CA's SPIFFE trust domain (default cluster.local); applied configs must match
+  --state-dir DIR     CA state and join-token key, files mode 0600 (default $WEFT_STATE_DIR/control);
+                      replicas must share it (a mounted secret), a replica with another root refuses to start
+  --leaf-ttl-ms N     workload certificate lifetime (default 3600000)`;
 
 /**
  * main runs `weft control`; it resolves once the control plane answers and returns a stop function.
@@ -22,7 +26,17 @@ Several replicas may run against one NATS; applies are serialised through a lock
  * const stop = await main(["--nats", "nats://127.0.0.1:4222"]);
  */
 export async function main(argv: string[]): Promise<() => Promise<void>> {
-  const { values } = parseArgs({ args: argv, options: { nats: { type: "string" }, id: { type: "string" }, help: { type: "boolean" } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      nats: { type: "string" },
+      id: { type: "string" },
+      "trust-domain": { type: "string" },
+      "state-dir": { type: "string" },
+      "leaf-ttl-ms": { type: "string" },
+      help: { type: "boolean" },
+    },
+  });
   if (values.help) {
     console.log(USAGE);
     process.exit(0);
@@ -37,7 +51,12 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   const id = toBusToken(values.id ?? `control-${hostname()}-${process.pid}`);
   const bus = await connectNatsBus({ servers: servers.split(","), name: id, waitOnFirstConnect: true });
   bus.onStatus((status) => log.info("bus", { status }));
-  const control = await startControlPlane({ bus, id, log });
+  const ca = {
+    trustDomain: values["trust-domain"] ?? "cluster.local",
+    stateDir: values["state-dir"] ?? join(env.stateDir, "control"),
+    ...(values["leaf-ttl-ms"] ? { leafTtlMs: Number(values["leaf-ttl-ms"]) } : {}),
+  };
+  const control = await startControlPlane({ bus, id, log, ca });
   return async () => {
     await control.stop();
     await bus.close();

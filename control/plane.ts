@@ -14,6 +14,7 @@ import {
 import { validateMesh, type ConfigIssue, type RouteConfig } from "../shared/config/index.ts";
 import type { AppliedRecord, EndpointsResource, GatewayResource, ServiceResource } from "../shared/discovery/index.ts";
 import { applyMesh, type ApplyResult } from "./apply.ts";
+import { startCaService, type CaService } from "./ca.ts";
 import { createConfigMirror, type ConfigMirror } from "./mirror.ts";
 import { createRegistry, type Registry } from "./registry.ts";
 import { createStatusTracker, type ProxyStatusRow, type StatusTracker } from "./status.ts";
@@ -29,12 +30,16 @@ export interface ControlPlaneOptions {
   readonly log?: { info(msg: string, fields?: Record<string, unknown>): void; warn(msg: string, fields?: Record<string, unknown>): void };
   /** Registry sweep period (default 500 ms). */
   readonly sweepMs?: number;
+  /** Run the mesh CA for this trust domain, keeping its state in stateDir (omit: no CA in this process). */
+  readonly ca?: { readonly trustDomain: string; readonly stateDir: string; readonly leafTtlMs?: number };
 }
 
 export interface ControlPlane {
   /** Validates (same schemas as the CLI and the proxies), compiles into per-section keys, and writes the changes. */
   apply(input: unknown): Promise<ApplyReply>;
   status(): ProxyStatusRow[];
+  /** The certificate authority, when this replica runs one. */
+  readonly ca: CaService | undefined;
   get(kind: GetKind): unknown[];
   stop(): Promise<void>;
 }
@@ -52,10 +57,16 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   await mirror.ready();
   const registry: Registry = createRegistry({ bus, kv, mirror, sweepMs: options.sweepMs, log });
   const tracker: StatusTracker = createStatusTracker({ bus, mirror });
+  const ca = options.ca
+    ? await startCaService({ bus, trustDomain: options.ca.trustDomain, stateDir: options.ca.stateDir, leafTtlMs: options.ca.leafTtlMs, log: { info: (m, f) => log?.info(m, f), error: (m, f) => log?.warn(m, f) } })
+    : undefined;
 
   async function apply(input: unknown): Promise<ApplyReply> {
     const validated = validateMesh(input);
     if (!validated.ok) return { ok: false, reason: "invalid_config", issues: validated.issues };
+    if (ca && validated.value.trustDomain !== ca.ca.trustDomain) {
+      return { ok: false, reason: "invalid_config", issues: [{ path: "trustDomain", message: `must be "${ca.ca.trustDomain}", the trust domain of the mesh CA` }] };
+    }
     const r = await applyMesh(validated.value, { kv, mirror, holder: id });
     if (r.ok && r.changes.length > 0) log?.info("config applied", { generation: r.generation, changes: r.changes.length });
     if (!r.ok) log?.warn("apply failed", { reason: r.reason, message: r.message });
@@ -126,9 +137,11 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   return {
     apply,
     status: () => tracker.rows(),
+    ca,
     get,
     async stop() {
       for (const s of subs) s.unsubscribe();
+      ca?.stop();
       registry.stop();
       tracker.stop();
       mirror.stop();

@@ -12,6 +12,7 @@ const COMMANDS = {
   apply: ["../control/cli.ts", "apply", "validates a config file and applies it to the mesh"],
   status: ["../control/cli.ts", "status", "shows every proxy's revision and whether it is in sync"],
   get: ["../control/cli.ts", "get", "lists routes, services, endpoints or gateways"],
+  token: ["../control/cli.ts", "token", "mints a join token for a proxy outside Kubernetes"],
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -68,7 +68,7 @@ describe("control plane over NATS", () => {
     a = await startUpstream(replyAs("alpha"));
     b = await startUpstream(replyAs("beta"));
     gwPort = await freePort();
-    control = spawnWeft(["control", "--nats", nats.url, "--id", "control-1"]);
+    control = spawnWeft(["control", "--nats", nats.url, "--id", "control-1", "--state-dir", join(dir, "control")]);
     await control.waitForLog((l) => l.msg === "control plane ready");
     gateway = startGatewayProcess();
     await gateway.waitForLog((l) => l.msg === "following the control plane");

@@ -1,0 +1,125 @@
+import { BUCKET_HISTORY, CA_SIGN_SUBJECT, decodeJson, TRUST_BUCKET, trustBundleKey, type Bus, type Watch } from "../bus/index.ts";
+import {
+  createKeyAndCsr,
+  decodeSignResponse,
+  encodeSignRequest,
+  nextRefreshAt,
+  type Attestation,
+  type Svid,
+} from "../identity/index.ts";
+import type { LogSink } from "./watcher.ts";
+
+/** What a proxy holds to speak mTLS: its SVID and the roots it trusts. */
+export interface IdentityMaterial {
+  readonly svid: Svid;
+  readonly bundlePem: readonly string[];
+}
+
+export interface IdentityAgentOptions {
+  readonly bus: Bus;
+  readonly trustDomain: string;
+  /** The ID this proxy asks for; the CA signs it only if the attestation proves it. */
+  readonly spiffeId: string;
+  /** Read fresh for every request (a projected service-account token rotates on disk). */
+  attestation(): Promise<Attestation>;
+  /** Called with new material after every renewal and every bundle change. */
+  onUpdate?(material: IdentityMaterial): void;
+  readonly log?: LogSink;
+  readonly now?: () => number;
+  readonly random?: () => number;
+}
+
+export interface IdentityAgent {
+  /** Resolves once the first SVID and bundle are held; rejects with the CA's reason if it refuses. */
+  start(): Promise<IdentityMaterial>;
+  current(): IdentityMaterial | undefined;
+  stop(): void;
+}
+
+/**
+ * createIdentityAgent keeps a proxy's X.509-SVID fresh: it makes its own P-256 key (which never
+ * leaves the process), sends a CSR with its attestation over `weft.ca.sign`, renews at half-life
+ * (with jitter), retries with backoff while the CA is unreachable, and follows the trust bundle
+ * (two roots during a rotation). New connections use the new material; open ones finish on the old.
+ * @example
+ * const agent = createIdentityAgent({ bus, trustDomain, spiffeId, attestation: async () => ({ kind: "join_token", token }) });
+ * const { svid, bundlePem } = await agent.start();
+ */
+export function createIdentityAgent(options: IdentityAgentOptions): IdentityAgent {
+  const { bus, trustDomain, spiffeId, log } = options;
+  const now = options.now ?? Date.now;
+  const random = options.random ?? Math.random;
+  let svid: Svid | undefined;
+  let bundle: readonly string[] = [];
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let watch: Watch | undefined;
+  let stopped = false;
+
+  const material = () => (svid ? { svid, bundlePem: bundle } : undefined);
+  const emit = () => {
+    const m = material();
+    if (m) options.onUpdate?.(m);
+  };
+
+  async function obtain(): Promise<Svid> {
+    const { keyPem, csrPem } = await createKeyAndCsr(spiffeId);
+    const reply = await bus.request(CA_SIGN_SUBJECT, encodeSignRequest({ csrPem, attestation: await options.attestation() }), { timeoutMs: 5000 });
+    if (!reply.ok) throw Object.assign(new Error(`CA unreachable: ${reply.reason}`), { retry: true });
+    const r = decodeSignResponse(reply.data);
+    if (!r.ok) throw Object.assign(new Error(`CA refused: ${r.reason}`), { reason: r.reason, retry: false });
+    if (bundle.length === 0) bundle = r.bundlePem;
+    return { spiffeId: r.spiffeId, chainPem: r.chainPem, keyPem, notBefore: new Date(now()), notAfter: new Date(r.notAfter) };
+  }
+
+  function scheduleRenewal(delayMs: number, failures = 0): void {
+    if (stopped) return;
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      try {
+        svid = await obtain();
+        log?.info("certificate renewed", { spiffeId, notAfter: svid.notAfter.toISOString() });
+        emit();
+        scheduleRenewal(nextRefreshAt(svid, now(), random) - now());
+      } catch (err) {
+        const wait = Math.min(30_000, 250 * 2 ** failures);
+        log?.warn("certificate renewal failed, retrying", { error: String((err as Error).message), retryInMs: wait });
+        scheduleRenewal(wait, failures + 1);
+      }
+    }, Math.max(0, delayMs));
+    (timer as { unref?: () => void }).unref?.();
+  }
+
+  return {
+    async start() {
+      const trust = await bus.kv(TRUST_BUCKET, { history: BUCKET_HISTORY });
+      watch = trust.watch(trustBundleKey(trustDomain), (e) => {
+        if (e.operation !== "PUT") return;
+        const decoded = decodeJson(e.value);
+        const roots = decoded.ok ? (decoded.value as { roots?: unknown }).roots : undefined;
+        if (!Array.isArray(roots) || !roots.every((r) => typeof r === "string") || roots.length === 0) return;
+        bundle = roots as string[];
+        log?.info("trust bundle updated", { roots: bundle.length });
+        emit();
+      });
+      for (let failures = 0; ; failures++) {
+        try {
+          svid = await obtain();
+          break;
+        } catch (err) {
+          if ((err as { retry?: boolean }).retry === false || stopped) throw err;
+          await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** failures)));
+        }
+      }
+      log?.info("certificate issued", { spiffeId, notAfter: svid.notAfter.toISOString() });
+      scheduleRenewal(nextRefreshAt(svid, now(), random) - now());
+      emit();
+      return material()!;
+    },
+    current: material,
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+      watch?.stop();
+    },
+  };
+}
