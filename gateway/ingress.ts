@@ -23,7 +23,7 @@ export interface IngressOptions {
 export interface Ingress {
   /** Applies a new snapshot: routes swap atomically, listeners are opened/closed to match. */
   apply(snapshot: Snapshot): Promise<void>;
-  /** Ports actually bound, by listener key (address:port as configured). */
+  /** Ports actually bound, by listener key (address:port as configured; address:0#index for port 0). */
   readonly ports: ReadonlyMap<string, number>;
   readonly current: RouteView | undefined;
   readonly snapshot: Snapshot | undefined;
@@ -59,8 +59,9 @@ export function createIngress(options: IngressOptions): Ingress {
 
   async function reconcileListeners(gateway: GatewaySnapshot) {
     const wanted = new Map<string, { signature: string; spec: GatewaySnapshot["listeners"][number] }>();
-    for (const spec of gateway.listeners) {
-      const key = `${spec.address}:${spec.port}`;
+    for (const [index, spec] of gateway.listeners.entries()) {
+      // Port 0 ("any free port") may repeat on one address: each such listener is its own socket.
+      const key = spec.port === 0 ? `${spec.address}:0#${index}` : `${spec.address}:${spec.port}`;
       const signature = JSON.stringify([spec.protocol, spec.tls, gateway.maxHeaderBytes, gateway.maxHeaderCount]);
       wanted.set(key, { signature, spec });
     }

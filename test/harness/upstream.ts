@@ -97,3 +97,14 @@ export async function rawExchange(port: number, payload: string, quietMs = 300):
     timer = setTimeout(done, quietMs * 4);
   });
 }
+
+/**
+ * deadAddress returns a 127.0.0.1 address that was just bound and released, so a connect to it is refused.
+ * @example
+ * const services = { gone: { endpoints: [{ address: await deadAddress() }] } };
+ */
+export async function deadAddress(): Promise<string> {
+  const gone = await startUpstream();
+  await gone.close();
+  return gone.address;
+}

@@ -1,6 +1,6 @@
 import http from "node:http";
 import type { Socket } from "node:net";
-import type { UpstreamClient, UpstreamFailure, UpstreamRequest, UpstreamResponse, UpstreamResult } from "../../proxy/index.ts";
+import { isIdempotent, type UpstreamClient, type UpstreamFailure, type UpstreamRequest, type UpstreamResponse, type UpstreamResult } from "../../proxy/index.ts";
 import type { NodeRequestBody } from "./body.ts";
 
 /** An upstream response whose body is a node stream, for the node adapter to write out. */
@@ -92,9 +92,17 @@ export function createNodeUpstreamClient(): UpstreamClient {
       });
       outgoing.on("error", (err: NodeJS.ErrnoException) => {
         if (settled) return;
-        // A pooled connection the upstream closed while idle fails on first use; that request
-        // never reached the application, so it is sent once more on a fresh connection.
-        if (allowStaleRetry && outgoing.reusedSocket && (err.code === "ECONNRESET" || err.code === "EPIPE") && body.replayable) {
+        // A pooled connection the upstream closed while idle fails on first use and is sent once
+        // more on a fresh connection. A reset there cannot be told apart from an application that
+        // read the request and died, so (as Go's net/http does) only idempotent methods are resent
+        // silently; anything else goes back to the engine, whose retry policy decides.
+        if (
+          allowStaleRetry &&
+          outgoing.reusedSocket &&
+          (err.code === "ECONNRESET" || err.code === "EPIPE") &&
+          body.replayable &&
+          isIdempotent(req.method)
+        ) {
           settled = true;
           clearTimeout(timer);
           resolve(forward(req, false));
