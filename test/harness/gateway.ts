@@ -15,6 +15,14 @@ export function runtimeCommand(runtime: RuntimeName, entry: string): [string, st
   return [process.execPath, ["--import", "tsx", entry]];
 }
 
+/** The runtime a test gets when it names none: WEFT_TEST_RUNTIME (node, bun or deno), else node. */
+export function defaultRuntime(): RuntimeName {
+  const wanted = process.env.WEFT_TEST_RUNTIME;
+  if (wanted === undefined || wanted === "") return "node";
+  if (wanted === "node" || wanted === "bun" || wanted === "deno") return wanted;
+  throw new Error(`WEFT_TEST_RUNTIME must be node, bun or deno, not "${wanted}"`);
+}
+
 export interface GatewayProcess {
   readonly pid: number;
   /** Bound port of each listener, in config order. */
@@ -42,7 +50,7 @@ export async function startGateway(config: unknown, options: { runtime?: Runtime
   const write = (c: unknown) => writeFile(configFile, `export default ${JSON.stringify(c, null, 2)};\n`);
   await write(config);
   const listenerCount = (Object.values((config as { gateways: Record<string, { listeners: unknown[] }> }).gateways)[0]!).listeners.length;
-  const [cmd, args] = runtimeCommand(options.runtime ?? "node", join(ROOT, "gateway/main.ts"));
+  const [cmd, args] = runtimeCommand(options.runtime ?? defaultRuntime(), join(ROOT, "gateway/main.ts"));
   const child: ChildProcess = spawn(cmd, [...args, "--config", configFile, "--admin", "127.0.0.1:0", ...(options.args ?? [])], {
     cwd: ROOT,
     env: { ...process.env, ...options.env },

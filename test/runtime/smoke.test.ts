@@ -1,15 +1,17 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
+import { gunzipSync, gzipSync } from "node:zlib";
 import { startGateway, type GatewayProcess, type RuntimeName } from "../harness/gateway.ts";
 import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 
 // One smoke body, run as a real `weft gateway --config <file>` process on each runtime.
-function mesh(a: TestUpstream, b: TestUpstream) {
+function mesh(a: TestUpstream, b: TestUpstream, odd: TestUpstream) {
   return {
     services: {
       alpha: { endpoints: [{ address: a.address }] },
       beta: { endpoints: [{ address: b.address }] },
+      odd: { endpoints: [{ address: odd.address }] },
     },
     gateways: {
       edge: {
@@ -20,6 +22,8 @@ function mesh(a: TestUpstream, b: TestUpstream) {
           { name: "beta", match: { path: { prefix: "/b" } }, forward: { to: [{ service: "beta" }], rewrite: { pathPrefix: "/" } } },
           { name: "split", match: { path: { exact: "/split" } }, forward: { to: [{ service: "alpha", weight: 70 }, { service: "beta", weight: 30 }] } },
           { name: "ping", match: { path: { exact: "/ping" } }, directResponse: { status: 200, body: "pong\n" } },
+          { name: "slow", match: { path: { prefix: "/odd/slow" } }, forward: { to: [{ service: "odd" }], timeoutMs: 300 } },
+          { name: "odd", match: { path: { prefix: "/odd" } }, forward: { to: [{ service: "odd" }] } },
         ],
       },
     },
@@ -30,19 +34,36 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
   describe(`gateway smoke on ${runtime}`, () => {
     let a: TestUpstream;
     let b: TestUpstream;
+    let odd: TestUpstream;
+    let resets = 0;
     let gw: GatewayProcess;
     let port: number;
 
     before(async () => {
       a = await startUpstream(replyAs("alpha"));
       b = await startUpstream(replyAs("beta"));
-      gw = await startGateway(mesh(a, b), { runtime });
+      // Misbehaviours a runtime's HTTP client has to report faithfully.
+      odd = await startUpstream((req, res) => {
+        req.resume();
+        if (req.url === "/odd/slow") return void setTimeout(() => res.end("late"), 3000).unref();
+        if (req.url === "/odd/reset") {
+          resets++;
+          return void req.socket.destroy();
+        }
+        if (req.url === "/odd/gzip") {
+          res.writeHead(200, { "content-encoding": "gzip", "content-type": "text/plain" });
+          return void res.end(gzipSync("squeezed ".repeat(100)));
+        }
+        req.on("end", () => res.end("ok"));
+      });
+      gw = await startGateway(mesh(a, b, odd), { runtime });
       port = gw.ports[0]!;
     });
     after(async () => {
       await gw?.stop();
       await a?.close();
       await b?.close();
+      await odd?.close();
     });
 
     test(`the gateway process serves on ${runtime}'s own adapter`, () => {
@@ -110,6 +131,36 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
       const r = await request(port, { path: "/nowhere" });
       assert.equal(r.status, 404);
       assert.equal(r.headers["x-weft-reason"], "no_route");
+    });
+
+    test("an upstream slower than the route timeout is a 504 with x-weft-reason timeout", async () => {
+      const r = await request(port, { path: "/odd/slow" });
+      assert.equal(r.status, 504);
+      assert.equal(r.headers["x-weft-reason"], "timeout");
+    });
+
+    test("a POST whose kept-alive upstream connection is reset reaches the upstream once", async () => {
+      // The first request leaves a pooled connection behind; the reset happens on the next one.
+      assert.equal((await request(port, { method: "POST", path: "/odd/warm", body: "x" })).status, 200);
+      const before = resets;
+      const r = await request(port, { method: "POST", path: "/odd/reset", body: "order=1" });
+      assert.equal(r.status, 502);
+      assert.equal(r.headers["x-weft-reason"], "upstream_reset");
+      assert.equal(resets - before, 1);
+    });
+
+    test("a gzip response passes through with its encoding and its bytes intact", async () => {
+      const r = await new Promise<{ headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+        http
+          .get({ host: "127.0.0.1", port, path: "/odd/gzip", agent: false, headers: { "accept-encoding": "gzip" } }, (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (c: Buffer) => chunks.push(c));
+            res.on("end", () => resolve({ headers: res.headers, body: Buffer.concat(chunks) }));
+          })
+          .on("error", reject);
+      });
+      assert.equal(r.headers["content-encoding"], "gzip");
+      assert.equal(gunzipSync(r.body).toString(), "squeezed ".repeat(100));
     });
   });
 }

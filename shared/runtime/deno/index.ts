@@ -18,10 +18,12 @@ const KEEP_BYTES = 65536;
 
 /**
  * Deno's fetch always sends the URL's host as Host, so upstream requests go through node:http
- * (Deno's Node compatibility), with Web bodies bridged to Node streams and back.
+ * (Deno's Node compatibility), with Web bodies bridged to Node streams and back. Deno's node:http
+ * (like its fetch) re-sends a request whose reused connection was reset, so a POST would reach the
+ * upstream twice: non-idempotent requests take a fresh connection instead of a pooled one.
  */
 function createDenoUpstreamClient(): UpstreamClient {
-  const node = createNodeUpstreamClient();
+  const node = createNodeUpstreamClient({ freshConnectionForUnsafeMethods: true });
   return {
     async forward(req) {
       const web = req.body as WebRequestBody;

@@ -11,7 +11,7 @@ export * from "./server.ts";
 /** The Node.js runtime: node:http listeners and upstreams on the hot path, @hono/node-server for small apps. */
 export const nodeRuntime: ProxyRuntime = {
   name: "node",
-  createUpstreamClient: createNodeUpstreamClient,
+  createUpstreamClient: () => createNodeUpstreamClient(),
   listen: listenNode,
   serveFetch(handler, { port, address }) {
     return new Promise((resolve, reject) => {

@@ -12,6 +12,15 @@ export interface NodeUpstreamResponse extends UpstreamResponse {
 
 const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ENOENT", "EACCES"]);
 
+export interface NodeUpstreamOptions {
+  /**
+   * Send requests with non-idempotent methods (POST, PATCH, ...) on a fresh connection, never a
+   * pooled one. For node:http implementations that silently re-send a request whose reused
+   * connection was reset (Deno's), since the upstream may already have acted on it.
+   */
+  readonly freshConnectionForUnsafeMethods?: boolean;
+}
+
 /**
  * createNodeUpstreamClient sends requests upstream over node:http with one keep-alive pool per
  * endpoint, streaming bodies both ways.
@@ -19,7 +28,7 @@ const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "EN
  * const client = createNodeUpstreamClient();
  * const result = await client.forward(request);
  */
-export function createNodeUpstreamClient(): UpstreamClient {
+export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): UpstreamClient {
   const agents = new Map<string, http.Agent>();
 
   function agentFor(req: UpstreamRequest): http.Agent {
@@ -41,7 +50,7 @@ export function createNodeUpstreamClient(): UpstreamClient {
       let connected = false;
       let connectTimer: ReturnType<typeof setTimeout> | undefined;
       const outgoing = http.request({
-        agent: agentFor(req),
+        agent: options.freshConnectionForUnsafeMethods && !isIdempotent(req.method) ? false : agentFor(req),
         host: ep.socketPath ? undefined : ep.host,
         port: ep.socketPath ? undefined : ep.port,
         socketPath: ep.socketPath,
