@@ -1,11 +1,28 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
+import https from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { startGateway, type GatewayProcess, type RuntimeName } from "../harness/gateway.ts";
 import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 
 // One smoke body, run as a real `weft gateway --config <file>` process on each runtime.
+// One self-signed certificate for every runtime's HTTPS listener.
+const certDir = mkdtempSync(join(tmpdir(), "weft-smoke-tls-"));
+const certFile = join(certDir, "cert.pem");
+const keyFile = join(certDir, "key.pem");
+execFileSync("openssl", [
+  "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+  "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+  "-keyout", keyFile, "-out", certFile,
+], { stdio: "ignore" });
+const cert = readFileSync(certFile, "utf8");
+after(() => rmSync(certDir, { recursive: true, force: true }));
+
 function mesh(a: TestUpstream, b: TestUpstream, odd: TestUpstream) {
   return {
     services: {
@@ -15,7 +32,10 @@ function mesh(a: TestUpstream, b: TestUpstream, odd: TestUpstream) {
     },
     gateways: {
       edge: {
-        listeners: [{ port: 0, address: "127.0.0.1" }],
+        listeners: [
+          { port: 0, address: "127.0.0.1" },
+          { port: 0, address: "127.0.0.1", protocol: "https", tls: { certFile, keyFile } },
+        ],
         routes: [
           { name: "canary", match: { path: { prefix: "/a" }, headers: { "x-canary": { exact: "1" } } }, forward: { to: [{ service: "beta" }] } },
           { name: "alpha", match: { path: { prefix: "/a" } }, forward: { to: [{ service: "alpha" }] } },
@@ -161,6 +181,22 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
       });
       assert.equal(r.headers["content-encoding"], "gzip");
       assert.equal(gunzipSync(r.body).toString(), "squeezed ".repeat(100));
+    });
+
+    test("the HTTPS listener serves the same routes with x-forwarded-proto https", async () => {
+      const r = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        https
+          .get({ host: "127.0.0.1", port: gw.ports[1]!, path: "/a/tls", ca: cert, servername: "localhost", agent: false }, (res) => {
+            let body = "";
+            res.on("data", (c: Buffer) => (body += c.toString()));
+            res.on("end", () => resolve({ status: res.statusCode!, body }));
+          })
+          .on("error", reject);
+      });
+      assert.equal(r.status, 200);
+      const body = JSON.parse(r.body);
+      assert.equal(body.upstream, "alpha");
+      assert.equal(body.headers["x-forwarded-proto"], "https");
     });
   });
 }
