@@ -65,6 +65,14 @@ export type Exchange = (
   finish(bytesIn: number, bytesOut: number, error?: string): void;
 };
 
+/** What telemetry decides when a request starts (see EngineOptions.onRequestStart). */
+export interface RequestStart {
+  readonly traceId?: string;
+  readonly spanId?: string;
+  /** Set on the upstream request (traceparent, tracestate); an undefined value removes the header. */
+  readonly upstreamHeaders?: Readonly<Record<string, string | undefined>>;
+}
+
 export interface EngineOptions {
   readonly client: UpstreamClient;
   /** At the mesh edge (a gateway): client-supplied x-weft-* headers go, x-request-id is always new. */
@@ -72,6 +80,8 @@ export interface EngineOptions {
   readonly random?: () => number;
   readonly now?: () => number;
   readonly onRequestDone?: (record: RequestRecord) => void;
+  /** Called once per request before any decision; its ids go on the record, its headers upstream. */
+  readonly onRequestStart?: (head: RequestHead) => RequestStart | undefined;
   readonly newRequestId?: () => string;
   readonly sleep?: (ms: number) => Promise<void>;
 }
@@ -103,6 +113,7 @@ export function createEngine(options: EngineOptions): Engine {
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
   const onRequestDone = options.onRequestDone;
+  const onRequestStart = options.onRequestStart;
   const newRequestId = options.newRequestId ?? (() => crypto.randomUUID());
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
 
@@ -150,6 +161,11 @@ export function createEngine(options: EngineOptions): Engine {
       attempts: 0,
       sourcePrincipal: head.peer?.spiffeId,
     };
+    const started = onRequestStart?.(head);
+    if (started) {
+      record.traceId = started.traceId;
+      record.spanId = started.spanId;
+    }
     if (!head.authority) return local(record, "missing_host");
     // A repeated Host arrives joined with "," from Web runtimes: as bad as two Host lines (RFC 9112 §3.2).
     if (!VALID_AUTHORITY.test(head.authority)) return local(record, "bad_request");
@@ -185,7 +201,7 @@ export function createEngine(options: EngineOptions): Engine {
       record.status = status;
       return { kind: "local", status, headers, body: "", finish: finisher(record) };
     }
-    return forward(head, body, view, match, route, record, verdict);
+    return forward(head, body, view, match, route, record, verdict, started?.upstreamHeaders);
   }
 
   async function forward(
@@ -196,6 +212,7 @@ export function createEngine(options: EngineOptions): Engine {
     route: RouteConfig,
     record: RequestRecord,
     verdict: PolicyVerdict | undefined,
+    startHeaders: RequestStart["upstreamHeaders"],
   ): Promise<Exchange> {
     const fwd = route.forward!;
     const destination = chooseWeighted(fwd.to, random);
@@ -213,6 +230,13 @@ export function createEngine(options: EngineOptions): Engine {
     if (edge || headers["x-forwarded-proto"] === undefined) headers["x-forwarded-proto"] = head.scheme;
     if (edge || headers["x-forwarded-host"] === undefined) headers["x-forwarded-host"] = head.authority;
     headers["x-request-id"] = record.requestId;
+    if (startHeaders) {
+      for (const name in startHeaders) {
+        const value = startHeaders[name];
+        if (value === undefined) delete headers[name];
+        else headers[name] = value;
+      }
+    }
     if (verdict?.ok) {
       if (verdict.removeHeaders) for (const name of verdict.removeHeaders) delete headers[name];
       if (verdict.requestHeaders) for (const [name, value] of verdict.requestHeaders) headers[name] = value;

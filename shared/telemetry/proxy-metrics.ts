@@ -1,0 +1,123 @@
+import type { Counter, Histogram, MetricsRegistry } from "./metrics.ts";
+import type { TelemetryRecord } from "./record.ts";
+
+/** Request duration buckets in seconds: 0.5 ms to 60 s, roughly Istio's, so dashboards carry over. */
+export const DURATION_BUCKETS_SECONDS: readonly number[] = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+];
+
+export interface ProxyMetrics {
+  /** A request entered the engine (in-flight gauge up). */
+  requestStarted(): void;
+  /** A request finished: counters, duration, bytes, retries; in-flight gauge down. */
+  requestDone(record: TelemetryRecord): void;
+  /** A config revision is now serving. */
+  configApplied(revision: number): void;
+  /** A config update was refused (the previous one keeps serving). */
+  configRejected(): void;
+  /** Access-log lines dropped because the sink could not keep up. */
+  accessLogDropped(lines: number): void;
+}
+
+interface RouteSeries {
+  readonly requestBytes: Counter;
+  readonly responseBytes: Counter;
+  readonly retries: Counter;
+  readonly byOutcome: Map<number | string, { readonly requests: Counter; readonly duration: Histogram }>;
+}
+
+/**
+ * createProxyMetrics registers a proxy's standard series (Istio's names where they fit, `weft_` prefix)
+ * and records each finished request with two map lookups and no other allocation once warm.
+ * Labels are route and service names and status codes, never paths, so cardinality stays bounded.
+ * @example
+ * const metrics = createProxyMetrics(createMetricsRegistry());
+ * engineOptions.onRequestDone = (record) => metrics.requestDone(record);
+ */
+export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
+  const requests = registry.counter({
+    name: "weft_requests_total",
+    help: "Requests handled, by route, destination service, response code and weft reason (empty when none).",
+    labelNames: ["route", "service", "code", "reason"],
+  });
+  const duration = registry.histogram({
+    name: "weft_request_duration_seconds",
+    help: "Time from request head received to response fully sent, in seconds.",
+    labelNames: ["route", "service", "code"],
+    buckets: DURATION_BUCKETS_SECONDS,
+  });
+  const retries = registry.counter({
+    name: "weft_upstream_rq_retry_total",
+    help: "Upstream requests sent again after a failed try.",
+    labelNames: ["route", "service"],
+  });
+  const requestBytes = registry.counter({
+    name: "weft_request_bytes_total",
+    help: "Request body bytes received from clients.",
+    labelNames: ["route", "service"],
+  });
+  const responseBytes = registry.counter({
+    name: "weft_response_bytes_total",
+    help: "Response body bytes sent to clients.",
+    labelNames: ["route", "service"],
+  });
+  const inFlight = registry.gauge({ name: "weft_requests_in_flight", help: "Requests being handled right now (saturation)." }).labels();
+  const revision = registry.gauge({ name: "weft_config_revision", help: "Revision of the config this proxy serves." }).labels();
+  const rejected = registry.counter({ name: "weft_config_rejected_total", help: "Config updates refused; the previous config kept serving." }).labels();
+  const dropped = registry.counter({
+    name: "weft_access_log_dropped_total",
+    help: "Access-log lines dropped because the output could not keep up.",
+  }).labels();
+
+  const byRoute = new Map<string, RouteSeries>();
+
+  function routeSeries(route: string, service: string): RouteSeries {
+    const key = `${route}\u0001${service}`;
+    let found = byRoute.get(key);
+    if (!found) {
+      found = {
+        requestBytes: requestBytes.labels(route, service),
+        responseBytes: responseBytes.labels(route, service),
+        retries: retries.labels(route, service),
+        byOutcome: new Map(),
+      };
+      byRoute.set(key, found);
+    }
+    return found;
+  }
+
+  return {
+    requestStarted() {
+      inFlight.inc();
+    },
+    requestDone(record) {
+      inFlight.dec();
+      const route = record.route ?? "";
+      const service = record.service ?? "";
+      const series = routeSeries(route, service);
+      const reason = record.reason ?? "";
+      // A plain status (number) keys the common case without building a string.
+      const outcomeKey = reason === "" ? record.status : `${record.status}\u0001${reason}`;
+      let outcome = series.byOutcome.get(outcomeKey);
+      if (!outcome) {
+        const code = String(record.status);
+        outcome = { requests: requests.labels(route, service, code, reason), duration: duration.labels(route, service, code) };
+        series.byOutcome.set(outcomeKey, outcome);
+      }
+      outcome.requests.inc();
+      outcome.duration.observe(record.durationMs / 1000);
+      series.requestBytes.inc(record.bytesIn);
+      series.responseBytes.inc(record.bytesOut);
+      if (record.attempts > 1) series.retries.inc(record.attempts - 1);
+    },
+    configApplied(next) {
+      revision.set(next);
+    },
+    configRejected() {
+      rejected.inc();
+    },
+    accessLogDropped(lines) {
+      dropped.inc(lines);
+    },
+  };
+}

@@ -1,0 +1,33 @@
+/**
+ * The request as telemetry reads it. Declared here (the consumer owns the interface) so that
+ * telemetry never imports the engine; shared/proxy's RequestHead and RequestRecord satisfy these.
+ */
+export interface TelemetryHead {
+  readonly method: string;
+  readonly headers: Readonly<Record<string, string | readonly string[] | undefined>>;
+}
+
+/** Everything known about a finished request (shared/proxy's RequestRecord). */
+export interface TelemetryRecord {
+  readonly startTimeMs: number;
+  readonly durationMs: number;
+  readonly upstreamDurationMs?: number;
+  readonly method: string;
+  readonly authority: string;
+  readonly path: string;
+  readonly protocol: string;
+  readonly status: number;
+  readonly reason?: string;
+  readonly route?: string;
+  readonly service?: string;
+  readonly upstream?: string;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly requestId: string;
+  readonly traceId?: string;
+  readonly spanId?: string;
+  readonly sourcePrincipal?: string;
+  readonly clientIp: string;
+  readonly userAgent?: string;
+  readonly attempts: number;
+}

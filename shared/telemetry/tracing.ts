@@ -1,0 +1,168 @@
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Link, type Span } from "@opentelemetry/api";
+import { TraceState } from "@opentelemetry/core";
+import {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ParentBasedSampler,
+  SimpleSpanProcessor,
+  TraceIdRatioBasedSampler,
+  type Sampler,
+  type SamplingResult,
+  type SpanExporter,
+  type SpanProcessor,
+} from "@opentelemetry/sdk-trace-base";
+import { formatTraceparent, parseTraceparent, parseTracestate } from "./trace-context.ts";
+import type { TelemetryHead, TelemetryRecord } from "./record.ts";
+
+/** What a request's trace contributes to the engine: ids for the record, headers for the upstream request. */
+export interface TraceStart {
+  readonly traceId: string;
+  readonly spanId: string;
+  /** Headers to set on the upstream request; undefined removes the header. */
+  readonly upstreamHeaders: Readonly<Record<string, string | undefined>>;
+}
+
+export interface TracerOptions {
+  /** Where finished sampled spans go (InMemorySpanExporter in tests, OTLP in production); none = spans are only propagated. */
+  readonly exporter?: SpanExporter;
+  /** "batch" (default) queues spans and exports them in the background; "simple" exports each span as it ends. */
+  readonly processing?: "batch" | "simple";
+  /** Share of new traces recorded, 0..1 (default 0.01); an incoming parent's sampled flag wins over it. */
+  readonly sampleRatio?: number;
+  /** Instrumentation scope name (default "weft"). */
+  readonly scope?: string;
+  /** Recording spans waiting for their request to finish; beyond this the oldest is dropped (default 10000). */
+  readonly maxOpenSpans?: number;
+}
+
+export interface ProxyTracer {
+  /** Starts the server span of a request, continuing a valid incoming traceparent. */
+  start(head: TelemetryHead): TraceStart;
+  /** Ends the request's span (a no-op for an unsampled one) with what the record says. */
+  end(record: TelemetryRecord): void;
+  /** Changes the ratio for new traces (a config reload). */
+  setSampleRatio(ratio: number): void;
+  readonly sampleRatio: number;
+  /** Exports what is queued. */
+  flush(): Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+/** A sampler whose ratio can change at run time: parent-based, ratio for roots. */
+function createSwappableSampler(ratio: number): Sampler & { set(ratio: number): void; readonly ratio: number } {
+  let current = ratio;
+  let inner: Sampler = new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
+  return {
+    shouldSample(context: Context, traceId: string, spanName: string, spanKind: SpanKind, attributes: Attributes, links: Link[]): SamplingResult {
+      return inner.shouldSample(context, traceId, spanName, spanKind, attributes, links);
+    },
+    set(next: number) {
+      current = next;
+      inner = new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(next) });
+    },
+    get ratio() {
+      return current;
+    },
+    toString: () => `ParentBased{root=TraceIdRatioBased{${current}}}`,
+  };
+}
+
+function checkRatio(ratio: number): number {
+  if (!(ratio >= 0 && ratio <= 1)) throw new TypeError(`sampleRatio must be between 0 and 1, got ${ratio}`);
+  return ratio;
+}
+
+/**
+ * createTracer gives each proxied request an OpenTelemetry server span (W3C trace context in and
+ * out, parent-based sampling) and the `traceparent` the upstream request carries.
+ * @example
+ * const tracer = createTracer({ exporter: new InMemorySpanExporter(), processing: "simple", sampleRatio: 1 });
+ * const started = tracer.start(head); // started.upstreamHeaders.traceparent = "00-<trace>-<span>-01"
+ * tracer.end(record);
+ */
+export function createTracer(options: TracerOptions = {}): ProxyTracer {
+  const sampler = createSwappableSampler(checkRatio(options.sampleRatio ?? 0.01));
+  const spanProcessors: SpanProcessor[] = [];
+  if (options.exporter) {
+    spanProcessors.push(options.processing === "simple" ? new SimpleSpanProcessor(options.exporter) : new BatchSpanProcessor(options.exporter));
+  }
+  const provider = new BasicTracerProvider({ sampler, spanProcessors });
+  const tracer = provider.getTracer(options.scope ?? "weft");
+  const maxOpen = options.maxOpenSpans ?? 10_000;
+  // Only recording spans wait here; an unsampled request leaves nothing behind.
+  const open = new Map<string, Span>();
+
+  return {
+    start(head) {
+      const incoming = parseTraceparent(head.headers.traceparent);
+      let parent: Context = ROOT_CONTEXT;
+      let tracestate: string | undefined;
+      if (incoming.ok) {
+        tracestate = parseTracestate(head.headers.tracestate);
+        parent = trace.setSpanContext(ROOT_CONTEXT, {
+          traceId: incoming.value.traceId,
+          spanId: incoming.value.parentId,
+          traceFlags: incoming.value.sampled ? TraceFlags.SAMPLED : TraceFlags.NONE,
+          isRemote: true,
+          traceState: tracestate === undefined ? undefined : new TraceState(tracestate),
+        });
+      }
+      const span = tracer.startSpan(head.method, { kind: SpanKind.SERVER }, parent);
+      const ctx = span.spanContext();
+      const sampled = (ctx.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED;
+      if (span.isRecording()) {
+        if (open.size >= maxOpen) open.delete(open.keys().next().value!);
+        open.set(ctx.spanId, span);
+      }
+      return {
+        traceId: ctx.traceId,
+        spanId: ctx.spanId,
+        // A tracestate travels only with the traceparent it belongs to (W3C §3.3).
+        upstreamHeaders: { traceparent: formatTraceparent(ctx.traceId, ctx.spanId, sampled), tracestate },
+      };
+    },
+    end(record) {
+      if (record.spanId === undefined) return;
+      const span = open.get(record.spanId);
+      if (!span) return;
+      open.delete(record.spanId);
+      // Names follow OpenTelemetry's HTTP server conventions: "{method} {route}".
+      span.updateName(record.route ? `${record.method} ${record.route}` : record.method);
+      span.setAttributes({
+        "http.request.method": record.method,
+        "url.path": pathOnly(record.path),
+        "server.address": record.authority,
+        "network.protocol.version": record.protocol.replace(/^HTTP\//, ""),
+        "client.address": record.clientIp,
+        "http.response.status_code": record.status,
+        "http.request.body.size": record.bytesIn,
+        "http.response.body.size": record.bytesOut,
+        "weft.request_id": record.requestId,
+        "weft.attempts": record.attempts,
+      });
+      if (record.userAgent !== undefined) span.setAttribute("user_agent.original", record.userAgent);
+      if (record.route !== undefined) span.setAttribute("http.route", record.route);
+      if (record.service !== undefined) span.setAttribute("weft.upstream.service", record.service);
+      if (record.upstream !== undefined) span.setAttribute("weft.upstream.host", record.upstream);
+      if (record.sourcePrincipal !== undefined) span.setAttribute("weft.source.principal", record.sourcePrincipal);
+      if (record.reason !== undefined) span.setAttribute("weft.reason", record.reason);
+      // A server span is an error for 5xx only (OpenTelemetry HTTP semantic conventions).
+      if (record.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: record.reason });
+      span.end();
+    },
+    setSampleRatio(ratio) {
+      sampler.set(checkRatio(ratio));
+    },
+    get sampleRatio() {
+      return sampler.ratio;
+    },
+    flush: () => provider.forceFlush(),
+    shutdown: () => provider.shutdown(),
+  };
+}
+
+// The query may carry secrets; spans keep the path only.
+function pathOnly(path: string): string {
+  const q = path.indexOf("?");
+  return q === -1 ? path : path.slice(0, q);
+}
