@@ -10,6 +10,8 @@ export interface AdminState {
   snapshot(): Snapshot | undefined;
   /** Prometheus text exposition of this proxy's metrics. */
   metrics?(): string | Promise<string>;
+  /** The same metrics as JSON, for /stats. */
+  stats?(): unknown;
 }
 
 const LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
@@ -43,7 +45,7 @@ export function createAdminApp(state: AdminState): Hono {
     const text = state.metrics ? await state.metrics() : "";
     return c.body(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
   });
-  app.get("/stats", async (c) => c.text(state.metrics ? await state.metrics() : ""));
+  app.get("/stats", (c) => c.json({ revision: state.snapshot()?.revision ?? null, metrics: state.stats ? state.stats() : {} }));
   app.post("/logging", (c) => {
     const level = c.req.query("level") as LogLevel | undefined;
     if (!level || !LEVELS.includes(level)) return c.text(`level must be one of ${LEVELS.join(", ")}\n`, 400);
@@ -54,13 +56,42 @@ export function createAdminApp(state: AdminState): Hono {
   return app;
 }
 
-/** dumpSnapshot renders a snapshot as JSON with file paths kept and nothing secret (no keys are held in it). */
+/**
+ * dumpSnapshot renders a snapshot as JSON with every secret-looking field (see redactSecrets) replaced.
+ * @example
+ * JSON.stringify(dumpSnapshot(ingress.snapshot))
+ */
 export function dumpSnapshot(snap: Snapshot): unknown {
-  return {
+  return redactSecrets({
     revision: snap.revision,
     trustDomain: snap.trustDomain,
     outboundTrafficPolicy: snap.outboundTrafficPolicy,
+    accessLog: snap.accessLog,
+    tracing: snap.tracing,
     services: Object.fromEntries(snap.services),
     gateways: Object.fromEntries(snap.gateways),
-  };
+  });
+}
+
+// Names that hold credentials: keys, secrets, tokens, passwords, and header names such as
+// x-api-key or authorization when they key a header match or header operation.
+const SECRET_NAME = /key|secret|token|passw|credential|authorization|cookie/i;
+// A field ending in "File" names where a secret lives (tls.keyFile), not the secret: kept for debugging.
+const PATH_NAME = /File$/;
+
+/**
+ * redactSecrets copies a JSON-like value, replacing the value of every field whose name looks like
+ * a secret (key, secret, token, password, credential, authorization, cookie) with "[redacted]".
+ * @example
+ * redactSecrets({ jwt: { hmacSecret: "s" }, tls: { keyFile: "/k.pem" } }) // { jwt: { hmacSecret: "[redacted]" }, tls: { keyFile: "/k.pem" } }
+ */
+export function redactSecrets(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(redactSecrets);
+  if (value instanceof Map) return redactSecrets(Object.fromEntries(value));
+  if (value === null || typeof value !== "object") return value;
+  const out: Record<string, unknown> = {};
+  for (const [name, inner] of Object.entries(value)) {
+    out[name] = SECRET_NAME.test(name) && !PATH_NAME.test(name) ? "[redacted]" : redactSecrets(inner);
+  }
+  return out;
 }

@@ -3,6 +3,7 @@ import type { GatewaySnapshot, Snapshot } from "../shared/config/index.ts";
 import {
   createEngine,
   createGatewayView,
+  type EngineOptions,
   type Listener,
   type ProxyRuntime,
   type RequestRecord,
@@ -17,6 +18,8 @@ export interface IngressOptions {
   readonly name: string;
   readonly log: Logger;
   readonly onRequestDone?: (record: RequestRecord) => void;
+  /** Telemetry's start hook: trace ids for the record, traceparent for the upstream request. */
+  readonly onRequestStart?: EngineOptions["onRequestStart"];
   readonly viewDeps?: ViewDeps;
 }
 
@@ -46,7 +49,7 @@ interface OpenListener {
 export function createIngress(options: IngressOptions): Ingress {
   const { runtime, name, log } = options;
   const client = runtime.createUpstreamClient();
-  const engine = createEngine({ client, edge: true, onRequestDone: options.onRequestDone });
+  const engine = createEngine({ client, edge: true, onRequestDone: options.onRequestDone, onRequestStart: options.onRequestStart });
   const listeners = new Map<string, OpenListener>();
   const ports = new Map<string, number>();
   let view: RouteView | undefined;

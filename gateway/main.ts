@@ -6,9 +6,18 @@ import { parseArgs } from "node:util";
 import { hostname } from "node:os";
 import { connectNatsBus, toBusToken } from "../shared/bus/index.ts";
 import { followBus } from "../shared/discovery/index.ts";
-import { compileMesh, readEnv, type ConfigIssue, type WeftEnv } from "../shared/config/index.ts";
+import { compileMesh, readEnv, type ConfigIssue, type Snapshot, type WeftEnv } from "../shared/config/index.ts";
 import { detectRuntime, fileStore, loadMeshModule } from "../shared/runtime/index.ts";
-import { createLogger, type Logger } from "../shared/telemetry/logger.ts";
+import {
+  createAccessLog,
+  createBufferedSink,
+  createLogger,
+  createMetricsRegistry,
+  createProxyMetrics,
+  createRequestTelemetry,
+  createTracer,
+  type Logger,
+} from "../shared/telemetry/index.ts";
 import { createAdminApp } from "./admin.ts";
 import { createIngress } from "./ingress.ts";
 
@@ -75,13 +84,14 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   }
 
   const runtime = await detectRuntime();
-  const ingress = createIngress({ runtime, name, log });
+  const telemetry = createGatewayTelemetry(log);
+  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks });
   let revision = 0;
-  await ingress.apply(compileMesh(first.value, revision));
+  await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
 
   const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
   const admin = await runtime.serveFetch(
-    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot }).fetch,
+    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
@@ -96,16 +106,18 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       reloading = reloading.then(async () => {
         const next = await loadMeshModule(url);
         if (!next.ok) {
+          telemetry.rejected();
           log.error("config refused, still serving the last good one", { file, revision });
           reportIssues(next.issues);
           return;
         }
         if (!next.value.gateways[name]) {
+          telemetry.rejected();
           log.error("config refused: gateway missing, still serving the last good one", { file, gateway: name });
           return;
         }
         revision += 1;
-        await ingress.apply(compileMesh(next.value, revision));
+        await applyWithTelemetry(ingress, telemetry, compileMesh(next.value, revision));
         log.info("config reloaded", { file, revision });
       });
     }, 100);
@@ -119,6 +131,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       clearTimeout(reloadTimer);
       await ingress.stop(graceMs);
       await admin.close();
+      await telemetry.stop();
       log.info("stopped");
     })());
   return stop;
@@ -134,18 +147,19 @@ async function serveFromBus(
   const name = values.name ?? "ingress";
   const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `gateway-${name}-${hostname()}-${process.pid}`);
   const runtime = await detectRuntime();
-  const ingress = createIngress({ runtime, name, log });
+  const telemetry = createGatewayTelemetry(log);
+  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks });
   const follow = await followBus({
     connect: () => connectNatsBus({ servers: servers.split(","), name: proxyId, waitOnFirstConnect: true }),
     proxyId,
     role: { kind: "gateway", name },
     store: fileStore(env.stateDir, proxyId),
-    apply: (s) => ingress.apply(s),
-    log,
+    apply: (s) => applyWithTelemetry(ingress, telemetry, s),
+    log: countRefusals(log, telemetry),
   });
   const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
   const admin = await runtime.serveFetch(
-    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot }).fetch,
+    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
@@ -156,8 +170,73 @@ async function serveFromBus(
       await follow.stop();
       await ingress.stop(graceMs);
       await admin.close();
+      await telemetry.stop();
       log.info("stopped");
     })());
+}
+
+/** The gateway's telemetry: access log on stdout, Prometheus metrics on the admin API, OTel spans. */
+interface GatewayTelemetry {
+  readonly hooks: Pick<Parameters<typeof createIngress>[0], "onRequestStart" | "onRequestDone">;
+  readonly admin: { metrics(): string; stats(): unknown };
+  applied(snapshot: Snapshot): void;
+  rejected(): void;
+  stop(): Promise<void>;
+}
+
+function createGatewayTelemetry(log: Logger): GatewayTelemetry {
+  const registry = createMetricsRegistry();
+  const metrics = createProxyMetrics(registry);
+  // stdout is the access log (one JSON line per request); stderr is the process log.
+  const sink = createBufferedSink({
+    write: (chunk) => process.stdout.write(chunk),
+    schedule: (flush) => setImmediate(flush),
+    pendingBytes: () => process.stdout.writableLength,
+    onDrop: (lines) => metrics.accessLogDropped(lines),
+  });
+  const accessLog = createAccessLog({ write: sink.write });
+  const tracer = createTracer();
+  const onExit = () => sink.flush();
+  process.once("exit", onExit);
+  return {
+    hooks: createRequestTelemetry({ accessLog, metrics, tracer }),
+    admin: { metrics: () => registry.expose(), stats: () => registry.toJson() },
+    applied(snapshot) {
+      const format = accessLog.setFormat(snapshot.accessLog);
+      if (!format.ok) log.error("access log format refused, keeping the previous one", { reason: format.reason, field: format.field });
+      tracer.setSampleRatio(snapshot.tracing?.sampleRatio ?? 0.01);
+      metrics.configApplied(snapshot.revision);
+    },
+    rejected: () => metrics.configRejected(),
+    async stop() {
+      sink.flush();
+      process.off("exit", onExit);
+      await tracer.shutdown();
+    },
+  };
+}
+
+async function applyWithTelemetry(ingress: ReturnType<typeof createIngress>, telemetry: GatewayTelemetry, snapshot: Snapshot): Promise<void> {
+  await ingress.apply(snapshot);
+  telemetry.applied(snapshot);
+}
+
+// followBus reports a refused update only through its log (see shared/discovery/watcher.ts), so
+// refusals are counted where they are logged.
+function countRefusals(log: Logger, telemetry: GatewayTelemetry): Logger {
+  return {
+    setLevel: (level) => log.setLevel(level),
+    get level() {
+      return log.level;
+    },
+    warn(msg, fields) {
+      if (msg.startsWith("config refused")) telemetry.rejected();
+      log.warn(msg, fields);
+    },
+    debug: (msg, fields) => log.debug(msg, fields),
+    info: (msg, fields) => log.info(msg, fields),
+    error: (msg, fields) => log.error(msg, fields),
+  };
 }
 
 function splitAddress(address: string): [string, number] {

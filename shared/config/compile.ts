@@ -21,6 +21,7 @@ export function compileMesh(mesh: MeshConfig, revision = 0): Snapshot {
     trustDomain: mesh.trustDomain,
     outboundTrafficPolicy: mesh.outboundTrafficPolicy,
     accessLog: deepFreeze(mesh.accessLog),
+    tracing: deepFreeze(mesh.tracing),
     services,
     gateways,
   });

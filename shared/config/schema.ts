@@ -282,6 +282,14 @@ export const AccessLogSchema = v.optional(
   "json",
 );
 
+/** Tracing of proxied requests (W3C trace context, OpenTelemetry spans). */
+export const TracingSchema = v.strictObject({
+  /** Share of new traces recorded, 0..1 (default 0.01); a request that arrives with a traceparent keeps its sampled flag. */
+  sampleRatio: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1)), 0.01),
+  /** OTLP/HTTP JSON endpoint sampled spans are sent to, e.g. http://collector:4318/v1/traces (default: none, spans are only propagated). */
+  otlpEndpoint: v.optional(v.pipe(v.string(), v.regex(/^https?:\/\/[^\s]+$/, "must be an http:// or https:// URL"))),
+});
+
 export const MeshSchema = v.strictObject({
   /** SPIFFE trust domain (default "cluster.local"). */
   trustDomain: v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9._-]+$/, "must be lowercase letters, digits, '.', '_' or '-'")), "cluster.local"),
@@ -289,6 +297,8 @@ export const MeshSchema = v.strictObject({
   outboundTrafficPolicy: v.optional(v.picklist(["REGISTRY_ONLY", "ALLOW_ANY"]), "REGISTRY_ONLY"),
   /** Access log format for every proxy (default "json"). */
   accessLog: AccessLogSchema,
+  /** Tracing for every proxy (default: 1% of new traces, no export). */
+  tracing: v.optional(TracingSchema, {}),
   services: v.optional(v.record(Name, ServiceSchema), {}),
   gateways: v.optional(v.record(Name, GatewaySchema), {}),
 });
@@ -301,4 +311,5 @@ export type RouteConfig = v.InferOutput<typeof RouteSchema>;
 export type RouteMatchConfig = v.InferOutput<typeof RouteMatchSchema>;
 export type RetryPolicyConfig = v.InferOutput<typeof RetryPolicySchema>;
 export type DestinationPolicyConfig = v.InferOutput<typeof DestinationPolicySchema>;
+export type TracingConfig = v.InferOutput<typeof TracingSchema>;
 export type LoadBalancerConfig = v.InferOutput<typeof LoadBalancerSchema>;

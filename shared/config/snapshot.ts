@@ -1,4 +1,4 @@
-import type { DestinationPolicyConfig, GatewayConfig, RouteConfig } from "./schema.ts";
+import type { DestinationPolicyConfig, GatewayConfig, RouteConfig, TracingConfig } from "./schema.ts";
 import type { PolicySetConfig } from "./policy-schema.ts";
 
 /** One instance of a service that a proxy can send requests to. */
@@ -45,6 +45,8 @@ export interface Snapshot {
   readonly trustDomain: string;
   readonly outboundTrafficPolicy: "REGISTRY_ONLY" | "ALLOW_ANY";
   readonly accessLog: "off" | "json" | { readonly text: string };
+  /** Tracing settings; absent in snapshots built before the field existed (then: 1%, no export). */
+  readonly tracing?: Readonly<TracingConfig>;
   readonly services: ReadonlyMap<string, ServiceSnapshot>;
   readonly gateways: ReadonlyMap<string, GatewaySnapshot>;
 }

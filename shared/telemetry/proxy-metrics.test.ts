@@ -1,0 +1,57 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createMetricsRegistry } from "./metrics.ts";
+import { createProxyMetrics } from "./proxy-metrics.ts";
+import type { TelemetryRecord } from "./record.ts";
+
+const base: TelemetryRecord = {
+  startTimeMs: 0,
+  durationMs: 20,
+  method: "GET",
+  authority: "a",
+  path: "/",
+  protocol: "HTTP/1.1",
+  status: 200,
+  route: "web",
+  service: "web",
+  bytesIn: 10,
+  bytesOut: 100,
+  requestId: "r",
+  clientIp: "127.0.0.1",
+  attempts: 1,
+};
+
+test("finished requests count by route, service, code and reason, with duration, bytes and retries", () => {
+  const registry = createMetricsRegistry();
+  const metrics = createProxyMetrics(registry);
+  for (let i = 0; i < 3; i++) {
+    metrics.requestStarted();
+    metrics.requestDone(base);
+  }
+  metrics.requestStarted();
+  metrics.requestDone({ ...base, status: 503, reason: "retries_exhausted", attempts: 3, durationMs: 1500 });
+  metrics.requestStarted();
+  metrics.requestDone({ ...base, route: undefined, service: undefined, status: 404, reason: "no_route", durationMs: 0 });
+  metrics.requestStarted();
+  metrics.configApplied(7);
+  metrics.configRejected();
+
+  const json = registry.toJson();
+  const values = (name: string) => json[name]!.series.map((s) => [s.labels, s.value ?? s.count]);
+  assert.deepEqual(values("weft_requests_total"), [
+    [{ route: "web", service: "web", code: "200", reason: "" }, 3],
+    [{ route: "web", service: "web", code: "503", reason: "retries_exhausted" }, 1],
+    [{ route: "", service: "", code: "404", reason: "no_route" }, 1],
+  ]);
+  assert.deepEqual(values("weft_upstream_rq_retry_total"), [[{ route: "web", service: "web" }, 2], [{ route: "", service: "" }, 0]]);
+  assert.deepEqual(values("weft_request_bytes_total")[0], [{ route: "web", service: "web" }, 40]);
+  assert.deepEqual(values("weft_response_bytes_total")[0], [{ route: "web", service: "web" }, 400]);
+  assert.deepEqual(values("weft_requests_in_flight"), [[{}, 1]]);
+  assert.deepEqual(values("weft_config_revision"), [[{}, 7]]);
+  assert.deepEqual(values("weft_config_rejected_total"), [[{}, 1]]);
+  const slow = json.weft_request_duration_seconds!.series.find((s) => s.labels.code === "503")!;
+  assert.equal(slow.count, 1);
+  assert.equal(slow.sum, 1.5);
+  assert.equal(slow.buckets!["1"], 0);
+  assert.equal(slow.buckets!["2.5"], 1);
+});
