@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import type { Snapshot } from "../shared/config/index.ts";
-import type { Logger, LogLevel } from "../shared/telemetry/logger.ts";
+import type { Logger, LogLevel } from "../shared/telemetry/index.ts";
 
 export interface AdminState {
   readonly role: string;

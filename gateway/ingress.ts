@@ -10,7 +10,7 @@ import {
   type RouteView,
   type ViewDeps,
 } from "../shared/proxy/index.ts";
-import type { Logger } from "../shared/telemetry/logger.ts";
+import type { Logger } from "../shared/telemetry/index.ts";
 
 export interface IngressOptions {
   readonly runtime: ProxyRuntime;
