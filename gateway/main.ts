@@ -13,6 +13,7 @@ import {
   createBufferedSink,
   createLogger,
   createMetricsRegistry,
+  createOtlpHttpExporter,
   createProxyMetrics,
   createRequestTelemetry,
   createTracer,
@@ -84,7 +85,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   }
 
   const runtime = await detectRuntime();
-  const telemetry = createGatewayTelemetry(log);
+  const telemetry = createGatewayTelemetry(log, name);
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
@@ -147,7 +148,7 @@ async function serveFromBus(
   const name = values.name ?? "ingress";
   const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `gateway-${name}-${hostname()}-${process.pid}`);
   const runtime = await detectRuntime();
-  const telemetry = createGatewayTelemetry(log);
+  const telemetry = createGatewayTelemetry(log, name);
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks });
   const follow = await followBus({
     connect: () => connectNatsBus({ servers: servers.split(","), name: proxyId, waitOnFirstConnect: true }),
@@ -184,7 +185,7 @@ interface GatewayTelemetry {
   stop(): Promise<void>;
 }
 
-function createGatewayTelemetry(log: Logger): GatewayTelemetry {
+function createGatewayTelemetry(log: Logger, name: string): GatewayTelemetry {
   const registry = createMetricsRegistry();
   const metrics = createProxyMetrics(registry);
   // stdout is the access log (one JSON line per request); stderr is the process log.
@@ -196,6 +197,7 @@ function createGatewayTelemetry(log: Logger): GatewayTelemetry {
   });
   const accessLog = createAccessLog({ write: sink.write });
   const tracer = createTracer();
+  let otlpEndpoint: string | undefined;
   const onExit = () => sink.flush();
   process.once("exit", onExit);
   return {
@@ -205,6 +207,12 @@ function createGatewayTelemetry(log: Logger): GatewayTelemetry {
       const format = accessLog.setFormat(snapshot.accessLog);
       if (!format.ok) log.error("access log format refused, keeping the previous one", { reason: format.reason, field: format.field });
       tracer.setSampleRatio(snapshot.tracing?.sampleRatio ?? 0.01);
+      const endpoint = snapshot.tracing?.otlpEndpoint;
+      if (endpoint !== otlpEndpoint) {
+        otlpEndpoint = endpoint;
+        const exporter = endpoint ? createOtlpHttpExporter({ url: endpoint, serviceName: `weft-gateway-${name}` }) : undefined;
+        tracer.setExporter(exporter).catch((err: unknown) => log.warn("span exporter shutdown failed", { error: String(err) }));
+      }
       metrics.configApplied(snapshot.revision);
     },
     rejected: () => metrics.configRejected(),

@@ -121,6 +121,9 @@ export function formatJsonLine(r: TelemetryRecord): string {
 // Parameter names whose values are credentials often enough that logs must not keep them.
 const SECRET_PARAM = /token|secret|passw|pwd|api[-_]?key|access[-_]?key|private|signature|^sig$|credential|^auth|session|^code$|^key$/;
 
+// A cheap first look over the whole query: most requests carry none of these letters in sequence.
+const SECRET_HINT = /token|secret|passw|pwd|key|private|sig|credential|auth|session|code|%/i;
+
 /**
  * redactQuery keeps a request target's path and query but replaces the values of secret-looking
  * parameters (token, secret, password, api_key, signature, auth*, session, code, key) with "[redacted]".
@@ -129,7 +132,7 @@ const SECRET_PARAM = /token|secret|passw|pwd|api[-_]?key|access[-_]?key|private|
  */
 export function redactQuery(target: string): string {
   const q = target.indexOf("?");
-  if (q === -1) return target;
+  if (q === -1 || !SECRET_HINT.test(target.slice(q + 1))) return target;
   const params = target.slice(q + 1).split("&");
   let changed = false;
   for (let i = 0; i < params.length; i++) {

@@ -5,4 +5,5 @@ export * from "./metrics.ts";
 export * from "./proxy-metrics.ts";
 export * from "./trace-context.ts";
 export * from "./tracing.ts";
+export * from "./otlp-exporter.ts";
 export * from "./request-telemetry.ts";

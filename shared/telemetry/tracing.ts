@@ -1,5 +1,5 @@
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Link, type Span } from "@opentelemetry/api";
-import { TraceState } from "@opentelemetry/core";
+import { ExportResultCode, TraceState } from "@opentelemetry/core";
 import {
   BasicTracerProvider,
   BatchSpanProcessor,
@@ -42,6 +42,8 @@ export interface ProxyTracer {
   end(record: TelemetryRecord): void;
   /** Changes the ratio for new traces (a config reload). */
   setSampleRatio(ratio: number): void;
+  /** Sends spans to another exporter from now on (undefined: drop them); the previous one is shut down. */
+  setExporter(exporter: SpanExporter | undefined): Promise<void>;
   readonly sampleRatio: number;
   /** Exports what is queued. */
   flush(): Promise<void>;
@@ -82,10 +84,17 @@ function checkRatio(ratio: number): number {
  */
 export function createTracer(options: TracerOptions = {}): ProxyTracer {
   const sampler = createSwappableSampler(checkRatio(options.sampleRatio ?? 0.01));
-  const spanProcessors: SpanProcessor[] = [];
-  if (options.exporter) {
-    spanProcessors.push(options.processing === "simple" ? new SimpleSpanProcessor(options.exporter) : new BatchSpanProcessor(options.exporter));
-  }
+  let exporter = options.exporter;
+  // One processor for the tracer's life; the exporter behind it can change with the config.
+  const delegate: SpanExporter = {
+    export(spans, done) {
+      if (exporter) exporter.export(spans, done);
+      else done({ code: ExportResultCode.SUCCESS });
+    },
+    forceFlush: async () => exporter?.forceFlush?.(),
+    shutdown: async () => exporter?.shutdown(),
+  };
+  const spanProcessors: SpanProcessor[] = [options.processing === "simple" ? new SimpleSpanProcessor(delegate) : new BatchSpanProcessor(delegate)];
   const provider = new BasicTracerProvider({ sampler, spanProcessors });
   const tracer = provider.getTracer(options.scope ?? "weft");
   const maxOpen = options.maxOpenSpans ?? 10_000;
@@ -155,6 +164,13 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
     },
     get sampleRatio() {
       return sampler.ratio;
+    },
+    async setExporter(next) {
+      if (next === exporter) return;
+      await provider.forceFlush();
+      const previous = exporter;
+      exporter = next;
+      await previous?.shutdown();
     },
     flush: () => provider.forceFlush(),
     shutdown: () => provider.shutdown(),

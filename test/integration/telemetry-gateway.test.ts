@@ -1,5 +1,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { deadAddress, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 
@@ -206,5 +208,42 @@ describe("gateway telemetry: access log, Prometheus metrics and trace propagatio
     assert.equal(rejected.find((s) => s.name === "weft_config_rejected_total")!.value, 1);
     assert.equal(rejected.find((s) => s.name === "weft_config_revision")!.value, 0);
     assert.equal((await request(gw.ports[0]!, { path: "/alpha/after" })).status, 200);
+  });
+});
+
+describe("gateway telemetry: spans exported over OTLP/HTTP", () => {
+  test("a sampled request's server span reaches the configured collector by the time the gateway stops", async () => {
+    const received: any[] = [];
+    const collector = http.createServer((req, res) => {
+      let text = "";
+      req.on("data", (c: Buffer) => (text += c));
+      req.on("end", () => {
+        received.push({ url: req.url, body: JSON.parse(text) });
+        res.end("{}");
+      });
+    });
+    await new Promise<void>((r) => collector.listen(0, "127.0.0.1", r));
+    const upstream = await startUpstream();
+    const gw = await startGateway({
+      tracing: { sampleRatio: 1, otlpEndpoint: `http://127.0.0.1:${(collector.address() as AddressInfo).port}/v1/traces` },
+      services: { web: { endpoints: [{ address: upstream.address }] } },
+      gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1" }], routes: [{ name: "web", forward: { to: [{ service: "web" }] } }] } },
+    });
+    try {
+      const r = await request(gw.ports[0]!, { path: "/hello", headers: { traceparent: `00-${TRACE}-${PARENT}-01` } });
+      assert.equal(r.status, 200);
+    } finally {
+      await gw.stop();
+      await upstream.close();
+      await new Promise<void>((r) => collector.close(() => r()));
+    }
+    const spans = received.flatMap((b) => b.body.resourceSpans.flatMap((rs: any) => rs.scopeSpans.flatMap((ss: any) => ss.spans)));
+    assert.equal(spans.length, 1);
+    assert.equal(received[0].url, "/v1/traces");
+    assert.equal(received[0].body.resourceSpans[0].resource.attributes[0].value.stringValue, "weft-gateway-edge");
+    assert.equal(spans[0].traceId, TRACE);
+    assert.equal(spans[0].parentSpanId, PARENT);
+    assert.equal(spans[0].spanId, upstream.requests[0]!.headers.traceparent!.toString().split("-")[2]);
+    assert.equal(spans[0].name, "GET web");
   });
 });
