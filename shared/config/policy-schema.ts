@@ -105,10 +105,11 @@ export const AuthzPolicySchema = v.strictObject({
   rules: v.optional(List(AuthzRuleSchema), []),
 });
 
-const JWS_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519", "HS256", "HS384", "HS512"] as const;
-const ASYMMETRIC_DEFAULT = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"] as const;
+// Asymmetric only: an HMAC secret in a key set invites algorithm confusion (an RSA public key used as
+// an HS256 secret), and jose refuses symmetric keys from a JWKS anyway. `none` is never listed.
+const JWS_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"] as const;
 
-const Jwk = v.looseObject({ kty: v.picklist(["RSA", "EC", "OKP", "oct"]), kid: v.optional(v.string()) });
+const Jwk = v.looseObject({ kty: v.picklist(["RSA", "EC", "OKP"], "must be an RSA, EC or OKP public key"), kid: v.optional(v.string()) });
 
 /** One JWT issuer the proxy accepts (Istio RequestAuthentication jwtRules). */
 export const JwtProviderSchema = v.pipe(
@@ -131,8 +132,8 @@ export const JwtProviderSchema = v.pipe(
     outputClaimToHeaders: v.optional(List(v.strictObject({ header: HeaderName, claim: NonEmpty }))),
     /** Leeway for exp/nbf/iat (default 60 s, at most 300 s). */
     clockSkewSec: v.optional(Count(0, 300), 60),
-    /** Accepted signature algorithms (default: every asymmetric one; `none` is never accepted; HS* only with inline jwks). */
-    algorithms: v.optional(v.pipe(v.array(v.picklist(JWS_ALGORITHMS)), v.minLength(1)), [...ASYMMETRIC_DEFAULT]),
+    /** Accepted signature algorithms, asymmetric only (default: all of RS*, PS*, ES*, EdDSA; `none` and HS* are never accepted). */
+    algorithms: v.optional(v.pipe(v.array(v.picklist(JWS_ALGORITHMS)), v.minLength(1)), [...JWS_ALGORITHMS]),
     /** Longest token accepted, in bytes (default 8192). */
     maxTokenBytes: v.optional(Count(64, 65536), 8192),
     /** How long fetched keys are used before a refetch (default 600000 ms). */
@@ -141,10 +142,6 @@ export const JwtProviderSchema = v.pipe(
     jwksCooldownMs: v.optional(Count(0, DAY_MS), 30_000),
   }),
   v.check((p) => (p.jwksUri === undefined) !== (p.jwks === undefined), "needs exactly one of jwksUri or jwks"),
-  v.check(
-    (p) => p.jwks !== undefined || !p.algorithms.some((a) => a.startsWith("HS")),
-    "HS* algorithms need an inline jwks: a shared secret must never be fetched from a URL",
-  ),
 );
 
 /** Which requests a rate limit counts; every field given must hold. Default: every request. */
