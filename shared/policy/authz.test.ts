@@ -109,6 +109,11 @@ test("a DENY on an identity the request lacks still applies (no dodging by not a
   const claims = [deny("no-guests-claim", [{ when: [{ key: "request.auth.claims[role]", values: ["guest"] }] }])];
   assert.equal(decide(claims).allowed, false);
   assert.equal(decide(claims, { claims: { role: "admin" }, requestPrincipal: "i/u" }).allowed, true);
+  // A verified token without the claim is the issuer's word, not the client dodging: no match.
+  assert.equal(decide(claims, { claims: {}, requestPrincipal: "i/u" }).allowed, true);
+  const ns = [deny("no-legacy", [{ from: [{ namespaces: ["legacy"] }] }])];
+  assert.equal(decide(ns).allowed, false);
+  assert.equal(decide(ns, { sourcePrincipal: "spiffe://cluster.local/odd-id" }).allowed, true);
 });
 
 test("requestPrincipals and notRequestPrincipals match iss/sub", () => {

@@ -87,8 +87,9 @@ interface CompiledPolicy {
  * compileAuthz turns authorization policies into one evaluator with Istio's semantics: any matching
  * DENY denies; then, when ALLOW policies exist, one must match; AUDIT never changes the decision.
  * A policy without rules matches nothing; a rule without from/to/when matches everything. In a DENY
- * policy, an identity attribute the request lacks (peer principal, namespace, request principal,
- * a claim) counts as matching, so a DENY can never be dodged by not authenticating.
+ * policy, an identity the request lacks (no mTLS peer for principals/namespaces, no verified token for
+ * requestPrincipals and `request.auth.*` conditions) counts as matching, so a DENY can never be dodged
+ * by not authenticating; a verified token without the named claim does not match.
  * @example
  * const authz = compileAuthz([{ name: "no-admin", action: "DENY", rules: [{ to: [{ paths: ["/admin*"] }] }] }], { encodedSlashes: "keep", caseInsensitive: false });
  * authz.evaluate({ method: "GET", authority: "a", path: "/%61dmin", headers: {}, sourceIp: "10.0.0.1" }).allowed // false
@@ -213,8 +214,10 @@ function compileSource(src: AuthzSourceConfig, isDeny: boolean): Check {
   identity(src.notPrincipals, true, (f) => f.req.sourcePrincipal, true);
   identity(src.requestPrincipals, false, (f) => f.req.requestPrincipal);
   identity(src.notRequestPrincipals, true, (f) => f.req.requestPrincipal);
-  identity(src.namespaces, false, (f) => namespaceOf(f.req.sourcePrincipal));
-  identity(src.notNamespaces, true, (f) => namespaceOf(f.req.sourcePrincipal));
+  // A peer whose ID carries no namespace is authenticated all the same: it just matches no namespace.
+  const namespace = (f: Facts) => (f.req.sourcePrincipal === undefined ? undefined : namespaceOf(f.req.sourcePrincipal) ?? "");
+  identity(src.namespaces, false, namespace);
+  identity(src.notNamespaces, true, namespace);
   const source = (f: Facts) => (f.source === null ? (f.source = parseIp(f.req.sourceIp)) : f.source);
   const remote = (f: Facts) => (f.remote === null ? (f.remote = parseIp(f.req.remoteIp ?? f.req.sourceIp)) : f.remote);
   const ips = (blocks: readonly string[] | undefined, negate: boolean, read: (f: Facts) => { version: 4 | 6; value: bigint } | undefined) => {
@@ -237,13 +240,20 @@ function compileSource(src: AuthzSourceConfig, isDeny: boolean): Check {
 function compileCondition(c: AuthzConditionConfig, isDeny: boolean): Check {
   const read = conditionReader(c.key);
   const isIp = c.key === "source.ip" || c.key === "remote.ip";
-  const identity = c.key.startsWith("request.auth.") || c.key === "source.principal" || c.key === "source.namespace";
+  // Which identity the key belongs to: when the request never authenticated at that layer, a DENY
+  // counts the condition as matching (the client chose the absence). A token that simply lacks a claim
+  // is the issuer's statement, not the client's choice: the condition just does not match.
+  const unauthenticated: ((f: Facts) => boolean) | undefined = c.key.startsWith("request.auth.")
+    ? (f) => f.req.requestPrincipal === undefined
+    : c.key === "source.principal" || c.key === "source.namespace"
+      ? (f) => f.req.sourcePrincipal === undefined
+      : undefined;
   const match = isIp ? ipPatterns(c.values) : c.values ? listPatterns(c.values) : undefined;
   const notMatch = isIp ? ipPatterns(c.notValues) : c.notValues ? listPatterns(c.notValues) : undefined;
   return (f) => {
     const value = read(f);
     if (value === undefined) {
-      if (identity && isDeny) return true;
+      if (isDeny && unauthenticated?.(f)) return true;
       return match === undefined;
     }
     if (match && !match(value)) return false;
