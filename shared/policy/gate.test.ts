@@ -92,3 +92,8 @@ test("remoteIpBlocks use x-forwarded-for only as far as the trusted hops allow",
   assert.equal((await trusting.evaluate(h)).ok, true);
   assert.equal((await blind.evaluate(h)).ok, false);
 });
+
+test("the gate fits the engine's PolicyGate contract", () => {
+  const fits: import("../proxy/engine.ts").PolicyGate = gate({});
+  assert.equal(typeof fits.evaluate, "function");
+});

@@ -1,12 +1,32 @@
 import type { JWTPayload } from "jose";
 import type { Bus } from "../bus/index.ts";
 import type { PolicySetConfig } from "../config/index.ts";
-import type { PolicyGate, PolicyVerdict } from "../proxy/engine.ts";
-import type { RequestHead } from "../proxy/types.ts";
 import { compileAuthz, type AuthzReason, type AuthzRequest } from "./authz.ts";
 import { parseIp } from "./ip-block.ts";
 import { createJwtAuthenticator, type FetchJwks, type JwksSource, type JwtFailure } from "./jwt.ts";
 import { createGlobalRateLimiter, createLocalRateLimiter } from "./ratelimit.ts";
+
+/** What the gate reads from the engine's RequestHead (declared here: policy sits below the engine). */
+export interface PolicyHead {
+  readonly method: string;
+  readonly authority: string;
+  readonly path: string;
+  readonly headers: AuthzRequest["headers"];
+  readonly clientIp: string;
+  readonly localPort: number;
+  readonly peer?: { readonly spiffeId: string };
+}
+
+/** The gate's answer, the shape of the engine's PolicyVerdict (shared/proxy/engine.ts). */
+export type PolicyVerdict =
+  | {
+      readonly ok: true;
+      readonly principal?: string;
+      readonly requestHeaders?: readonly (readonly [string, string])[];
+      readonly removeHeaders?: readonly string[];
+      readonly responseHeaders?: readonly (readonly [string, string])[];
+    }
+  | { readonly ok: false; readonly reason: "jwt_invalid" | "denied" | "rate_limited"; readonly headers?: readonly (readonly [string, string])[] };
 
 /** A request as the policy engine sees it, before authentication. */
 export interface PolicyRequest extends Omit<AuthzRequest, "requestPrincipal" | "claims"> {}
@@ -69,8 +89,9 @@ export interface PolicyGateOptions {
   readonly shared?: PolicyShared;
 }
 
-/** The engine's gate plus the full decision, for the test kit and `explain`. */
-export interface PolicyEngineGate extends PolicyGate {
+/** The engine's PolicyGate plus the full decision, for the test kit and `explain`. */
+export interface PolicyEngineGate {
+  evaluate(head: PolicyHead): Promise<PolicyVerdict>;
   decide(request: PolicyRequest, identity?: PresetIdentity): Promise<PolicyDecision>;
 }
 
@@ -139,7 +160,7 @@ export function createPolicyGate(policySet: PolicySetConfig, options: PolicyGate
 
   return {
     decide,
-    evaluate(head: RequestHead): Promise<PolicyVerdict> {
+    evaluate(head: PolicyHead): Promise<PolicyVerdict> {
       if (!active) return pass;
       return decide(policyRequestOf(head, hops)).then(toVerdict);
     },
@@ -151,7 +172,7 @@ export function createPolicyGate(policySet: PolicySetConfig, options: PolicyGate
  * @example
  * policyRequestOf(head, 1).remoteIp // the client address one trusted proxy reported
  */
-export function policyRequestOf(head: RequestHead, xffTrustedHops: number): PolicyRequest {
+export function policyRequestOf(head: PolicyHead, xffTrustedHops: number): PolicyRequest {
   return {
     method: head.method,
     authority: head.authority,
