@@ -9,6 +9,8 @@ const COMMANDS = {
   dev: ["../scripts/dev.ts", "main", "runs a demo mesh on loopback: control plane, gateway and two sample services"],
   control: ["../control/main.ts", "main", "runs the control plane on a NATS bus"],
   gateway: ["../gateway/main.ts", "main", "serves an ingress gateway from the bus or a config file"],
+  sidecar: ["../sidecar/main.ts", "main", "runs beside one workload: inbound policy, outbound routing by Host, registration"],
+  iptables: ["../sidecar/capture/iptables-command.ts", "main", "writes (or with --cleanup removes) the nat rules that capture a workload's traffic"],
   apply: ["../control/cli.ts", "apply", "validates a config file and applies it to the mesh"],
   status: ["../control/cli.ts", "status", "shows every proxy's revision and whether it is in sync"],
   get: ["../control/cli.ts", "get", "lists routes, services, endpoints or gateways"],

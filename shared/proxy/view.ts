@@ -1,7 +1,7 @@
-import type { PolicySetConfig, Snapshot } from "../config/index.ts";
+import type { Endpoint, PolicySetConfig, Snapshot } from "../config/index.ts";
 import { createCluster, type Cluster } from "./cluster.ts";
 import type { PolicyGate, RouteView } from "./engine.ts";
-import { createRouter } from "./router.ts";
+import { createRouter, splitAuthority } from "./router.ts";
 
 export interface ViewDeps {
   /** Builds the policy step for a policy set; undefined when the set asks for nothing. */
@@ -41,4 +41,63 @@ export function clusterLookup(snapshot: Snapshot): (service: string) => Cluster 
     }
     return cluster;
   };
+}
+
+/** The route name and cluster key of a sidecar's inbound side (the local app). */
+export const INBOUND_CLUSTER = "inbound|app";
+
+export interface SidecarViewOptions extends ViewDeps {
+  /** Where the inbound side reaches the local app: 127.0.0.1:<port> or a Unix socket. */
+  readonly app: Endpoint;
+}
+
+/** What a sidecar runs for one snapshot: its inbound side, its outbound side, and Host lookup. */
+export interface SidecarViews {
+  readonly snapshot: Snapshot;
+  /** Every request to the app: the service's inbound policy, then the app. */
+  readonly inbound: RouteView;
+  /** The app's calls, routed by Host with the called service's routes and destination policy. */
+  readonly outbound: RouteView;
+  /** The service a Host names (`name`, `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`, any port), if known. */
+  serviceOf(authority: string): string | undefined;
+}
+
+/**
+ * createSidecarViews compiles a sidecar's two sides from a snapshot: inbound (policy of `service`,
+ * then the app) and outbound (Host → service → that service's routes). Built once per config swap.
+ * @example
+ * const views = createSidecarViews(snapshot, "orders", { app: parseEndpoint("127.0.0.1:8080") });
+ * await engine.handle(head, body, views.outbound);
+ */
+export function createSidecarViews(snapshot: Snapshot, service: string, options: SidecarViewOptions): SidecarViews {
+  const own = snapshot.services.get(service);
+  if (!own) throw new TypeError(`service "${service}" is not in the config`);
+  const hosts = new Map<string, string>();
+  const routers = new Map<string, ReturnType<typeof createRouter>>();
+  for (const svc of snapshot.services.values()) {
+    for (const name of svc.hostnames) hosts.set(name.toLowerCase(), svc.name);
+    routers.set(svc.name, createRouter(svc.routes));
+  }
+  const serviceOf = (authority: string) => hosts.get(splitAuthority(authority).host.replace(/\.$/, ""));
+
+  const app = createCluster({ ...own, name: INBOUND_CLUSTER, endpoints: [options.app], subsets: {}, routes: [] });
+  const inboundRouter = createRouter([{ name: "inbound", forward: { to: [{ service: INBOUND_CLUSTER, weight: 1 }] } }]);
+  const inbound: RouteView = {
+    revision: snapshot.revision,
+    route: (head) => inboundRouter.match(head),
+    cluster: (name) => (name === INBOUND_CLUSTER ? app : undefined),
+    policy: options.createPolicy?.(own.inbound),
+    xffTrustedHops: 0,
+  };
+  const outbound: RouteView = {
+    revision: snapshot.revision,
+    route(head) {
+      const name = serviceOf(head.authority);
+      return name === undefined ? undefined : routers.get(name)!.match(head);
+    },
+    cluster: clusterLookup(snapshot),
+    policy: undefined,
+    xffTrustedHops: 0,
+  };
+  return { snapshot, inbound, outbound, serviceOf };
 }

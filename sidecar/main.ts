@@ -1,0 +1,267 @@
+import { hostname, networkInterfaces } from "node:os";
+import { resolve } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
+import { parseEndpoint, readEnv, type Endpoint } from "../shared/config/index.ts";
+import { createAnnouncer, followBus, type Announcer } from "../shared/discovery/index.ts";
+import { createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
+import { createEngine, createSidecarViews, type Listener, type SidecarViews } from "../shared/proxy/index.ts";
+import { detectRuntime, fileStore } from "../shared/runtime/index.ts";
+import { createLogger } from "../shared/telemetry/index.ts";
+import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
+import { createInbound, inboundListenOptions } from "./inbound.ts";
+import { createReadiness, createSidecarAdmin, superviseApp, type SupervisedApp } from "./lifecycle.ts";
+import { createOutbound } from "./outbound.ts";
+
+const USAGE = `usage: weft sidecar --service NAME (--app-port PORT | --app-socket PATH) --nats URL [options] [--run -- cmd args...]
+
+Runs beside one workload: inbound (port 15006: the service's inbound policy, then the app),
+outbound (port 15001 and/or a Unix socket: the app's plain HTTP, routed by Host; also an
+HTTP_PROXY), registration of the workload's endpoint, and the admin API.
+  --service NAME          the mesh service this workload is
+  --app-port PORT         the app listens on 127.0.0.1:PORT
+  --app-socket PATH       the app listens on this Unix socket
+  --nats URL              NATS server(s), comma-separated; env WEFT_NATS_URL
+  --inbound-port N        inbound listener port (default 15006; 0 = any free port)
+  --inbound-address A     inbound bind address (default 0.0.0.0)
+  --outbound-port N       outbound listener port on 127.0.0.1 (default 15001; 0 = any free port)
+  --outbound-socket PATH  also accept outbound requests on this Unix socket
+  --admin ADDR            admin API (default 127.0.0.1:15000; env WEFT_ADMIN_ADDRESS; port 0 = any)
+  --address HOST:PORT     endpoint to register (default: this host's address and the inbound port)
+  --version V             version label of the registered endpoint (selects subsets)
+  --proxy-id ID           this proxy's id on the bus (env WEFT_PROXY_ID)
+  --grace-ms N            on SIGTERM, how long in-flight requests may take (default 10000)
+  --drain-ms N            on SIGTERM, how long to keep serving after announcing draining (default 0)
+  --discovery-wait-ms N   how long a request for an unknown Host waits for discovery (default 1500)
+  --hold-app              start the --run app only once the sidecar is ready (startup ordering)
+  --run -- cmd args...    run the app under the sidecar; the sidecar exits with its exit code`;
+
+/**
+ * main runs `weft sidecar`; it resolves once the admin API listens and returns a stop function
+ * (drain, finish in flight, deregister). With --run it exits with the app's code when the app ends.
+ * @example
+ * const stop = await main(["--service", "orders", "--app-port", "8080", "--nats", "nats://127.0.0.1:4222"]);
+ */
+export async function main(argv: string[]): Promise<() => Promise<void>> {
+  const split = argv.indexOf("--");
+  const own = split < 0 ? argv : argv.slice(0, split);
+  const command = split < 0 ? [] : argv.slice(split + 1);
+  const { values } = parseArgs({
+    args: own,
+    options: {
+      service: { type: "string" },
+      "app-port": { type: "string" },
+      "app-socket": { type: "string" },
+      nats: { type: "string" },
+      "inbound-port": { type: "string" },
+      "inbound-address": { type: "string" },
+      "outbound-port": { type: "string" },
+      "outbound-socket": { type: "string" },
+      admin: { type: "string" },
+      address: { type: "string" },
+      version: { type: "string" },
+      "proxy-id": { type: "string" },
+      "grace-ms": { type: "string" },
+      "drain-ms": { type: "string" },
+      "discovery-wait-ms": { type: "string" },
+      "hold-app": { type: "boolean" },
+      run: { type: "boolean" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const env = readEnv(process.env);
+  const log = createLogger({ component: "sidecar", level: env.logLevel, write: (line) => process.stderr.write(`${line}\n`) });
+  const service = values.service;
+  const servers = values.nats ?? env.natsUrl;
+  const problems: string[] = [];
+  if (!service) problems.push("--service is required");
+  if (!servers) problems.push("--nats (or WEFT_NATS_URL) is required");
+  if ((values["app-port"] === undefined) === (values["app-socket"] === undefined)) problems.push("exactly one of --app-port and --app-socket is required");
+  if (values.run && command.length === 0) problems.push("--run needs a command after --");
+  const ports = {
+    app: numberOption(values["app-port"], 0, problems, "--app-port"),
+    inbound: numberOption(values["inbound-port"], 15006, problems, "--inbound-port"),
+    outbound: numberOption(values["outbound-port"], 15001, problems, "--outbound-port"),
+    graceMs: numberOption(values["grace-ms"], 10_000, problems, "--grace-ms"),
+    drainMs: numberOption(values["drain-ms"], 0, problems, "--drain-ms"),
+    discoveryWaitMs: numberOption(values["discovery-wait-ms"], 1500, problems, "--discovery-wait-ms"),
+  };
+  if (problems.length > 0) {
+    for (const p of problems) log.error("bad arguments", { problem: p });
+    console.error(USAGE);
+    process.exit(2);
+  }
+  const serviceName = service!;
+  const app: Endpoint = values["app-socket"] ? parseEndpoint(`unix:${resolve(values["app-socket"])}`) : parseEndpoint(`127.0.0.1:${ports.app}`);
+  const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `sidecar-${serviceName}-${hostname()}-${process.pid}`);
+
+  const runtime = await detectRuntime();
+  const client = runtime.createUpstreamClient();
+  const engine = createEngine({ client, edge: false });
+  const policyShared = createPolicyShared();
+  const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
+  let views: SidecarViews | undefined;
+  let bus: Bus | undefined;
+  let wantService: (name: string) => void = () => {};
+
+  const outbound = createOutbound({
+    engine,
+    current: () => views,
+    want: (name) => wantService(name),
+    proxyId,
+    discoveryWaitMs: ports.discoveryWaitMs,
+    onInternalError,
+  });
+  const inbound = createInbound({ engine, current: () => views, onInternalError });
+  const readiness = createReadiness([{ name: "config", ready: () => views !== undefined && listeners.length > 0 }]);
+
+  const listeners: Listener[] = [];
+  let bridge: UnixSocketBridge | undefined;
+  let listening: Promise<void> | undefined;
+  let announcer: Announcer | undefined;
+  let supervised: SupervisedApp | undefined;
+  let stopping: Promise<void> | undefined;
+
+  async function openListeners(): Promise<void> {
+    const inboundListener = await runtime.listen(
+      inboundListenOptions({ port: ports.inbound, address: values["inbound-address"] ?? "0.0.0.0" }),
+      inbound,
+    );
+    const outboundListener = await runtime.listen(
+      { port: ports.outbound, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 },
+      outbound,
+    );
+    if (values["outbound-socket"]) bridge = await bridgeUnixSocket(resolve(values["outbound-socket"]), outboundListener.port);
+    listeners.push(inboundListener, outboundListener);
+    log.info("sidecar listening", {
+      inbound: inboundListener.port,
+      outbound: outboundListener.port,
+      ...(bridge ? { outboundSocket: bridge.path } : {}),
+      app: app.address,
+      runtime: runtime.name,
+    });
+  }
+
+  function apply(snapshot: Parameters<typeof createSidecarViews>[0]): Promise<void> | void {
+    // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
+    views = createSidecarViews(snapshot, serviceName, {
+      app,
+      createPolicy: (p) => createPolicyGate(p, { bus, domain: serviceName, shared: policyShared }),
+    });
+    outbound.applied();
+    if (!listening) {
+      listening = openListeners().catch((err: unknown) => {
+        log.error("cannot listen", { error: String(err) });
+        process.exit(1);
+      });
+    }
+    return listening;
+  }
+
+  const follow = await followBus({
+    connect: async () => (bus = await connectNatsBus({ servers: servers!.split(","), name: proxyId, waitOnFirstConnect: true })),
+    proxyId,
+    role: { kind: "sidecar", service: serviceName },
+    store: fileStore(env.stateDir, proxyId),
+    apply,
+    log,
+  });
+  follow.watcher.then(
+    (w) => (wantService = (name) => w.want(name)),
+    () => {},
+  );
+  // Register once the listeners are open and the bus answers.
+  void (async () => {
+    await follow.watcher.catch(() => undefined);
+    await readiness.until(Number.MAX_SAFE_INTEGER, 50);
+    if (stopping || !bus) return;
+    const address = values.address ?? `${registrationHost(values["inbound-address"])}:${listeners[0]!.port}`;
+    announcer = createAnnouncer({
+      bus,
+      service: serviceName,
+      endpoint: { address, labels: values.version ? { version: values.version } : {}, weight: 1, proxyId },
+    });
+    announcer.start();
+    log.info("sidecar ready", { address, proxyId });
+  })();
+
+  const stop = () =>
+    (stopping ??= (async () => {
+      log.info("draining", { graceMs: ports.graceMs });
+      announcer?.drain();
+      if (ports.drainMs > 0) await new Promise((r) => setTimeout(r, ports.drainMs));
+      // Stop accepting; in-flight requests finish within the grace period.
+      const closing = Promise.all([...listeners.map((l) => l.close()), bridge?.close(ports.graceMs)]);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, ports.graceMs)))]);
+      clearTimeout(timer);
+      announcer?.stop();
+      await bus?.flush().catch(() => undefined);
+      await follow.stop();
+      await client.close();
+      await supervised?.stop(ports.graceMs);
+      await admin.close();
+      log.info("stopped");
+    })());
+
+  const exitWith = (code: number) => void stop().then(() => process.exit(code));
+  const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
+  const admin = await runtime.serveFetch(
+    createSidecarAdmin({ readiness, log, snapshot: () => views?.snapshot, quit: () => exitWith(0) }).fetch,
+    { port: adminPort, address: adminHost },
+  );
+  log.info("admin listening", { address: adminHost, port: admin.port });
+  log.warn("inbound mTLS is not enforced yet: peers are accepted over plain HTTP", { service: serviceName });
+
+  if (command.length > 0) {
+    void (async () => {
+      if (values["hold-app"]) await readiness.until(Number.MAX_SAFE_INTEGER);
+      if (stopping) return;
+      supervised = superviseApp(command);
+      log.info("app started", { pid: supervised.pid, command: command[0] });
+      const code = await supervised.exited;
+      if (stopping) return;
+      log.info("app exited, stopping", { code });
+      exitWith(code);
+    })();
+  }
+  return stop;
+}
+
+function numberOption(raw: string | undefined, fallback: number, problems: string[], name: string): number {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) problems.push(`${name} must be a non-negative integer`);
+  return n;
+}
+
+/** The address callers reach this workload at: the bind address, or this host's first non-loopback IPv4. */
+function registrationHost(bind: string | undefined): string {
+  if (bind && bind !== "0.0.0.0" && bind !== "::") return bind;
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+  }
+  return "127.0.0.1";
+}
+
+function splitAddress(address: string): [string, number] {
+  const colon = address.lastIndexOf(":");
+  return [address.slice(0, colon) || "127.0.0.1", Number(address.slice(colon + 1))];
+}
+
+function isEntry(): boolean {
+  const meta = import.meta as ImportMeta & { main?: boolean };
+  if (meta.main !== undefined) return meta.main;
+  return process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+}
+
+if (isEntry()) {
+  const stop = await main(process.argv.slice(2));
+  for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => void stop().then(() => process.exit(0)));
+}
