@@ -161,6 +161,34 @@ describe("sidecars in Unix-socket mode", () => {
     await apply(mesh("REGISTRY_ONLY"));
   });
 
+  test("SIGTERM drains: the request in flight finishes, then the sidecar stops accepting and exits", async () => {
+    const slow = await startUpstream((req, res) => {
+      req.resume();
+      setTimeout(() => res.end("slow done"), 600);
+    });
+    const sidecar = spawnWeft(
+      ["sidecar", "--service", "server-svc", "--app-port", String(slow.port), "--nats", nats.url, "--inbound-port", "0", "--inbound-address", "127.0.0.1", "--outbound-port", "0", "--admin", "127.0.0.1:0", "--proxy-id", "sc-slow", "--version", "v2", "--grace-ms", "5000"],
+      { env: { WEFT_STATE_DIR: join(dir, "state") } },
+    );
+    try {
+      const inboundPort = (await sidecar.waitForLog((l) => l.msg === "sidecar listening")).inbound as number;
+      await sidecar.waitForLog((l) => l.msg === "sidecar ready");
+      const inFlight = call({ port: inboundPort }, "/hello/slow", { host: "server-svc" });
+      await new Promise((r) => setTimeout(r, 200));
+      const stopped = sidecar.stop();
+      const r = await inFlight;
+      assert.equal(r.status, 200);
+      assert.equal(r.body, "slow done");
+      await stopped;
+      const msgs = sidecar.logs().map((l) => l.msg);
+      assert.ok(msgs.indexOf("draining") >= 0 && msgs.indexOf("draining") < msgs.indexOf("stopped"), msgs.join(","));
+      await assert.rejects(call({ port: inboundPort }, "/hello", { host: "server-svc" }), /ECONNREFUSED/);
+    } finally {
+      await sidecar.stop();
+      await slow.close();
+    }
+  });
+
   test("/ready is true once a config is applied, and POST /quitquitquit exits cleanly", async () => {
     const extra = spawnWeft(
       ["sidecar", "--service", "client-svc", "--app-port", "1", "--nats", nats.url, "--inbound-port", "0", "--inbound-address", "127.0.0.1", "--outbound-port", "0", "--admin", "127.0.0.1:0", "--proxy-id", "sc-quit"],
