@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { connectNatsBus, toBusToken } from "../shared/bus/index.ts";
 import { readEnv } from "../shared/config/index.ts";
-import { createLogger } from "../shared/telemetry/logger.ts";
+import { createLogger } from "../shared/telemetry/index.ts";
 import { startControlPlane } from "./plane.ts";
 
 const USAGE = `usage: weft control --nats URL [--id ID] [--trust-domain cluster.local] [--state-dir DIR] [--leaf-ttl-ms N]

@@ -10,7 +10,7 @@ import { createMemoryBus, createMemoryNetwork } from "../shared/bus/index.ts";
 import { readEnv } from "../shared/config/index.ts";
 import { createConfigWatcher } from "../shared/discovery/index.ts";
 import { detectRuntime, loadMeshModule } from "../shared/runtime/index.ts";
-import { createLogger } from "../shared/telemetry/logger.ts";
+import { createLogger } from "../shared/telemetry/index.ts";
 
 const USAGE = `usage: weft dev [--config examples/weft.config.ts]
 
