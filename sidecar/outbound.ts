@@ -103,6 +103,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
       traffic: passthroughTraffic,
       routes: [],
       inbound: {} as PolicySetConfig,
+      mtlsMode: "PERMISSIVE",
     };
     const cluster = createCluster(service);
     const router = createRouter([

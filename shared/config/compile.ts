@@ -14,7 +14,8 @@ export function compileMesh(mesh: MeshConfig, revision = 0): Snapshot {
   }
   const gateways = new Map<string, GatewaySnapshot>();
   for (const [name, gw] of Object.entries(mesh.gateways)) {
-    gateways.set(name, deepFreeze({ ...gw, name }));
+    const spiffeId = spiffeIdOf(mesh.trustDomain, gw.namespace, gw.serviceAccount ?? name);
+    gateways.set(name, deepFreeze({ ...gw, name, spiffeId }));
   }
   return Object.freeze({
     revision,
@@ -51,6 +52,7 @@ function compileService(name: string, svc: ServiceConfig, trustDomain: string): 
     traffic: svc.traffic,
     routes,
     inbound: svc.inbound,
+    mtlsMode: svc.mtls.mode,
   });
 }
 

@@ -236,6 +236,14 @@ const StaticEndpoint = v.strictObject({
   weight: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(MAX_WEIGHT)), 1),
 });
 
+/**
+ * How a sidecar's inbound port treats peers: STRICT accepts only mTLS from a workload of the trust
+ * domain; PERMISSIVE also accepts plaintext (for migrating workloads into the mesh).
+ */
+export const MtlsSchema = v.strictObject({
+  mode: v.optional(v.picklist(["STRICT", "PERMISSIVE"]), "STRICT"),
+});
+
 export const ServiceSchema = v.strictObject({
   /** Namespace (default "default"). */
   namespace: v.optional(Name, "default"),
@@ -251,6 +259,8 @@ export const ServiceSchema = v.strictObject({
   traffic: v.optional(DestinationPolicySchema, {}),
   /** Policy applied by this service's own sidecar to incoming requests. */
   inbound: v.optional(PolicySetSchema, {}),
+  /** Mutual TLS on this service's inbound port (Istio PeerAuthentication). */
+  mtls: v.optional(MtlsSchema, {}),
 });
 
 const Listener = v.pipe(
@@ -266,6 +276,10 @@ const Listener = v.pipe(
 );
 
 export const GatewaySchema = v.strictObject({
+  /** Namespace of the gateway's identity (default "default"). */
+  namespace: v.optional(Name, "default"),
+  /** Service account of the gateway's identity (default: the gateway's name). */
+  serviceAccount: v.optional(Name),
   listeners: v.pipe(v.array(Listener), v.minLength(1)),
   routes: v.array(RouteSchema),
   /** Trusted proxies in front of this gateway: how many x-forwarded-for hops to believe (default 0). */

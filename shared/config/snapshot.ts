@@ -1,6 +1,12 @@
 import type { DestinationPolicyConfig, GatewayConfig, RouteConfig, TracingConfig } from "./schema.ts";
 import type { PolicySetConfig } from "./policy-schema.ts";
 
+/**
+ * Endpoint label set on endpoints whose proxy terminates mesh mTLS (a sidecar's inbound port), value
+ * `mesh` (Istio's `security.istio.io/tlsMode: istio`). Callers originate mTLS only to such endpoints.
+ */
+export const TLS_MODE_LABEL = "security.weft.dev/tlsMode";
+
 /** One instance of a service that a proxy can send requests to. */
 export interface Endpoint {
   /** host:port or unix:/path, as declared or registered. */
@@ -32,10 +38,14 @@ export interface ServiceSnapshot {
   /** Routes for calls to this service; always at least one (the default route to the service). */
   readonly routes: readonly RouteConfig[];
   readonly inbound: PolicySetConfig;
+  /** STRICT (mTLS only) or PERMISSIVE (mTLS or plaintext) on the inbound port. */
+  readonly mtlsMode: "STRICT" | "PERMISSIVE";
 }
 
 export interface GatewaySnapshot extends GatewayConfig {
   readonly name: string;
+  /** SPIFFE ID the gateway holds when it speaks mTLS into the mesh. */
+  readonly spiffeId: string;
 }
 
 /** The whole compiled, frozen configuration one proxy runs. */

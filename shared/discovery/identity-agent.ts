@@ -13,6 +13,9 @@ import type { LogSink } from "./watcher.ts";
 export interface IdentityMaterial {
   readonly svid: Svid;
   readonly bundlePem: readonly string[];
+  /** The SVID's chain and key again, as listeners and upstream pools take them. */
+  readonly chainPem: readonly string[];
+  readonly keyPem: string;
 }
 
 export interface IdentityAgentOptions {
@@ -29,10 +32,16 @@ export interface IdentityAgentOptions {
   readonly random?: () => number;
 }
 
+/** The agent is also the proxy's mesh identity (shared/proxy MeshIdentity) for listeners and upstream pools. */
 export interface IdentityAgent {
+  readonly trustDomain: string;
+  readonly spiffeId: string;
   /** Resolves once the first SVID and bundle are held; rejects with the CA's reason if it refuses. */
   start(): Promise<IdentityMaterial>;
   current(): IdentityMaterial | undefined;
+  /** Counts material changes (renewals, bundle updates). */
+  readonly generation: number;
+  onUpdate(listener: (material: IdentityMaterial) => void): () => void;
   stop(): void;
 }
 
@@ -54,11 +63,17 @@ export function createIdentityAgent(options: IdentityAgentOptions): IdentityAgen
   let timer: ReturnType<typeof setTimeout> | undefined;
   let watch: Watch | undefined;
   let stopped = false;
+  let generation = 0;
+  let held: IdentityMaterial | undefined;
+  const listeners = new Set<(material: IdentityMaterial) => void>();
 
-  const material = () => (svid ? { svid, bundlePem: bundle } : undefined);
+  const material = () => held;
   const emit = () => {
-    const m = material();
-    if (m) options.onUpdate?.(m);
+    if (!svid) return;
+    generation += 1;
+    held = { svid, bundlePem: bundle, chainPem: svid.chainPem, keyPem: svid.keyPem };
+    options.onUpdate?.(held);
+    for (const listener of listeners) listener(held);
   };
 
   async function obtain(): Promise<Svid> {
@@ -90,6 +105,15 @@ export function createIdentityAgent(options: IdentityAgentOptions): IdentityAgen
   }
 
   return {
+    trustDomain,
+    spiffeId,
+    get generation() {
+      return generation;
+    },
+    onUpdate(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
     async start() {
       const trust = await bus.kv(TRUST_BUCKET, { history: BUCKET_HISTORY });
       watch = trust.watch(trustBundleKey(trustDomain), (e) => {
@@ -113,7 +137,7 @@ export function createIdentityAgent(options: IdentityAgentOptions): IdentityAgen
       log?.info("certificate issued", { spiffeId, notAfter: svid.notAfter.toISOString() });
       scheduleRenewal(nextRefreshAt(svid, now(), random) - now());
       emit();
-      return material()!;
+      return held!;
     },
     current: material,
     stop() {

@@ -1,11 +1,11 @@
-import type { RetryPolicyConfig, RouteConfig } from "../config/index.ts";
+import { TLS_MODE_LABEL, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
 import type { Cluster } from "./cluster.ts";
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
 import { REASONS, type Reason } from "./reasons.ts";
 import { backoffMs, isIdempotent, shouldRetryFailure, shouldRetryStatus } from "./retry.ts";
 import { chooseWeighted, type RouteMatch } from "./router.ts";
 import { applyHeaderOps, redirectLocation, rewritePath } from "./route-actions.ts";
-import type { Endpoint, RequestBody, RequestHead, UpstreamClient, UpstreamResponse, UpstreamResult } from "./types.ts";
+import type { Endpoint, MeshIdentity, RequestBody, RequestHead, UpstreamClient, UpstreamResponse, UpstreamResult } from "./types.ts";
 
 /** What one request needs from the live config; built once per config swap (see view.ts). */
 export interface RouteView {
@@ -84,6 +84,11 @@ export interface EngineOptions {
   readonly onRequestStart?: (head: RequestHead) => RequestStart | undefined;
   readonly newRequestId?: () => string;
   readonly sleep?: (ms: number) => Promise<void>;
+  /**
+   * This proxy's mesh identity: requests to endpoints labelled TLS_MODE_LABEL=mesh go over mTLS and
+   * the server must prove the destination service's SPIFFE ID. Without it they fail `mtls_unavailable`.
+   */
+  readonly meshIdentity?: MeshIdentity;
 }
 
 export interface Engine {
@@ -109,7 +114,7 @@ const DEFAULT_RETRIES: RetryPolicyConfig = {
  * const exchange = await engine.handle(head, body, store.current);
  */
 export function createEngine(options: EngineOptions): Engine {
-  const { client, edge } = options;
+  const { client, edge, meshIdentity } = options;
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
   const onRequestDone = options.onRequestDone;
@@ -230,6 +235,9 @@ export function createEngine(options: EngineOptions): Engine {
     if (edge || headers["x-forwarded-proto"] === undefined) headers["x-forwarded-proto"] = head.scheme;
     if (edge || headers["x-forwarded-host"] === undefined) headers["x-forwarded-host"] = head.authority;
     headers["x-request-id"] = record.requestId;
+    // The verified caller, as Envoy's x-forwarded-client-cert; a client-supplied one is never passed on.
+    if (head.peer) headers["x-forwarded-client-cert"] = `URI=${head.peer.spiffeId}`;
+    else delete headers["x-forwarded-client-cert"];
     if (startHeaders) {
       for (const name in startHeaders) {
         const value = startHeaders[name];
@@ -263,6 +271,11 @@ export function createEngine(options: EngineOptions): Engine {
       if (attempt > 0 && endpoint === lastEndpoint && endpoints.length > 1) endpoint = cluster.balancer.pick(endpoints, ctx);
       if (!endpoint) return local(record, "no_healthy_upstream");
       lastEndpoint = endpoint;
+      let mesh: { identity: MeshIdentity; expectedId: string } | undefined;
+      if (endpoint.labels[TLS_MODE_LABEL] === "mesh") {
+        if (meshIdentity?.current() === undefined) return local(record, "mtls_unavailable");
+        mesh = { identity: meshIdentity, expectedId: cluster.service.spiffeId };
+      }
       record.upstream = endpoint.address;
       record.attempts = attempt + 1;
 
@@ -284,6 +297,7 @@ export function createEngine(options: EngineOptions): Engine {
           maxBodyBytes: maxBody,
           maxReplayBytes: retry.maxReplayBytes,
           maxConnections: traffic.maxConnectionsPerEndpoint,
+          mesh,
         });
       } finally {
         cluster.balancer.end?.(endpoint);

@@ -19,6 +19,7 @@ export const REASONS = {
   upstream_connect_failure: 503,
   retries_exhausted: 503,
   circuit_open: 503,
+  mtls_unavailable: 503,
   overflow: 503,
   timeout: 504,
 } as const;

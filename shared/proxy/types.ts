@@ -40,6 +40,36 @@ export interface RequestBody {
   readonly replayable: boolean;
 }
 
+/** The SVID a proxy holds (chain leaf first, PEM) and the roots of its trust domain it accepts. */
+export interface MeshTlsMaterial {
+  readonly chainPem: readonly string[];
+  readonly keyPem: string;
+  readonly bundlePem: readonly string[];
+}
+
+/**
+ * A proxy's mesh identity as listeners and upstream clients use it: read `current()` for each new
+ * connection; `onUpdate` fires on every renewal and bundle change (open connections keep theirs).
+ */
+export interface MeshIdentity {
+  readonly trustDomain: string;
+  /** This proxy's own SPIFFE ID. */
+  readonly spiffeId: string;
+  current(): MeshTlsMaterial | undefined;
+  /** Counts material changes; connections made with an older generation are not reused once idle. */
+  readonly generation: number;
+  onUpdate(listener: (material: MeshTlsMaterial) => void): () => void;
+}
+
+/** Mesh mTLS on a listener: the proxy's identity, and whether plaintext peers are also accepted. */
+export interface MeshListen {
+  readonly identity: MeshIdentity;
+  /** Read per connection, so a config change applies to the next connection. */
+  mode(): "STRICT" | "PERMISSIVE";
+  /** Told about every peer turned away (reason code, remote address), for logs and metrics. */
+  onRefused?(reason: string, remote: string): void;
+}
+
 /** What the engine asks an UpstreamClient to send. */
 export interface UpstreamRequest {
   readonly endpoint: Endpoint;
@@ -59,6 +89,8 @@ export interface UpstreamRequest {
   readonly maxReplayBytes: number;
   /** Connections kept per endpoint. */
   readonly maxConnections: number;
+  /** Originate mesh mTLS with this identity; the server must present `expectedId`. */
+  readonly mesh?: { readonly identity: MeshIdentity; readonly expectedId: string };
 }
 
 /** The head of an upstream response; its body stays with the adapter until written or discarded. */
@@ -99,6 +131,8 @@ export interface ListenOptions {
   readonly port: number;
   readonly address?: string;
   readonly tls?: { readonly cert: string; readonly key: string };
+  /** Terminate mesh mTLS (a sidecar's inbound port); the peer's SPIFFE ID reaches the engine as `peer`. */
+  readonly mesh?: MeshListen;
   /** Headers beyond these limits are answered with 431. */
   readonly maxHeaderCount: number;
   readonly maxHeaderBytes: number;

@@ -1,4 +1,6 @@
-import type { Listener, ListenOptions, ProxyRuntime, ServeTarget } from "../../proxy/index.ts";
+import type { Listener, ListenOptions, ProxyRuntime, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
+import { createNodeUpstreamClient } from "../node/upstream.ts";
+import { bridgeWebToNode, listenMeshWeb } from "../node/web-bridge.ts";
 import { createFetchUpstreamClient } from "../web/fetch-upstream.ts";
 import { serveWeb, webHead } from "../web/exchange.ts";
 
@@ -17,6 +19,7 @@ const bun = (globalThis as unknown as { Bun: BunGlobal }).Bun;
 const KEEP_BYTES = 65536;
 
 function listenBun(options: ListenOptions, target: ServeTarget): Promise<Listener> {
+  if (options.mesh) return listenMeshWeb(options, target);
   const scheme = options.tls ? "https" : "http";
   let port = 0;
   const fetchHandler = (request: Request, server: BunServer) => {
@@ -49,10 +52,22 @@ function listenBun(options: ListenOptions, target: ServeTarget): Promise<Listene
   });
 }
 
+/** Bun's fetch for plain upstreams; node:https (Bun's Node compatibility) where mesh mTLS must check the peer's SPIFFE ID. */
+function createBunUpstreamClient(): UpstreamClient {
+  const plain = createFetchUpstreamClient({ decompress: false });
+  const mesh = bridgeWebToNode(createNodeUpstreamClient());
+  return {
+    forward: (req) => (req.mesh ? mesh.forward(req) : plain.forward(req)),
+    close: async () => {
+      await Promise.all([plain.close(), mesh.close()]);
+    },
+  };
+}
+
 /** The Bun runtime: Bun.serve listeners and Bun's fetch (which keeps Host and, told so, compressed bodies). */
 export const bunRuntime: ProxyRuntime = {
   name: "bun",
-  createUpstreamClient: () => createFetchUpstreamClient({ decompress: false }),
+  createUpstreamClient: createBunUpstreamClient,
   listen: listenBun,
   async serveFetch(handler, { port, address }) {
     const server = bun.serve({ port, hostname: address, fetch: handler });

@@ -1,8 +1,7 @@
-import { Readable } from "node:stream";
 import type { Listener, ListenOptions, ProxyRuntime, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
-import type { NodeRequestBody } from "../node/body.ts";
-import { createNodeUpstreamClient, type NodeUpstreamResponse } from "../node/upstream.ts";
-import { serveWeb, webHead, type WebRequestBody, type WebUpstreamResponse } from "../web/exchange.ts";
+import { createNodeUpstreamClient } from "../node/upstream.ts";
+import { bridgeWebToNode, listenMeshWeb } from "../node/web-bridge.ts";
+import { serveWeb, webHead } from "../web/exchange.ts";
 
 // The subset of Deno.serve this adapter uses; declared here so the tree type-checks without Deno's types.
 interface DenoServer {
@@ -23,41 +22,11 @@ const KEEP_BYTES = 65536;
  * upstream twice: non-idempotent requests take a fresh connection instead of a pooled one.
  */
 function createDenoUpstreamClient(): UpstreamClient {
-  const node = createNodeUpstreamClient({ freshConnectionForUnsafeMethods: true });
-  return {
-    async forward(req) {
-      const web = req.body as WebRequestBody;
-      const bridged: NodeRequestBody = {
-        length: web.length,
-        get replayable() {
-          return web.replayable;
-        },
-        get bytesRead() {
-          return web.bytesRead;
-        },
-        sendTo(target) {
-          const data = web.take();
-          if (data === null) target.end();
-          else if (data instanceof Uint8Array) target.end(data);
-          else Readable.fromWeb(data as import("node:stream/web").ReadableStream).pipe(target);
-        },
-      };
-      const result = await node.forward({ ...req, body: bridged });
-      if (!result.ok) return result;
-      const message = (result.response as NodeUpstreamResponse).message;
-      const response: WebUpstreamResponse = {
-        status: result.response.status,
-        headers: result.response.headers,
-        body: Readable.toWeb(message) as unknown as ReadableStream<Uint8Array>,
-        discard: () => result.response.discard(),
-      };
-      return { ok: true, response };
-    },
-    close: () => node.close(),
-  };
+  return bridgeWebToNode(createNodeUpstreamClient({ freshConnectionForUnsafeMethods: true }));
 }
 
 function listenDeno(options: ListenOptions, target: ServeTarget): Promise<Listener> {
+  if (options.mesh) return listenMeshWeb(options, target);
   const scheme = options.tls ? "https" : "http";
   return new Promise((resolve) => {
     let port = 0;

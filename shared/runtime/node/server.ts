@@ -1,8 +1,10 @@
 import http from "node:http";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
 import type { Exchange, Listener, ListenOptions, RequestHead, ServeTarget } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
+import { createMeshFront, type MeshFront } from "./mesh-tls.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
 
 function writeRawError(socket: Socket, status: number, reason: string) {
@@ -14,12 +16,14 @@ function writeRawError(socket: Socket, status: number, reason: string) {
 }
 
 /**
- * listenNode serves the engine over node:http (or node:https with `tls`), streaming bodies and
- * refusing malformed or oversized requests before they reach the engine.
+ * listenNode serves the engine over node:http (or node:https with `tls`, or mesh mTLS with `mesh`),
+ * streaming bodies and refusing malformed or oversized requests before they reach the engine.
  * @example
  * const l = await listenNode({ port: 8080, maxHeaderCount: 100, maxHeaderBytes: 16384 }, { engine, current: () => view });
  */
-export async function listenNode(options: ListenOptions, target: ServeTarget): Promise<Listener> {
+export async function listenNode(
+  options: ListenOptions,
+  target: ServeTarget): Promise<Listener> {
   const serverOptions: http.ServerOptions = {
     maxHeaderSize: options.maxHeaderBytes,
     requireHostHeader: true,
@@ -28,10 +32,12 @@ export async function listenNode(options: ListenOptions, target: ServeTarget): P
     // Whole-request timeouts would cut long uploads; the route timeout and idle timeouts bound them instead.
     requestTimeout: 0,
   };
-  const scheme = options.tls ? "https" : "http";
   const server = options.tls
     ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key })
     : http.createServer(serverOptions);
+  const front: MeshFront | undefined = options.mesh ? createMeshFront(options.mesh, server) : undefined;
+  const accepting = front?.server ?? server;
+  let closing = false;
 
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
     if (err.code === "ECONNRESET" || !socket.writable) {
@@ -53,14 +59,17 @@ export async function listenNode(options: ListenOptions, target: ServeTarget): P
     }
     if (hosts > 1) return refuse(res, 400, "bad_request");
     const socket = req.socket;
+    // Once closing, every response ends its connection so the listener can finish.
+    if (closing) res.shouldKeepAlive = false;
     const head: RequestHead = {
       method: req.method!,
-      scheme,
+      scheme: (socket as TLSSocket).encrypted ? "https" : "http",
       authority: req.headers.host ?? "",
       path: req.url!,
       headers: req.headers,
       clientIp: socket.remoteAddress ?? "",
       localPort: socket.localPort ?? 0,
+      peer: front?.peerOf(socket),
     };
     const body = createNodeBody(req);
     target.engine.handle(head, body, target.current()).then(
@@ -74,18 +83,22 @@ export async function listenNode(options: ListenOptions, target: ServeTarget): P
   });
 
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port, options.address ?? "0.0.0.0", () => {
-      server.off("error", reject);
+    accepting.once("error", reject);
+    accepting.listen(options.port, options.address ?? "0.0.0.0", () => {
+      accepting.off("error", reject);
       resolve();
     });
   });
 
   return {
-    port: (server.address() as AddressInfo).port,
+    port: (accepting.address() as AddressInfo).port,
     close: () =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
+        closing = true;
+        accepting.close(() => {
+          front?.dispose();
+          resolve();
+        });
         server.closeIdleConnections();
       }),
     setTls(tls) {

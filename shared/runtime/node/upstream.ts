@@ -1,7 +1,11 @@
 import http from "node:http";
+import https from "node:https";
 import type { Socket } from "node:net";
-import { isIdempotent, type UpstreamClient, type UpstreamFailure, type UpstreamRequest, type UpstreamResponse, type UpstreamResult } from "../../proxy/index.ts";
+import type { PeerCertificate } from "node:tls";
+import { checkSvidLeaf } from "../../identity/index.ts";
+import { isIdempotent, type MeshIdentity, type UpstreamClient, type UpstreamFailure, type UpstreamRequest, type UpstreamResponse, type UpstreamResult } from "../../proxy/index.ts";
 import type { NodeRequestBody } from "./body.ts";
+import { meshTlsOptions } from "./mesh-tls.ts";
 
 /** An upstream response whose body is a node stream, for the node adapter to write out. */
 export interface NodeUpstreamResponse extends UpstreamResponse {
@@ -30,8 +34,11 @@ export interface NodeUpstreamOptions {
  */
 export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): UpstreamClient {
   const agents = new Map<string, http.Agent>();
+  /** Mesh pools: one per endpoint and expected peer, rebuilt when the proxy's certificate changes. */
+  const meshAgents = new Map<string, { agent: https.Agent; generation: number }>();
 
   function agentFor(req: UpstreamRequest): http.Agent {
+    if (req.mesh) return meshAgentFor(req, req.mesh);
     let agent = agents.get(req.endpoint.address);
     if (agent === undefined) {
       // LIFO keeps a few connections hot instead of spreading load over all idle ones;
@@ -42,6 +49,31 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
     return agent;
   }
 
+  function meshAgentFor(req: UpstreamRequest, mesh: { identity: MeshIdentity; expectedId: string }): https.Agent {
+    const key = `${req.endpoint.address}|${mesh.expectedId}`;
+    const held = meshAgents.get(key);
+    const generation = mesh.identity.generation;
+    if (held !== undefined && held.generation === generation) return held.agent;
+    if (held !== undefined) retire(held.agent);
+    const trustDomain = mesh.identity.trustDomain;
+    const agent = new https.Agent({
+      keepAlive: true,
+      maxSockets: req.maxConnections,
+      scheduling: "lifo",
+      timeout: req.idleTimeoutMs,
+      ...meshTlsOptions(mesh.identity.current()!),
+      minVersion: "TLSv1.2",
+      ALPNProtocols: ["http/1.1"],
+      // node:tls has verified the chain against the bundle; the peer must also be the expected workload.
+      checkServerIdentity: (_host: string, cert: PeerCertificate) => {
+        const r = checkSvidLeaf(new Uint8Array(cert.raw), { trustDomain, expectedId: mesh.expectedId });
+        return r.ok ? undefined : Object.assign(new Error(`peer certificate refused: ${r.reason}`), { code: `svid_${r.reason}` });
+      },
+    });
+    meshAgents.set(key, { agent, generation });
+    return agent;
+  }
+
   function forward(req: UpstreamRequest, allowStaleRetry = true): Promise<UpstreamResult> {
     return new Promise((resolve) => {
       const body = req.body as NodeRequestBody;
@@ -49,8 +81,11 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
       let settled = false;
       let connected = false;
       let connectTimer: ReturnType<typeof setTimeout> | undefined;
-      const outgoing = http.request({
-        agent: options.freshConnectionForUnsafeMethods && !isIdempotent(req.method) ? false : agentFor(req),
+      const fresh = options.freshConnectionForUnsafeMethods && !isIdempotent(req.method);
+      const agent = agentFor(req);
+      const outgoing = (req.mesh ? https : http).request({
+        // A fresh connection still needs the pool's TLS settings: a one-off agent of the same kind.
+        agent: fresh ? (req.mesh ? oneShot(agent as https.Agent) : false) : agent,
         host: ep.socketPath ? undefined : ep.host,
         port: ep.socketPath ? undefined : ep.port,
         socketPath: ep.socketPath,
@@ -76,7 +111,8 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
           return;
         }
         connectTimer = setTimeout(() => fail("upstream_connect_failure", "connect timeout"), req.connectTimeoutMs);
-        socket.once("connect", () => {
+        // Over mTLS the upstream is reached once the handshake (and the peer's SPIFFE ID) checked out.
+        socket.once(req.mesh ? "secureConnect" : "connect", () => {
           connected = true;
           clearTimeout(connectTimer);
         });
@@ -129,7 +165,20 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
     forward: (req) => forward(req),
     async close() {
       for (const agent of agents.values()) agent.destroy();
+      for (const held of meshAgents.values()) held.agent.destroy();
       agents.clear();
+      meshAgents.clear();
     },
   };
+}
+
+/** Lets a pool made with an older certificate finish its requests, then close every connection. */
+function retire(agent: http.Agent): void {
+  for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
+  agent.on("free", (socket: Socket) => socket.destroy());
+}
+
+/** A keep-alive-less agent with the TLS settings of `pool`, for one request on its own connection. */
+function oneShot(pool: https.Agent): https.Agent {
+  return new https.Agent({ ...pool.options, keepAlive: false });
 }

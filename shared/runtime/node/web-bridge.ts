@@ -1,0 +1,97 @@
+import http from "node:http";
+import { Readable } from "node:stream";
+import { getRequestListener } from "@hono/node-server";
+import type { Listener, ListenOptions, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
+import { serveWeb, webHead, type WebRequestBody, type WebUpstreamResponse } from "../web/exchange.ts";
+import type { NodeRequestBody } from "./body.ts";
+import { createMeshFront } from "./mesh-tls.ts";
+import type { NodeUpstreamResponse } from "./upstream.ts";
+
+/**
+ * bridgeWebToNode lets a Web-runtime adapter (Bun, Deno) send through a node:http upstream client:
+ * Web request bodies become Node streams and Node response bodies become Web streams.
+ * @example
+ * const client = bridgeWebToNode(createNodeUpstreamClient());
+ */
+export function bridgeWebToNode(node: UpstreamClient): UpstreamClient {
+  return {
+    async forward(req) {
+      const web = req.body as WebRequestBody;
+      const bridged: NodeRequestBody = {
+        length: web.length,
+        get replayable() {
+          return web.replayable;
+        },
+        get bytesRead() {
+          return web.bytesRead;
+        },
+        sendTo(target) {
+          const data = web.take();
+          if (data === null) target.end();
+          else if (data instanceof Uint8Array) target.end(data);
+          else Readable.fromWeb(data as import("node:stream/web").ReadableStream).pipe(target);
+        },
+      };
+      const result = await node.forward({ ...req, body: bridged });
+      if (!result.ok) return result;
+      const message = (result.response as NodeUpstreamResponse).message;
+      const response: WebUpstreamResponse = {
+        status: result.response.status,
+        headers: result.response.headers,
+        body: Readable.toWeb(message) as unknown as ReadableStream<Uint8Array>,
+        discard: () => result.response.discard(),
+      };
+      return { ok: true, response };
+    },
+    close: () => node.close(),
+  };
+}
+
+const KEEP_BYTES = 65536;
+
+/**
+ * listenMeshWeb serves a mesh mTLS port for a Web-runtime adapter: node:tls terminates mTLS (Bun.serve
+ * and Deno.serve cannot show the client certificate), node:http parses, and the engine sees Web
+ * Requests as on the adapter's own listeners.
+ * @example
+ * const listener = await listenMeshWeb({ port: 15006, mesh, maxHeaderCount: 100, maxHeaderBytes: 16384 }, target);
+ */
+export async function listenMeshWeb(
+  options: ListenOptions,
+  target: ServeTarget): Promise<Listener> {
+  let port = 0;
+  const handler = getRequestListener(
+    (request, env) => {
+      let count = 0;
+      request.headers.forEach(() => count++);
+      if (count > options.maxHeaderCount) {
+        return new Response("headers_too_large\n", { status: 431, headers: { "x-weft-reason": "headers_too_large", connection: "close" } });
+      }
+      const socket = (env as { incoming: http.IncomingMessage }).incoming.socket;
+      const head = { ...webHead(request, front.peerOf(socket) ? "https" : "http", socket.remoteAddress ?? "", port), peer: front.peerOf(socket) };
+      return serveWeb(target, request, head, KEEP_BYTES);
+    },
+    { overrideGlobalObjects: false },
+  );
+  const server = http.createServer({ maxHeaderSize: options.maxHeaderBytes, requireHostHeader: true, keepAliveTimeout: 60_000, requestTimeout: 0 }, handler);
+  const front = createMeshFront(options.mesh!, server);
+  await new Promise<void>((resolve, reject) => {
+    front.server.once("error", reject);
+    front.server.listen(options.port, options.address ?? "0.0.0.0", () => resolve());
+  });
+  port = (front.server.address() as import("node:net").AddressInfo).port;
+  return {
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        front.server.close(() => {
+          front.dispose();
+          resolve();
+        });
+        server.closeIdleConnections();
+      }),
+    setTls() {
+      // Mesh listeners follow the identity's rotation themselves.
+    },
+  };
+}
