@@ -1,4 +1,4 @@
-import type { Engine, ListenOptions, RouteView, ServeTarget, SidecarViews } from "../shared/proxy/index.ts";
+import type { Engine, ListenOptions, MeshListen, RouteView, ServeTarget, SidecarViews } from "../shared/proxy/index.ts";
 
 export interface InboundOptions {
   readonly engine: Engine;
@@ -24,16 +24,16 @@ export function createInbound(options: InboundOptions): ServeTarget {
 }
 
 /**
- * inboundListenOptions gives the listen options of the inbound side; `tls` is where the SVID and
- * key go once the identity agent hands them over (mTLS termination), until then it is plain HTTP.
+ * inboundListenOptions gives the listen options of the inbound side: mesh mTLS with the sidecar's
+ * identity, STRICT or PERMISSIVE per the service's config.
  * @example
- * inboundListenOptions({ port: 15006, address: "0.0.0.0" })
+ * inboundListenOptions({ port: 15006, address: "0.0.0.0", mesh: { identity, mode: () => "STRICT" } })
  */
-export function inboundListenOptions(options: { port: number; address?: string; tls?: ListenOptions["tls"] }): ListenOptions {
+export function inboundListenOptions(options: { port: number; address?: string; mesh: MeshListen }): ListenOptions {
   return {
     port: options.port,
     address: options.address ?? "0.0.0.0",
-    ...(options.tls ? { tls: options.tls } : {}),
+    mesh: options.mesh,
     maxHeaderCount: 100,
     maxHeaderBytes: 16384,
   };

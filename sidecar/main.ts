@@ -4,11 +4,11 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
-import { parseEndpoint, readEnv, type Endpoint } from "../shared/config/index.ts";
-import { createAnnouncer, followBus, type Announcer } from "../shared/discovery/index.ts";
+import { parseEndpoint, readEnv, TLS_MODE_LABEL, type Endpoint, type Snapshot } from "../shared/config/index.ts";
+import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer } from "../shared/discovery/index.ts";
 import { createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import { createEngine, createSidecarViews, type Listener, type SidecarViews } from "../shared/proxy/index.ts";
-import { detectRuntime, fileStore } from "../shared/runtime/index.ts";
+import { attestationSource, detectRuntime, fileStore } from "../shared/runtime/index.ts";
 import { createLogger } from "../shared/telemetry/index.ts";
 import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
 import { createInbound, inboundListenOptions } from "./inbound.ts";
@@ -17,9 +17,11 @@ import { createOutbound } from "./outbound.ts";
 
 const USAGE = `usage: weft sidecar --service NAME (--app-port PORT | --app-socket PATH) --nats URL [options] [--run -- cmd args...]
 
-Runs beside one workload: inbound (port 15006: the service's inbound policy, then the app),
-outbound (port 15001 and/or a Unix socket: the app's plain HTTP, routed by Host; also an
-HTTP_PROXY), registration of the workload's endpoint, and the admin API.
+Runs beside one workload: inbound (port 15006: mTLS from other proxies, STRICT or PERMISSIVE as the
+service says, the service's inbound policy, then the app),
+outbound (port 15001 and/or a Unix socket: the app's plain HTTP, routed by Host and sent over
+mTLS to the destination's sidecar; also an HTTP_PROXY), the workload's certificate (issued by
+the control plane's CA, renewed at half-life), registration of the workload's endpoint, and the admin API.
   --service NAME          the mesh service this workload is
   --app-port PORT         the app listens on 127.0.0.1:PORT
   --app-socket PATH       the app listens on this Unix socket
@@ -31,6 +33,9 @@ HTTP_PROXY), registration of the workload's endpoint, and the admin API.
   --admin ADDR            admin API (default 127.0.0.1:15000; env WEFT_ADMIN_ADDRESS; port 0 = any)
   --address HOST:PORT     endpoint to register (default: this host's address and the inbound port)
   --version V             version label of the registered endpoint (selects subsets)
+  --join-token TOKEN      proves this workload's identity to the mesh CA (env WEFT_JOIN_TOKEN; see weft token)
+  --join-token-file PATH  the same, read from a file (env WEFT_JOIN_TOKEN_FILE)
+  --sa-token-file PATH    a Kubernetes service-account token instead (default: the pod's projected token)
   --proxy-id ID           this proxy's id on the bus (env WEFT_PROXY_ID)
   --grace-ms N            on SIGTERM, how long in-flight requests may take (default 10000)
   --drain-ms N            on SIGTERM, how long to keep serving after announcing draining (default 0)
@@ -62,6 +67,9 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       admin: { type: "string" },
       address: { type: "string" },
       version: { type: "string" },
+      "join-token": { type: "string" },
+      "join-token-file": { type: "string" },
+      "sa-token-file": { type: "string" },
       "proxy-id": { type: "string" },
       "grace-ms": { type: "string" },
       "drain-ms": { type: "string" },
@@ -84,6 +92,11 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   if (!servers) problems.push("--nats (or WEFT_NATS_URL) is required");
   if ((values["app-port"] === undefined) === (values["app-socket"] === undefined)) problems.push("exactly one of --app-port and --app-socket is required");
   if (values.run && command.length === 0) problems.push("--run needs a command after --");
+  const attestation = attestationSource(
+    { joinToken: values["join-token"], joinTokenFile: values["join-token-file"], saTokenFile: values["sa-token-file"] },
+    process.env,
+  );
+  if (!attestation) problems.push("no identity attestation: pass --join-token (weft token --ns NS --sa SA) or run in Kubernetes");
   const ports = {
     app: numberOption(values["app-port"], 0, problems, "--app-port"),
     inbound: numberOption(values["inbound-port"], 15006, problems, "--inbound-port"),
@@ -103,7 +116,9 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const runtime = await detectRuntime();
   const client = runtime.createUpstreamClient();
-  const engine = createEngine({ client, edge: false });
+  // The identity is known once the first config names this service's namespace and service account.
+  const identity = createIdentitySlot();
+  const engine = createEngine({ client, edge: false, meshIdentity: identity });
   const policyShared = createPolicyShared();
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
   let views: SidecarViews | undefined;
@@ -119,7 +134,10 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     onInternalError,
   });
   const inbound = createInbound({ engine, current: () => views, onInternalError });
-  const readiness = createReadiness([{ name: "config", ready: () => views !== undefined && listeners.length > 0 }]);
+  const readiness = createReadiness([
+    { name: "certificate", ready: () => identity.current() !== undefined },
+    { name: "config", ready: () => views !== undefined && listeners.length > 0 },
+  ]);
 
   const listeners: Listener[] = [];
   let bridge: UnixSocketBridge | undefined;
@@ -130,7 +148,15 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   async function openListeners(): Promise<void> {
     const inboundListener = await runtime.listen(
-      inboundListenOptions({ port: ports.inbound, address: values["inbound-address"] ?? "0.0.0.0" }),
+      inboundListenOptions({
+        port: ports.inbound,
+        address: values["inbound-address"] ?? "0.0.0.0",
+        mesh: {
+          identity,
+          mode: () => views?.snapshot.services.get(serviceName)?.mtlsMode ?? "STRICT",
+          onRefused: (reason, remote) => log.warn("inbound peer refused", { reason, remote }),
+        },
+      }),
       inbound,
     );
     const outboundListener = await runtime.listen(
@@ -148,20 +174,45 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     });
   }
 
-  function apply(snapshot: Parameters<typeof createSidecarViews>[0]): Promise<void> | void {
+  function apply(snapshot: Snapshot): Promise<void> | void {
     // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
     views = createSidecarViews(snapshot, serviceName, {
       app,
       createPolicy: (p) => createPolicyGate(p, { bus, domain: serviceName, shared: policyShared }),
     });
     outbound.applied();
-    if (!listening) {
+    startIdentity();
+    return openWhenReady();
+  }
+
+  /** Listeners open once the sidecar holds both a config and a certificate. */
+  function openWhenReady(): Promise<void> | undefined {
+    if (!listening && views && identity.current()) {
       listening = openListeners().catch((err: unknown) => {
         log.error("cannot listen", { error: String(err) });
         process.exit(1);
       });
     }
     return listening;
+  }
+
+  /** Asks the CA for this workload's certificate once both the bus and the config are there. */
+  function startIdentity(): void {
+    if (identity.agent || !bus || !views) return;
+    const own = views.snapshot.services.get(serviceName)!;
+    const agent = createIdentityAgent({ bus, trustDomain: views.snapshot.trustDomain, spiffeId: own.spiffeId, attestation: attestation!, log });
+    identity.fill(agent);
+    agent.start().then(
+      (m) => {
+        log.info("certificate held", { spiffeId: m.svid.spiffeId, notAfter: m.svid.notAfter.toISOString() });
+        void openWhenReady();
+      },
+      (err: unknown) => {
+        // A refused attestation will not fix itself: say why and stop, like a failed start.
+        log.error("certificate refused", { spiffeId: own.spiffeId, error: String((err as Error).message) });
+        exitWith(1);
+      },
+    );
   }
 
   const follow = await followBus({
@@ -173,7 +224,10 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     log,
   });
   follow.watcher.then(
-    (w) => (wantService = (name) => w.want(name)),
+    (w) => {
+      wantService = (name) => w.want(name);
+      startIdentity();
+    },
     () => {},
   );
   // Register once the listeners are open and the bus answers.
@@ -185,7 +239,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     announcer = createAnnouncer({
       bus,
       service: serviceName,
-      endpoint: { address, labels: values.version ? { version: values.version } : {}, weight: 1, proxyId },
+      endpoint: { address, labels: { [TLS_MODE_LABEL]: "mesh", ...(values.version ? { version: values.version } : {}) }, weight: 1, proxyId },
     });
     announcer.start();
     log.info("sidecar ready", { address, proxyId });
@@ -203,6 +257,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       clearTimeout(timer);
       announcer?.stop();
       await bus?.flush().catch(() => undefined);
+      identity.agent?.stop();
       await follow.stop();
       await client.close();
       await supervised?.stop(ports.graceMs);
@@ -217,7 +272,6 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
-  log.warn("inbound mTLS is not enforced yet: peers are accepted over plain HTTP", { service: serviceName });
 
   if (command.length > 0) {
     void (async () => {

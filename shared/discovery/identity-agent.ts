@@ -147,3 +147,48 @@ export function createIdentityAgent(options: IdentityAgentOptions): IdentityAgen
     },
   };
 }
+
+/** The proxy's mesh identity before its agent exists: empty until `fill`, then the agent's. */
+export interface IdentitySlot {
+  readonly trustDomain: string;
+  readonly spiffeId: string;
+  readonly generation: number;
+  current(): IdentityMaterial | undefined;
+  onUpdate(listener: (material: IdentityMaterial) => void): () => void;
+  readonly agent: IdentityAgent | undefined;
+  fill(agent: IdentityAgent): void;
+}
+
+/**
+ * createIdentitySlot stands in for a proxy's identity (shared/proxy MeshIdentity) from startup on,
+ * since the trust domain and SPIFFE ID are known only once the first config arrives.
+ * @example
+ * const slot = createIdentitySlot();
+ * const engine = createEngine({ client, edge: false, meshIdentity: slot });
+ * slot.fill(createIdentityAgent({ bus, trustDomain, spiffeId, attestation }));
+ */
+export function createIdentitySlot(): IdentitySlot {
+  let agent: IdentityAgent | undefined;
+  return {
+    get trustDomain() {
+      return agent?.trustDomain ?? "";
+    },
+    get spiffeId() {
+      return agent?.spiffeId ?? "";
+    },
+    get generation() {
+      return agent?.generation ?? 0;
+    },
+    current: () => agent?.current(),
+    onUpdate(listener) {
+      if (!agent) throw new TypeError("no identity yet");
+      return agent.onUpdate(listener);
+    },
+    get agent() {
+      return agent;
+    },
+    fill(next) {
+      agent = next;
+    },
+  };
+}

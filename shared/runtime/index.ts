@@ -14,3 +14,4 @@ export async function detectRuntime(): Promise<ProxyRuntime> {
 
 export { fileStore } from "./state-file.ts";
 export { loadMeshModule, type Loaded } from "./load-config.ts";
+export { attestationSource, KUBERNETES_SA_TOKEN, type AttestationFlags } from "./attestation.ts";

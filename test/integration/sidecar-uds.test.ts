@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { startSampleApp } from "../../examples/apps/sample-app.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { replyAs, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { generateJoinTokenKey, mintJoinToken } from "../../shared/identity/index.ts";
 import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -53,9 +54,11 @@ function mesh(outboundTrafficPolicy: "REGISTRY_ONLY" | "ALLOW_ANY") {
     outboundTrafficPolicy,
     services: {
       "server-svc": {
-        inbound: { authz: [{ name: "only-hello", rules: [{ to: [{ paths: ["/hello*"] }] }] }] },
+        // Only the client workload, identified by its mTLS certificate, and only /hello.
+        inbound: { authz: [{ name: "only-hello", rules: [{ from: [{ principals: ["cluster.local/ns/default/sa/client-svc"] }], to: [{ paths: ["/hello*"] }] }] }] },
       },
       "client-svc": {},
+      "slow-svc": { mtls: { mode: "PERMISSIVE" } },
     },
   };
 }
@@ -70,6 +73,13 @@ describe("sidecars in Unix-socket mode", () => {
   let external: TestUpstream;
   let outSocket: string;
   let outPort: number;
+
+  /** A join token from the control plane's key for the workload's service account. */
+  const joinToken = async (sa: string) => {
+    const r = await runWeft(["token", "--ns", "default", "--sa", sa, "--state-dir", join(dir, "control")]);
+    assert.equal(r.code, 0, r.stderr);
+    return r.stdout.trim();
+  };
 
   const apply = async (config: unknown) => {
     const file = join(dir, "weft.config.ts");
@@ -88,9 +98,15 @@ describe("sidecars in Unix-socket mode", () => {
     server = await startSampleApp({ name: "server", port: 0, socketPath: join(dir, "server-app.sock") });
     const common = ["--nats", nats.url, "--inbound-port", "0", "--inbound-address", "127.0.0.1", "--outbound-port", "0", "--admin", "127.0.0.1:0"];
     const env = { WEFT_STATE_DIR: join(dir, "state") };
-    serverSidecar = spawnWeft(["sidecar", "--service", "server-svc", "--app-socket", join(dir, "server-app.sock"), "--proxy-id", "sc-server", "--version", "v1", ...common], { env });
+    serverSidecar = spawnWeft(
+      ["sidecar", "--service", "server-svc", "--app-socket", join(dir, "server-app.sock"), "--proxy-id", "sc-server", "--version", "v1", "--join-token", await joinToken("server-svc"), ...common],
+      { env },
+    );
     outSocket = join(dir, "client-out.sock");
-    clientSidecar = spawnWeft(["sidecar", "--service", "client-svc", "--app-port", "1", "--outbound-socket", outSocket, "--proxy-id", "sc-client", ...common], { env });
+    clientSidecar = spawnWeft(
+      ["sidecar", "--service", "client-svc", "--app-port", "1", "--outbound-socket", outSocket, "--proxy-id", "sc-client", "--join-token", await joinToken("client-svc"), ...common],
+      { env },
+    );
     await serverSidecar.waitForLog((l) => l.msg === "sidecar ready");
     const listening = await clientSidecar.waitForLog((l) => l.msg === "sidecar listening");
     outPort = listening.outbound as number;
@@ -119,6 +135,14 @@ describe("sidecars in Unix-socket mode", () => {
     assert.equal(body.path, "/hello?x=1");
     assert.equal(body.host, "server-svc");
     assert.ok(body.headers["x-request-id"], "the sidecars add a request id");
+    // The hop between the sidecars was mTLS: the server side verified the client's certificate.
+    assert.equal(body.headers["x-forwarded-client-cert"], "URI=spiffe://cluster.local/ns/default/sa/client-svc");
+  });
+
+  test("the server sidecar's inbound port refuses plaintext in STRICT mode", async () => {
+    const inboundPort = (serverSidecar.logs().find((l) => l.msg === "sidecar listening")!.inbound) as number;
+    await assert.rejects(call({ port: inboundPort }, "/hello", { host: "server-svc" }), /ECONNRESET|socket hang up/);
+    await serverSidecar.waitForLog((l) => l.msg === "inbound peer refused" && l.reason === "plaintext_in_strict");
   });
 
   test("every mesh name of a service routes, with or without a port", async () => {
@@ -167,13 +191,14 @@ describe("sidecars in Unix-socket mode", () => {
       setTimeout(() => res.end("slow done"), 600);
     });
     const sidecar = spawnWeft(
-      ["sidecar", "--service", "server-svc", "--app-port", String(slow.port), "--nats", nats.url, "--inbound-port", "0", "--inbound-address", "127.0.0.1", "--outbound-port", "0", "--admin", "127.0.0.1:0", "--proxy-id", "sc-slow", "--version", "v2", "--grace-ms", "5000"],
+      ["sidecar", "--service", "slow-svc", "--app-port", String(slow.port), "--nats", nats.url, "--inbound-port", "0", "--inbound-address", "127.0.0.1", "--outbound-port", "0", "--admin", "127.0.0.1:0", "--proxy-id", "sc-slow", "--grace-ms", "5000", "--join-token", await joinToken("slow-svc")],
       { env: { WEFT_STATE_DIR: join(dir, "state") } },
     );
     try {
       const inboundPort = (await sidecar.waitForLog((l) => l.msg === "sidecar listening")).inbound as number;
       await sidecar.waitForLog((l) => l.msg === "sidecar ready");
-      const inFlight = call({ port: inboundPort }, "/hello/slow", { host: "server-svc" });
+      // slow-svc is PERMISSIVE, so the test can call its inbound port without a certificate.
+      const inFlight = call({ port: inboundPort }, "/hello/slow", { host: "slow-svc" });
       await new Promise((r) => setTimeout(r, 200));
       const stopped = sidecar.stop();
       const r = await inFlight;
@@ -182,16 +207,16 @@ describe("sidecars in Unix-socket mode", () => {
       await stopped;
       const msgs = sidecar.logs().map((l) => l.msg);
       assert.ok(msgs.indexOf("draining") >= 0 && msgs.indexOf("draining") < msgs.indexOf("stopped"), msgs.join(","));
-      await assert.rejects(call({ port: inboundPort }, "/hello", { host: "server-svc" }), /ECONNREFUSED/);
+      await assert.rejects(call({ port: inboundPort }, "/hello", { host: "slow-svc" }), /ECONNREFUSED/);
     } finally {
       await sidecar.stop();
       await slow.close();
     }
   });
 
-  test("/ready is true once a config is applied, and POST /quitquitquit exits cleanly", async () => {
+  test("/ready is true once a config and a certificate are held, and POST /quitquitquit exits cleanly", async () => {
     const extra = spawnWeft(
-      ["sidecar", "--service", "client-svc", "--app-port", "1", "--nats", nats.url, "--inbound-port", "0", "--inbound-address", "127.0.0.1", "--outbound-port", "0", "--admin", "127.0.0.1:0", "--proxy-id", "sc-quit"],
+      ["sidecar", "--service", "client-svc", "--app-port", "1", "--nats", nats.url, "--inbound-port", "0", "--inbound-address", "127.0.0.1", "--outbound-port", "0", "--admin", "127.0.0.1:0", "--proxy-id", "sc-quit", "--join-token", await joinToken("client-svc")],
       { env: { WEFT_STATE_DIR: join(dir, "state") } },
     );
     try {
@@ -212,10 +237,12 @@ describe("sidecar supervising a batch job", () => {
   test("the sidecar exits with the app's exit code", async () => {
     const nats = await startNatsServer();
     const dir = await mkdtemp(join(tmpdir(), "weft-sidecar-job-"));
+    const token = await mintJoinToken({ namespace: "default", serviceAccount: "job", ttlMs: 60_000 }, generateJoinTokenKey());
     try {
       const child = spawn(
         process.execPath,
-        ["scripts/weft.mjs", "sidecar", "--service", "job", "--app-port", "1", "--nats", nats.url, "--admin", "127.0.0.1:0", "--proxy-id", "sc-job", "--run", "--", process.execPath, "-e", "process.exit(3)"],
+        // No control plane here: the job ends before the sidecar could ask for a certificate.
+        ["scripts/weft.mjs", "sidecar", "--service", "job", "--app-port", "1", "--nats", nats.url, "--admin", "127.0.0.1:0", "--proxy-id", "sc-job", "--join-token", token, "--run", "--", process.execPath, "-e", "process.exit(3)"],
         { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, WEFT_STATE_DIR: join(dir, "state") } },
       );
       let log = "";
