@@ -54,7 +54,10 @@ const MESH = {
   services: {
     "server-svc": {
       ports: [{ port: 8080 }],
-      inbound: { authz: [{ name: "hello-only", rules: [{ to: [{ paths: ["/hello*"], methods: ["GET"] }] }] }] },
+      // Only the client workload (by its mTLS identity) may GET /hello.
+      inbound: {
+        authz: [{ name: "hello-only", rules: [{ from: [{ principals: ["cluster.local/ns/default/sa/client-svc"] }], to: [{ paths: ["/hello*"], methods: ["GET"] }] }] }],
+      },
     },
     "client-svc": {},
   },
@@ -95,14 +98,19 @@ describe("sidecars with iptables capture in network namespaces", { skip }, () =>
       assert.equal(r.code, 0, r.stderr);
     }
 
+    const joinToken = (sa: string) => {
+      const r = a.run([process.execPath, "scripts/weft.mjs", "token", "--ns", "default", "--sa", sa, "--state-dir", join(dir, "control")]);
+      assert.equal(r.code, 0, r.stderr);
+      return r.stdout.trim();
+    };
     procs.server = b.start([process.execPath, "--import", "tsx", "examples/apps/sample-app.ts", "--name", "server", "--port", "8080", "--host", "0.0.0.0"]);
     const env = { WEFT_STATE_DIR: join(dir, "state") };
     procs.serverSidecar = b.start(
-      [process.execPath, "scripts/weft.mjs", "sidecar", "--service", "server-svc", "--app-port", "8080", "--nats", "nats://10.77.0.1:4222", "--address", "10.77.0.2:8080", "--version", "v1", "--proxy-id", "sc-server"],
+      [process.execPath, "scripts/weft.mjs", "sidecar", "--service", "server-svc", "--app-port", "8080", "--nats", "nats://10.77.0.1:4222", "--address", "10.77.0.2:8080", "--version", "v1", "--proxy-id", "sc-server", "--join-token", joinToken("server-svc")],
       { uid: PROXY_UID, env },
     );
     procs.clientSidecar = a.start(
-      [process.execPath, "scripts/weft.mjs", "sidecar", "--service", "client-svc", "--app-port", "8081", "--nats", "nats://127.0.0.1:4222", "--proxy-id", "sc-client"],
+      [process.execPath, "scripts/weft.mjs", "sidecar", "--service", "client-svc", "--app-port", "8081", "--nats", "nats://127.0.0.1:4222", "--proxy-id", "sc-client", "--join-token", joinToken("client-svc")],
       { uid: PROXY_UID, env },
     );
     await procs.serverSidecar.waitForLog((l) => l.msg === "sidecar ready");
@@ -123,6 +131,8 @@ describe("sidecars with iptables capture in network namespaces", { skip }, () =>
     // Neither app set these: the client sidecar (captured by iptables) and the server sidecar did.
     assert.ok(body.headers["x-request-id"]);
     assert.match(body.headers["x-forwarded-for"] ?? "", /10\.77\.0\.1/);
+    // The hop across the veth was mTLS: the server's sidecar verified the client sidecar's SVID.
+    assert.equal(body.headers["x-forwarded-client-cert"], "URI=spiffe://cluster.local/ns/default/sa/client-svc");
     const fqdn = clientCall(pair.a, "http://server-svc.default.svc.cluster.local:8080/hello");
     assert.equal(fqdn.status, 200);
   });
@@ -133,14 +143,13 @@ describe("sidecars with iptables capture in network namespaces", { skip }, () =>
     assert.equal(r.reason, "denied");
   });
 
-  test("a caller bypassing its own sidecar is still captured at the server and held to its policy", async () => {
+  test("a caller bypassing its own sidecar is still captured at the server, where STRICT mTLS refuses its plaintext", async () => {
     // uid 1337 is not captured in namespace a, so this goes straight to 10.77.0.2:8080, where
-    // PREROUTING sends it to the server's sidecar anyway.
-    const denied = clientCall(pair.a, "http://10.77.0.2:8080/admin", PROXY_UID);
-    assert.equal(denied.status, 403);
-    assert.equal(denied.reason, "denied");
-    const allowed = clientCall(pair.a, "http://10.77.0.2:8080/hello", PROXY_UID);
-    assert.equal(allowed.status, 200);
+    // PREROUTING sends it to the server's sidecar anyway: no certificate, no request.
+    const bypass = clientCall(pair.a, "http://10.77.0.2:8080/hello", PROXY_UID);
+    assert.equal(bypass.status, 0);
+    assert.equal(bypass.reason, "ECONNRESET");
+    await procs.serverSidecar!.waitForLog((l) => l.msg === "inbound peer refused" && l.reason === "plaintext_in_strict");
   });
 
   test("a host the mesh does not know is refused by the client's sidecar with 502 no_route (REGISTRY_ONLY)", async () => {
