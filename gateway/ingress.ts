@@ -5,6 +5,7 @@ import {
   createGatewayView,
   type EngineOptions,
   type Listener,
+  type MeshIdentity,
   type ProxyRuntime,
   type RequestRecord,
   type RouteView,
@@ -21,6 +22,8 @@ export interface IngressOptions {
   /** Telemetry's start hook: trace ids for the record, traceparent for the upstream request. */
   readonly onRequestStart?: EngineOptions["onRequestStart"];
   readonly viewDeps?: ViewDeps;
+  /** The gateway's mesh identity: calls to mesh workloads go over mTLS with it. */
+  readonly meshIdentity?: MeshIdentity;
 }
 
 export interface Ingress {
@@ -49,7 +52,13 @@ interface OpenListener {
 export function createIngress(options: IngressOptions): Ingress {
   const { runtime, name, log } = options;
   const client = runtime.createUpstreamClient();
-  const engine = createEngine({ client, edge: true, onRequestDone: options.onRequestDone, onRequestStart: options.onRequestStart });
+  const engine = createEngine({
+    client,
+    edge: true,
+    onRequestDone: options.onRequestDone,
+    onRequestStart: options.onRequestStart,
+    meshIdentity: options.meshIdentity,
+  });
   const listeners = new Map<string, OpenListener>();
   const ports = new Map<string, number>();
   let view: RouteView | undefined;

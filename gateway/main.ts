@@ -4,10 +4,12 @@ import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { hostname } from "node:os";
-import { connectNatsBus, toBusToken } from "../shared/bus/index.ts";
-import { followBus } from "../shared/discovery/index.ts";
+import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
+import { createIdentityAgent, createIdentitySlot, followBus } from "../shared/discovery/index.ts";
 import { compileMesh, readEnv, type ConfigIssue, type Snapshot, type WeftEnv } from "../shared/config/index.ts";
-import { detectRuntime, fileStore, loadMeshModule } from "../shared/runtime/index.ts";
+import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
+import type { ViewDeps } from "../shared/proxy/index.ts";
+import { attestationSource, detectRuntime, fileStore, loadMeshModule } from "../shared/runtime/index.ts";
 import {
   createAccessLog,
   createBufferedSink,
@@ -33,6 +35,8 @@ serves its last good config from WEFT_STATE_DIR while the bus is away, and repor
   --name NAME     which gateway to run (default: the only one in the file, or "ingress")
   --proxy-id ID   this proxy's id on the bus (env WEFT_PROXY_ID; default gateway-<name>-<host>-<pid>)
   --admin ADDR    admin API address (default 127.0.0.1:15000; env WEFT_ADMIN_ADDRESS; port 0 = any)
+  --join-token T  with --nats: proves the gateway's identity to the mesh CA, for mTLS to sidecars
+                  (env WEFT_JOIN_TOKEN; also --join-token-file, --sa-token-file as for weft sidecar)
   --grace-ms N    how long in-flight requests may take to finish on SIGTERM (default 10000)`;
 
 /**
@@ -49,6 +53,9 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       name: { type: "string" },
       "proxy-id": { type: "string" },
       admin: { type: "string" },
+      "join-token": { type: "string" },
+      "join-token-file": { type: "string" },
+      "sa-token-file": { type: "string" },
       "grace-ms": { type: "string" },
       help: { type: "boolean" },
     },
@@ -86,7 +93,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const runtime = await detectRuntime();
   const telemetry = createGatewayTelemetry(log, name);
-  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks });
+  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps() });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
 
@@ -141,7 +148,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 /** The gateway following the control plane over NATS. */
 async function serveFromBus(
   servers: string,
-  values: { name?: string; admin?: string; "grace-ms"?: string; "proxy-id"?: string },
+  values: { name?: string; admin?: string; "grace-ms"?: string; "proxy-id"?: string; "join-token"?: string; "join-token-file"?: string; "sa-token-file"?: string },
   env: WeftEnv,
   log: Logger,
 ): Promise<() => Promise<void>> {
@@ -149,15 +156,39 @@ async function serveFromBus(
   const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `gateway-${name}-${hostname()}-${process.pid}`);
   const runtime = await detectRuntime();
   const telemetry = createGatewayTelemetry(log, name);
-  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks });
+  let bus: Bus | undefined;
+  let snapshot: Snapshot | undefined;
+  const attestation = attestationSource(
+    { joinToken: values["join-token"], joinTokenFile: values["join-token-file"], saTokenFile: values["sa-token-file"] },
+    process.env,
+  );
+  if (!attestation) log.warn("no identity attestation (--join-token): requests to mesh workloads will fail with mtls_unavailable");
+  // Known once the first config names the trust domain and the gateway's service account.
+  const identity = createIdentitySlot();
+  const startIdentity = () => {
+    if (identity.agent || !attestation || !bus || !snapshot) return;
+    const spiffeId = snapshot.gateways.get(name)!.spiffeId;
+    const agent = createIdentityAgent({ bus, trustDomain: snapshot.trustDomain, spiffeId, attestation, log });
+    identity.fill(agent);
+    agent.start().then(
+      (m) => log.info("certificate held", { spiffeId, notAfter: m.svid.notAfter.toISOString() }),
+      (err: unknown) => log.error("certificate refused", { spiffeId, error: String((err as Error).message) }),
+    );
+  };
+  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps(() => bus), meshIdentity: identity });
   const follow = await followBus({
-    connect: () => connectNatsBus({ servers: servers.split(","), name: proxyId, waitOnFirstConnect: true }),
+    connect: async () => (bus = await connectNatsBus({ servers: servers.split(","), name: proxyId, waitOnFirstConnect: true })),
     proxyId,
     role: { kind: "gateway", name },
     store: fileStore(env.stateDir, proxyId),
-    apply: (s) => applyWithTelemetry(ingress, telemetry, s),
+    apply: async (s) => {
+      await applyWithTelemetry(ingress, telemetry, s);
+      snapshot = s;
+      startIdentity();
+    },
     log: countRefusals(log, telemetry),
   });
+  follow.watcher.then(startIdentity, () => {});
   const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
   const admin = await runtime.serveFetch(
     createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
@@ -168,12 +199,25 @@ async function serveFromBus(
   let stopping: Promise<void> | undefined;
   return () =>
     (stopping ??= (async () => {
+      identity.agent?.stop();
       await follow.stop();
       await ingress.stop(graceMs);
       await admin.close();
       await telemetry.stop();
       log.info("stopped");
     })());
+}
+
+/**
+ * The gateway's policy step: JWT, authorization and rate limits from its config, with global limits
+ * counted over the bus when there is one (JWKS fetched once across config swaps).
+ */
+function policyDeps(bus: () => Bus | undefined = () => undefined): ViewDeps {
+  const shared = createPolicyShared();
+  return {
+    createPolicy: (policy, scope) =>
+      activeGate(createPolicyGate(policy, { shared, bus: bus(), domain: scope.name, xffTrustedHops: scope.xffTrustedHops })),
+  };
 }
 
 /** The gateway's telemetry: access log on stdout, Prometheus metrics on the admin API, OTel spans. */

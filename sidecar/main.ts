@@ -6,7 +6,7 @@ import { parseArgs } from "node:util";
 import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
 import { parseEndpoint, readEnv, TLS_MODE_LABEL, type Endpoint, type Snapshot } from "../shared/config/index.ts";
 import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer } from "../shared/discovery/index.ts";
-import { createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
+import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import { createEngine, createSidecarViews, type Listener, type SidecarViews } from "../shared/proxy/index.ts";
 import { attestationSource, detectRuntime, fileStore } from "../shared/runtime/index.ts";
 import { createLogger } from "../shared/telemetry/index.ts";
@@ -178,7 +178,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
     views = createSidecarViews(snapshot, serviceName, {
       app,
-      createPolicy: (p) => createPolicyGate(p, { bus, domain: serviceName, shared: policyShared }),
+      createPolicy: (p) => activeGate(createPolicyGate(p, { bus, domain: serviceName, shared: policyShared })),
     });
     outbound.applied();
     startIdentity();

@@ -91,6 +91,8 @@ export interface PolicyGateOptions {
 
 /** The engine's PolicyGate plus the full decision, for the test kit and `explain`. */
 export interface PolicyEngineGate {
+  /** False when the set asks for nothing (no authn, authz or limits): the proxy may skip the step. */
+  readonly active: boolean;
   evaluate(head: PolicyHead): Promise<PolicyVerdict>;
   decide(request: PolicyRequest, identity?: PresetIdentity): Promise<PolicyDecision>;
 }
@@ -159,12 +161,22 @@ export function createPolicyGate(policySet: PolicySetConfig, options: PolicyGate
   const pass: Promise<PolicyVerdict> = Promise.resolve({ ok: true });
 
   return {
+    active,
     decide,
     evaluate(head: PolicyHead): Promise<PolicyVerdict> {
       if (!active) return pass;
       return decide(policyRequestOf(head, hops)).then(toVerdict);
     },
   };
+}
+
+/**
+ * activeGate gives the gate only when it has something to enforce, so an empty policy set costs
+ * the request path nothing.
+ * @example createGatewayView(snapshot, "ingress", { createPolicy: (p) => activeGate(createPolicyGate(p)) })
+ */
+export function activeGate(gate: PolicyEngineGate): PolicyEngineGate | undefined {
+  return gate.active ? gate : undefined;
 }
 
 /**

@@ -312,7 +312,7 @@ export function createEngine(options: EngineOptions): Engine {
           await sleep(backoffMs(retry, attempt, random));
           continue;
         }
-        return upstreamExchange(last.response, route, record);
+        return upstreamExchange(last.response, route, record, verdict);
       }
       if (last.reason === "body_too_large") return local(record, "body_too_large");
       // A connect failure never reached the upstream, so even a POST is safe to send again.
@@ -326,8 +326,10 @@ export function createEngine(options: EngineOptions): Engine {
     }
   }
 
-  function upstreamExchange(response: UpstreamResponse, route: RouteConfig, record: RequestRecord): Exchange {
+  function upstreamExchange(response: UpstreamResponse, route: RouteConfig, record: RequestRecord, verdict: PolicyVerdict | undefined): Exchange {
     const headers = copyForwardable(response.headers, false);
+    // Rate-limit headers and the like from the policy step (draft-ietf-httpapi-ratelimit-headers).
+    if (verdict?.ok && verdict.responseHeaders) for (const [name, value] of verdict.responseHeaders) headers[name] = value;
     if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
     record.status = response.status;
     return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };

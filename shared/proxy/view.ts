@@ -3,9 +3,15 @@ import { createCluster, type Cluster } from "./cluster.ts";
 import type { PolicyGate, RouteView } from "./engine.ts";
 import { createRouter, splitAuthority } from "./router.ts";
 
+/** Where a policy set is applied: the gateway or service name, and the x-forwarded-for hops it trusts. */
+export interface PolicyScope {
+  readonly name: string;
+  readonly xffTrustedHops: number;
+}
+
 export interface ViewDeps {
   /** Builds the policy step for a policy set; undefined when the set asks for nothing. */
-  readonly createPolicy?: (policy: PolicySetConfig) => PolicyGate | undefined;
+  readonly createPolicy?: (policy: PolicySetConfig, scope: PolicyScope) => PolicyGate | undefined;
 }
 
 /**
@@ -23,7 +29,7 @@ export function createGatewayView(snapshot: Snapshot, gatewayName: string, deps:
     revision: snapshot.revision,
     route: (head) => router.match(head),
     cluster: clusterLookup(snapshot),
-    policy: deps.createPolicy?.(gateway.policy),
+    policy: deps.createPolicy?.(gateway.policy, { name: gatewayName, xffTrustedHops: gateway.xffTrustedHops }),
     xffTrustedHops: gateway.xffTrustedHops,
   };
 }
@@ -86,7 +92,7 @@ export function createSidecarViews(snapshot: Snapshot, service: string, options:
     revision: snapshot.revision,
     route: (head) => inboundRouter.match(head),
     cluster: (name) => (name === INBOUND_CLUSTER ? app : undefined),
-    policy: options.createPolicy?.(own.inbound),
+    policy: options.createPolicy?.(own.inbound, { name: service, xffTrustedHops: 0 }),
     xffTrustedHops: 0,
   };
   const outbound: RouteView = {
