@@ -1,19 +1,18 @@
 import { defineMesh } from "../shared/config/index.ts";
 
-// The demo mesh `npm start` runs: an ingress gateway in front of two sample services.
-// Edit it while `weft gateway` runs and the gateway reloads it; an invalid edit is refused
-// with every problem listed, and the last good config keeps serving.
+// The demo mesh `npm start` (weft dev) runs: an ingress gateway in front of two sample services,
+// each behind its sidecar, which registers the service's endpoint (so none are listed here).
+// Edit it while `weft dev` runs and the mesh applies it; an invalid edit is refused with every
+// problem listed, and the last good config keeps serving.
 export default defineMesh({
   trustDomain: "weft.local",
   services: {
     web: {
       ports: [{ port: 9001, protocol: "http" }],
-      endpoints: [{ address: "127.0.0.1:9001" }],
       traffic: { loadBalancer: "least_request", timeoutMs: 5000, retries: { attempts: 2, retryOn: ["connect-failure", "gateway-error"] } },
     },
     api: {
       ports: [{ port: 9002, protocol: "http" }],
-      endpoints: [{ address: "127.0.0.1:9002" }],
       traffic: { timeoutMs: 3000 },
     },
   },

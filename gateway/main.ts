@@ -5,10 +5,11 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { hostname } from "node:os";
 import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
-import { createIdentityAgent, createIdentitySlot, followBus } from "../shared/discovery/index.ts";
+import { createIdentityAgent, createIdentitySlot, followBus, type LastGoodStore } from "../shared/discovery/index.ts";
 import { compileMesh, readEnv, type ConfigIssue, type Snapshot, type WeftEnv } from "../shared/config/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
-import type { ViewDeps } from "../shared/proxy/index.ts";
+import type { Attestation } from "../shared/identity/index.ts";
+import type { ProxyRuntime, ViewDeps } from "../shared/proxy/index.ts";
 import { attestationSource, detectRuntime, fileStore, loadMeshModule } from "../shared/runtime/index.ts";
 import {
   createAccessLog,
@@ -22,7 +23,7 @@ import {
   type Logger,
 } from "../shared/telemetry/index.ts";
 import { createAdminApp } from "./admin.ts";
-import { createIngress } from "./ingress.ts";
+import { createIngress, type Ingress } from "./ingress.ts";
 
 const USAGE = `usage: weft gateway --nats URL [--name ingress] [--admin 127.0.0.1:15000]
        weft gateway --config weft.config.ts [--name ingress] [--admin 127.0.0.1:15000]
@@ -154,14 +155,60 @@ async function serveFromBus(
 ): Promise<() => Promise<void>> {
   const name = values.name ?? "ingress";
   const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `gateway-${name}-${hostname()}-${process.pid}`);
-  const runtime = await detectRuntime();
-  const telemetry = createGatewayTelemetry(log, name);
-  let bus: Bus | undefined;
-  let snapshot: Snapshot | undefined;
   const attestation = attestationSource(
     { joinToken: values["join-token"], joinTokenFile: values["join-token-file"], saTokenFile: values["sa-token-file"] },
     process.env,
   );
+  const gateway = await startBusGateway({
+    name,
+    proxyId,
+    connect: () => connectNatsBus({ servers: servers.split(","), name: proxyId, waitOnFirstConnect: true }),
+    store: fileStore(env.stateDir, proxyId),
+    attestation,
+    log,
+    runtime: await detectRuntime(),
+    admin: values.admin ?? env.adminAddress,
+    graceMs: Number(values["grace-ms"] ?? 10_000),
+  });
+  return gateway.stop;
+}
+
+export interface BusGatewayOptions {
+  /** Which gateway of the mesh config this is. */
+  readonly name: string;
+  readonly proxyId: string;
+  /** Connects to the config bus (NATS for `weft gateway --nats`; an in-memory bus in `weft dev`). */
+  connect(): Promise<Bus>;
+  readonly store: LastGoodStore;
+  /** Proves the gateway's identity to the mesh CA; without it, calls to mesh workloads fail `mtls_unavailable`. */
+  readonly attestation: (() => Promise<Attestation>) | undefined;
+  readonly log: Logger;
+  readonly runtime: ProxyRuntime;
+  /** Admin API address host:port (port 0 = any). */
+  readonly admin: string;
+  readonly graceMs: number;
+}
+
+export interface BusGateway {
+  readonly ingress: Ingress;
+  readonly adminPort: number;
+  /** A config is applied and, when the gateway has an attestation, its certificate is held. */
+  ready(): boolean;
+  stop(): Promise<void>;
+}
+
+/**
+ * startBusGateway runs a gateway that follows the control plane: its last good config from the
+ * store at once, then the bus (watching only what its routes reach), its SVID from the mesh CA for
+ * mTLS into the mesh, its policy, telemetry and admin API.
+ * @example
+ * const gw = await startBusGateway({ name: "ingress", proxyId, connect, store, attestation, log, runtime, admin: "127.0.0.1:15000", graceMs: 10_000 });
+ */
+export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway> {
+  const { name, log, runtime, attestation } = o;
+  const telemetry = createGatewayTelemetry(log, name);
+  let bus: Bus | undefined;
+  let snapshot: Snapshot | undefined;
   if (!attestation) log.warn("no identity attestation (--join-token): requests to mesh workloads will fail with mtls_unavailable");
   // Known once the first config names the trust domain and the gateway's service account.
   const identity = createIdentitySlot();
@@ -177,10 +224,10 @@ async function serveFromBus(
   };
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps(() => bus), meshIdentity: identity });
   const follow = await followBus({
-    connect: async () => (bus = await connectNatsBus({ servers: servers.split(","), name: proxyId, waitOnFirstConnect: true })),
-    proxyId,
+    connect: async () => (bus = await o.connect()),
+    proxyId: o.proxyId,
     role: { kind: "gateway", name },
-    store: fileStore(env.stateDir, proxyId),
+    store: o.store,
     apply: async (s) => {
       await applyWithTelemetry(ingress, telemetry, s);
       snapshot = s;
@@ -189,23 +236,27 @@ async function serveFromBus(
     log: countRefusals(log, telemetry),
   });
   follow.watcher.then(startIdentity, () => {});
-  const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
+  const [adminHost, adminPort] = splitAddress(o.admin);
   const admin = await runtime.serveFetch(
     createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
-  const graceMs = Number(values["grace-ms"] ?? 10_000);
   let stopping: Promise<void> | undefined;
-  return () =>
-    (stopping ??= (async () => {
-      identity.agent?.stop();
-      await follow.stop();
-      await ingress.stop(graceMs);
-      await admin.close();
-      await telemetry.stop();
-      log.info("stopped");
-    })());
+  return {
+    ingress,
+    adminPort: admin.port,
+    ready: () => ingress.current !== undefined && (!attestation || identity.current() !== undefined),
+    stop: () =>
+      (stopping ??= (async () => {
+        identity.agent?.stop();
+        await follow.stop();
+        await ingress.stop(o.graceMs);
+        await admin.close();
+        await telemetry.stop();
+        log.info("stopped");
+      })()),
+  };
 }
 
 /**

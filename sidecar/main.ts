@@ -4,15 +4,16 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
+import type { Attestation } from "../shared/identity/index.ts";
 import { parseEndpoint, readEnv, TLS_MODE_LABEL, type Endpoint, type Snapshot } from "../shared/config/index.ts";
-import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer } from "../shared/discovery/index.ts";
+import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer, type LastGoodStore } from "../shared/discovery/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
-import { createEngine, createSidecarViews, type Listener, type SidecarViews } from "../shared/proxy/index.ts";
+import { createEngine, createSidecarViews, type Listener, type ProxyRuntime, type SidecarViews } from "../shared/proxy/index.ts";
 import { attestationSource, detectRuntime, fileStore } from "../shared/runtime/index.ts";
-import { createLogger } from "../shared/telemetry/index.ts";
+import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
 import { createInbound, inboundListenOptions } from "./inbound.ts";
-import { createReadiness, createSidecarAdmin, superviseApp, type SupervisedApp } from "./lifecycle.ts";
+import { createReadiness, createSidecarAdmin, superviseApp, type Readiness, type SupervisedApp } from "./lifecycle.ts";
 import { createOutbound } from "./outbound.ts";
 
 const USAGE = `usage: weft sidecar --service NAME (--app-port PORT | --app-socket PATH) --nats URL [options] [--run -- cmd args...]
@@ -111,10 +112,75 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     process.exit(2);
   }
   const serviceName = service!;
-  const app: Endpoint = values["app-socket"] ? parseEndpoint(`unix:${resolve(values["app-socket"])}`) : parseEndpoint(`127.0.0.1:${ports.app}`);
   const proxyId = toBusToken(values["proxy-id"] ?? env.proxyId ?? `sidecar-${serviceName}-${hostname()}-${process.pid}`);
+  const sidecar = await startSidecar({
+    service: serviceName,
+    app: values["app-socket"] ? parseEndpoint(`unix:${resolve(values["app-socket"])}`) : parseEndpoint(`127.0.0.1:${ports.app}`),
+    connect: () => connectNatsBus({ servers: servers!.split(","), name: proxyId, waitOnFirstConnect: true }),
+    attestation: attestation!,
+    proxyId,
+    store: fileStore(env.stateDir, proxyId),
+    log,
+    runtime: await detectRuntime(),
+    inbound: { port: ports.inbound, address: values["inbound-address"] ?? "0.0.0.0" },
+    outbound: { port: ports.outbound, socket: values["outbound-socket"] ? resolve(values["outbound-socket"]) : undefined },
+    admin: values.admin ?? env.adminAddress,
+    address: values.address,
+    version: values.version,
+    graceMs: ports.graceMs,
+    drainMs: ports.drainMs,
+    discoveryWaitMs: ports.discoveryWaitMs,
+    run: command.length > 0 ? { command, holdApp: values["hold-app"] ?? false } : undefined,
+    onExit: (code) => process.exit(code),
+  });
+  return sidecar.stop;
+}
 
-  const runtime = await detectRuntime();
+export interface SidecarOptions {
+  /** The mesh service this workload is. */
+  readonly service: string;
+  /** Where the app listens: 127.0.0.1:<port> or a Unix socket. */
+  readonly app: Endpoint;
+  /** Connects to the config bus (NATS for `weft sidecar`; an in-memory bus in `weft dev`). */
+  connect(): Promise<Bus>;
+  /** Proves the workload's identity to the CA, read fresh for every certificate request. */
+  attestation(): Promise<Attestation>;
+  readonly proxyId: string;
+  readonly store: LastGoodStore;
+  readonly log: Logger;
+  readonly runtime: ProxyRuntime;
+  readonly inbound: { readonly port: number; readonly address: string };
+  readonly outbound: { readonly port: number; readonly socket?: string };
+  /** Admin API address host:port (port 0 = any). */
+  readonly admin: string;
+  /** Endpoint to register (default: this host's address and the inbound port). */
+  readonly address?: string;
+  readonly version?: string;
+  readonly graceMs: number;
+  readonly drainMs: number;
+  readonly discoveryWaitMs: number;
+  /** Supervise the app: run it, exit with its code when it ends; holdApp starts it once ready. */
+  readonly run?: { readonly command: readonly string[]; readonly holdApp: boolean };
+  /** The sidecar ended itself (quit, app exit, refused certificate, listen failure) after stopping. */
+  onExit(code: number): void;
+}
+
+export interface Sidecar {
+  readonly readiness: Readiness;
+  /** Inbound and outbound ports once open. */
+  readonly listening: Promise<{ readonly inbound: number; readonly outbound: number }>;
+  stop(): Promise<void>;
+}
+
+/**
+ * startSidecar runs one workload's sidecar: its certificate from the mesh CA, the config it follows,
+ * the inbound (mTLS, policy, app) and outbound (Host routing, mTLS) sides, registration and the admin API.
+ * @example
+ * const sc = await startSidecar({ service: "web", app: parseEndpoint("127.0.0.1:9001"), connect, attestation, ... });
+ */
+export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
+  const { log, runtime, app, proxyId, attestation } = o;
+  const serviceName = o.service;
   const client = runtime.createUpstreamClient();
   // The identity is known once the first config names this service's namespace and service account.
   const identity = createIdentitySlot();
@@ -130,7 +196,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     current: () => views,
     want: (name) => wantService(name),
     proxyId,
-    discoveryWaitMs: ports.discoveryWaitMs,
+    discoveryWaitMs: o.discoveryWaitMs,
     onInternalError,
   });
   const inbound = createInbound({ engine, current: () => views, onInternalError });
@@ -145,12 +211,14 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   let announcer: Announcer | undefined;
   let supervised: SupervisedApp | undefined;
   let stopping: Promise<void> | undefined;
+  let opened!: (ports: { inbound: number; outbound: number }) => void;
+  const listeningPorts = new Promise<{ inbound: number; outbound: number }>((r) => (opened = r));
 
   async function openListeners(): Promise<void> {
     const inboundListener = await runtime.listen(
       inboundListenOptions({
-        port: ports.inbound,
-        address: values["inbound-address"] ?? "0.0.0.0",
+        port: o.inbound.port,
+        address: o.inbound.address,
         mesh: {
           identity,
           mode: () => views?.snapshot.services.get(serviceName)?.mtlsMode ?? "STRICT",
@@ -160,11 +228,12 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       inbound,
     );
     const outboundListener = await runtime.listen(
-      { port: ports.outbound, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 },
+      { port: o.outbound.port, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 },
       outbound,
     );
-    if (values["outbound-socket"]) bridge = await bridgeUnixSocket(resolve(values["outbound-socket"]), outboundListener.port);
+    if (o.outbound.socket) bridge = await bridgeUnixSocket(o.outbound.socket, outboundListener.port);
     listeners.push(inboundListener, outboundListener);
+    opened({ inbound: inboundListener.port, outbound: outboundListener.port });
     log.info("sidecar listening", {
       inbound: inboundListener.port,
       outbound: outboundListener.port,
@@ -190,7 +259,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     if (!listening && views && identity.current()) {
       listening = openListeners().catch((err: unknown) => {
         log.error("cannot listen", { error: String(err) });
-        process.exit(1);
+        exitWith(1);
       });
     }
     return listening;
@@ -216,10 +285,10 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   }
 
   const follow = await followBus({
-    connect: async () => (bus = await connectNatsBus({ servers: servers!.split(","), name: proxyId, waitOnFirstConnect: true })),
+    connect: async () => (bus = await o.connect()),
     proxyId,
     role: { kind: "sidecar", service: serviceName },
-    store: fileStore(env.stateDir, proxyId),
+    store: o.store,
     apply,
     log,
   });
@@ -235,11 +304,11 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     await follow.watcher.catch(() => undefined);
     await readiness.until(Number.MAX_SAFE_INTEGER, 50);
     if (stopping || !bus) return;
-    const address = values.address ?? `${registrationHost(values["inbound-address"])}:${listeners[0]!.port}`;
+    const address = o.address ?? `${registrationHost(o.inbound.address)}:${listeners[0]!.port}`;
     announcer = createAnnouncer({
       bus,
       service: serviceName,
-      endpoint: { address, labels: { [TLS_MODE_LABEL]: "mesh", ...(values.version ? { version: values.version } : {}) }, weight: 1, proxyId },
+      endpoint: { address, labels: { [TLS_MODE_LABEL]: "mesh", ...(o.version ? { version: o.version } : {}) }, weight: 1, proxyId },
     });
     announcer.start();
     log.info("sidecar ready", { address, proxyId });
@@ -247,45 +316,46 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const stop = () =>
     (stopping ??= (async () => {
-      log.info("draining", { graceMs: ports.graceMs });
+      log.info("draining", { graceMs: o.graceMs });
       announcer?.drain();
-      if (ports.drainMs > 0) await new Promise((r) => setTimeout(r, ports.drainMs));
+      if (o.drainMs > 0) await new Promise((r) => setTimeout(r, o.drainMs));
       // Stop accepting; in-flight requests finish within the grace period.
-      const closing = Promise.all([...listeners.map((l) => l.close()), bridge?.close(ports.graceMs)]);
+      const closing = Promise.all([...listeners.map((l) => l.close()), bridge?.close(o.graceMs)]);
       let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, ports.graceMs)))]);
+      await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, o.graceMs)))]);
       clearTimeout(timer);
       announcer?.stop();
       await bus?.flush().catch(() => undefined);
       identity.agent?.stop();
       await follow.stop();
       await client.close();
-      await supervised?.stop(ports.graceMs);
+      await supervised?.stop(o.graceMs);
       await admin.close();
       log.info("stopped");
     })());
 
-  const exitWith = (code: number) => void stop().then(() => process.exit(code));
-  const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
+  const exitWith = (code: number) => void stop().then(() => o.onExit(code));
+  const [adminHost, adminPort] = splitAddress(o.admin);
   const admin = await runtime.serveFetch(
     createSidecarAdmin({ readiness, log, snapshot: () => views?.snapshot, quit: () => exitWith(0) }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
 
-  if (command.length > 0) {
+  const run = o.run;
+  if (run) {
     void (async () => {
-      if (values["hold-app"]) await readiness.until(Number.MAX_SAFE_INTEGER);
+      if (run.holdApp) await readiness.until(Number.MAX_SAFE_INTEGER);
       if (stopping) return;
-      supervised = superviseApp(command);
-      log.info("app started", { pid: supervised.pid, command: command[0] });
+      supervised = superviseApp(run.command);
+      log.info("app started", { pid: supervised.pid, command: run.command[0] });
       const code = await supervised.exited;
       if (stopping) return;
       log.info("app exited, stopping", { code });
       exitWith(code);
     })();
   }
-  return stop;
+  return { readiness, listening: listeningPorts, stop };
 }
 
 function numberOption(raw: string | undefined, fallback: number, problems: string[], name: string): number {

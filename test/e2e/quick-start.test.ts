@@ -4,13 +4,15 @@ import assert from "node:assert/strict";
 import { request } from "../harness/upstream.ts";
 import { spawnWeft } from "../harness/weft-process.ts";
 
-test("weft dev serves both sample services and the gateway's own route through port 8080", async () => {
+test("weft dev serves both sample services through their sidecars over mTLS, and the gateway's own route, on port 8080", async () => {
   const dev = spawnWeft(["dev"]);
   try {
-    await dev.waitForLog((l) => l.component === "gateway" && l.msg === "config applied");
+    await dev.waitForLog((l) => l.msg === "demo mesh ready", 60_000);
     const web = await request(8080, { path: "/" });
     assert.equal(web.status, 200);
     assert.equal(JSON.parse(web.body).service, "web");
+    // The web app's sidecar verified the gateway's certificate on the way in.
+    assert.equal(JSON.parse(web.body).headers["x-forwarded-client-cert"], "URI=spiffe://weft.local/ns/default/sa/ingress");
     const api = await request(8080, { path: "/api/items?x=1" });
     assert.equal(api.status, 200);
     assert.equal(JSON.parse(api.body).service, "api");
