@@ -10,19 +10,8 @@ import { compileMesh, readEnv, type ConfigIssue, type Snapshot, type WeftEnv } f
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import type { Attestation } from "../shared/identity/index.ts";
 import type { ProxyRuntime, ViewDeps } from "../shared/proxy/index.ts";
-import { attestationSource, detectRuntime, fileStore, loadMeshModule } from "../shared/runtime/index.ts";
-import {
-  createAccessLog,
-  createBufferedSink,
-  createLogger,
-  createMetricsRegistry,
-  createOtlpHttpExporter,
-  createProxyMetrics,
-  createRequestTelemetry,
-  createTracer,
-  type Logger,
-} from "../shared/telemetry/index.ts";
-import { createAdminApp } from "./admin.ts";
+import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore, loadMeshModule, type ProxyTelemetry } from "../shared/runtime/index.ts";
+import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { createIngress, type Ingress } from "./ingress.ts";
 
 const USAGE = `usage: weft gateway --nats URL [--name ingress] [--admin 127.0.0.1:15000]
@@ -93,14 +82,14 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   }
 
   const runtime = await detectRuntime();
-  const telemetry = createGatewayTelemetry(log, name);
+  const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`);
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps() });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
 
   const [adminHost, adminPort] = splitAddress(values.admin ?? env.adminAddress);
   const admin = await runtime.serveFetch(
-    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
+    createAdminApp({ log, waiting: () => (ingress.current ? [] : ["config"]), snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
@@ -206,7 +195,7 @@ export interface BusGateway {
  */
 export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway> {
   const { name, log, runtime, attestation } = o;
-  const telemetry = createGatewayTelemetry(log, name);
+  const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`);
   let bus: Bus | undefined;
   let snapshot: Snapshot | undefined;
   if (!attestation) log.warn("no identity attestation (--join-token): requests to mesh workloads will fail with mtls_unavailable");
@@ -233,12 +222,12 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
       snapshot = s;
       startIdentity();
     },
-    log: countRefusals(log, telemetry),
+    log: telemetry.countingRefusals(log),
   });
   follow.watcher.then(startIdentity, () => {});
   const [adminHost, adminPort] = splitAddress(o.admin);
   const admin = await runtime.serveFetch(
-    createAdminApp({ role: "gateway", log, ready: () => ingress.current !== undefined, snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
+    createAdminApp({ log, waiting: () => (ingress.current ? [] : ["config"]), snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
@@ -271,75 +260,9 @@ function policyDeps(bus: () => Bus | undefined = () => undefined): ViewDeps {
   };
 }
 
-/** The gateway's telemetry: access log on stdout, Prometheus metrics on the admin API, OTel spans. */
-interface GatewayTelemetry {
-  readonly hooks: Pick<Parameters<typeof createIngress>[0], "onRequestStart" | "onRequestDone">;
-  readonly admin: { metrics(): string; stats(): unknown };
-  applied(snapshot: Snapshot): void;
-  rejected(): void;
-  stop(): Promise<void>;
-}
-
-function createGatewayTelemetry(log: Logger, name: string): GatewayTelemetry {
-  const registry = createMetricsRegistry();
-  const metrics = createProxyMetrics(registry);
-  // stdout is the access log (one JSON line per request); stderr is the process log.
-  const sink = createBufferedSink({
-    write: (chunk) => process.stdout.write(chunk),
-    schedule: (flush) => setImmediate(flush),
-    pendingBytes: () => process.stdout.writableLength,
-    onDrop: (lines) => metrics.accessLogDropped(lines),
-  });
-  const accessLog = createAccessLog({ write: sink.write });
-  const tracer = createTracer();
-  let otlpEndpoint: string | undefined;
-  const onExit = () => sink.flush();
-  process.once("exit", onExit);
-  return {
-    hooks: createRequestTelemetry({ accessLog, metrics, tracer }),
-    admin: { metrics: () => registry.expose(), stats: () => registry.toJson() },
-    applied(snapshot) {
-      const format = accessLog.setFormat(snapshot.accessLog);
-      if (!format.ok) log.error("access log format refused, keeping the previous one", { reason: format.reason, field: format.field });
-      tracer.setSampleRatio(snapshot.tracing?.sampleRatio ?? 0.01);
-      const endpoint = snapshot.tracing?.otlpEndpoint;
-      if (endpoint !== otlpEndpoint) {
-        otlpEndpoint = endpoint;
-        const exporter = endpoint ? createOtlpHttpExporter({ url: endpoint, serviceName: `weft-gateway-${name}` }) : undefined;
-        tracer.setExporter(exporter).catch((err: unknown) => log.warn("span exporter shutdown failed", { error: String(err) }));
-      }
-      metrics.configApplied(snapshot.revision);
-    },
-    rejected: () => metrics.configRejected(),
-    async stop() {
-      sink.flush();
-      process.off("exit", onExit);
-      await tracer.shutdown();
-    },
-  };
-}
-
-async function applyWithTelemetry(ingress: ReturnType<typeof createIngress>, telemetry: GatewayTelemetry, snapshot: Snapshot): Promise<void> {
+async function applyWithTelemetry(ingress: Ingress, telemetry: ProxyTelemetry, snapshot: Snapshot): Promise<void> {
   await ingress.apply(snapshot);
   telemetry.applied(snapshot);
-}
-
-// followBus reports a refused update only through its log (see shared/discovery/watcher.ts), so
-// refusals are counted where they are logged.
-function countRefusals(log: Logger, telemetry: GatewayTelemetry): Logger {
-  return {
-    setLevel: (level) => log.setLevel(level),
-    get level() {
-      return log.level;
-    },
-    warn(msg, fields) {
-      if (msg.startsWith("config refused")) telemetry.rejected();
-      log.warn(msg, fields);
-    },
-    debug: (msg, fields) => log.debug(msg, fields),
-    info: (msg, fields) => log.info(msg, fields),
-    error: (msg, fields) => log.error(msg, fields),
-  };
 }
 
 function splitAddress(address: string): [string, number] {

@@ -8,7 +8,8 @@ import { startBusGateway } from "../gateway/main.ts";
 import { startSidecar, type Sidecar } from "../sidecar/main.ts";
 import { createMemoryBus, createMemoryNetwork } from "../shared/bus/index.ts";
 import { parseEndpoint, readEnv, type MeshConfig } from "../shared/config/index.ts";
-import { detectRuntime, fileStore, loadMeshModule } from "../shared/runtime/index.ts";
+import type { LastGoodStore } from "../shared/discovery/index.ts";
+import { detectRuntime, loadMeshModule } from "../shared/runtime/index.ts";
 import { createLogger } from "../shared/telemetry/index.ts";
 
 const USAGE = `usage: weft dev [--config examples/weft.config.ts]
@@ -76,19 +77,20 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const runtime = await detectRuntime();
   const apps = await Promise.all(WORKLOADS.map((w) => startSampleApp({ name: w.service, port: w.port, host: "127.0.0.1" })));
-  const sidecars: Sidecar[] = [];
+  const sidecars: (Sidecar & { service: string })[] = [];
   for (const w of WORKLOADS) {
     const svc = first.services[w.service];
     if (!svc) continue;
     const proxyId = `sidecar-${w.service}-dev`;
-    sidecars.push(
-      await startSidecar({
+    sidecars.push({
+      service: w.service,
+      ...(await startSidecar({
         service: w.service,
         app: parseEndpoint(`127.0.0.1:${w.port}`),
         connect,
         attestation: attestation(svc.namespace, svc.serviceAccount ?? w.service),
         proxyId,
-        store: fileStore(stateDir, proxyId),
+        store: memoryStore(),
         log: log(`sidecar-${w.service}`),
         runtime,
         inbound: { port: 0, address: "127.0.0.1" },
@@ -98,8 +100,8 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
         drainMs: 0,
         discoveryWaitMs: 1500,
         onExit: (code) => void shutdown().then(() => process.exit(code)),
-      }),
-    );
+      })),
+    });
   }
   const gatewayName = Object.keys(first.gateways)[0] ?? "ingress";
   const gw = first.gateways[gatewayName];
@@ -107,7 +109,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     name: gatewayName,
     proxyId: `gateway-${gatewayName}-dev`,
     connect,
-    store: fileStore(stateDir, `gateway-${gatewayName}-dev`),
+    store: memoryStore(),
     attestation: gw ? attestation(gw.namespace, gw.serviceAccount ?? gatewayName) : undefined,
     log: log("gateway"),
     runtime,
@@ -118,7 +120,8 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   // Ready when every sidecar holds a certificate and a config, the gateway holds its own, and the
   // gateway has seen every sidecar's registered endpoint.
   const deadline = Date.now() + 30_000;
-  const registered = () => WORKLOADS.every((w) => (gateway.ingress.snapshot?.services.get(w.service)?.endpoints.length ?? 1) > 0);
+  const inbound = await Promise.all(sidecars.map(async (s) => ({ service: s.service, port: (await s.listening).inbound })));
+  const registered = () => inbound.every((s) => gateway.ingress.snapshot?.services.get(s.service)?.endpoints.some((e) => e.port === s.port));
   while (!(sidecars.every((s) => s.readiness.ready()) && gateway.ready() && registered())) {
     if (Date.now() > deadline) {
       log("dev").error("the demo mesh did not become ready", { waiting: sidecars.flatMap((s) => s.readiness.waiting()), gateway: gateway.ready() });
@@ -158,4 +161,15 @@ Edit the config file to apply it again. Ctrl-C stops everything.`);
     })());
   }
   return shutdown;
+}
+
+/** The demo keeps each proxy's last good config in memory: every `weft dev` starts from the file. */
+function memoryStore(): LastGoodStore {
+  let text: string | undefined;
+  return {
+    load: async () => text,
+    save: async (next) => {
+      text = next;
+    },
+  };
 }

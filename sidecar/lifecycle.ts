@@ -1,7 +1,4 @@
 import { spawn } from "node:child_process";
-import { Hono } from "hono";
-import type { Snapshot } from "../shared/config/index.ts";
-import type { Logger } from "../shared/telemetry/index.ts";
 
 /** One thing the sidecar needs before it takes traffic (a config applied, a certificate held, ...). */
 export interface ReadyCondition {
@@ -41,46 +38,6 @@ export function createReadiness(conditions: readonly ReadyCondition[]): Readines
       return true;
     },
   };
-}
-
-export interface SidecarAdminState {
-  readonly readiness: Readiness;
-  readonly log: Logger;
-  snapshot(): Snapshot | undefined;
-  /** POST /quitquitquit: the sidecar stops (drains) and exits 0. */
-  quit(): void;
-}
-
-/**
- * createSidecarAdmin serves the sidecar's admin API (127.0.0.1:15000 by default): /ready (503 with
- * the conditions still waiting), /healthz, /config_dump (revision and services known),
- * POST /quitquitquit (Istio's: exit cleanly, for jobs whose app has finished).
- * @example
- * runtime.serveFetch(createSidecarAdmin({ readiness, log, snapshot: () => views?.snapshot, quit }).fetch, { port: 15000, address: "127.0.0.1" });
- */
-export function createSidecarAdmin(state: SidecarAdminState): Hono {
-  const app = new Hono();
-  app.get("/healthz", (c) => c.text("ok\n"));
-  app.get("/ready", (c) => {
-    const waiting = state.readiness.waiting();
-    return waiting.length === 0 ? c.text("ready\n") : c.text(`not ready: ${waiting.join(", ")}\n`, 503);
-  });
-  app.get("/config_dump", (c) => {
-    const snap = state.snapshot();
-    if (!snap) return c.json({ revision: null }, 503);
-    return c.json({
-      revision: snap.revision,
-      outboundTrafficPolicy: snap.outboundTrafficPolicy,
-      services: [...snap.services.values()].map((s) => ({ name: s.name, hostnames: s.hostnames, endpoints: s.endpoints.map((e) => e.address) })),
-    });
-  });
-  app.post("/quitquitquit", (c) => {
-    state.log.info("asked to quit");
-    // Answer first, then stop: the caller sees 200 before the admin listener closes.
-    setTimeout(() => state.quit(), 10);
-    return c.text("quitting\n");
-  });
-  return app;
 }
 
 export interface SupervisedApp {

@@ -9,11 +9,11 @@ import { parseEndpoint, readEnv, TLS_MODE_LABEL, type Endpoint, type Snapshot } 
 import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer, type LastGoodStore } from "../shared/discovery/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import { createEngine, createSidecarViews, type Listener, type ProxyRuntime, type SidecarViews } from "../shared/proxy/index.ts";
-import { attestationSource, detectRuntime, fileStore } from "../shared/runtime/index.ts";
+import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore } from "../shared/runtime/index.ts";
 import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
 import { createInbound, inboundListenOptions } from "./inbound.ts";
-import { createReadiness, createSidecarAdmin, superviseApp, type Readiness, type SupervisedApp } from "./lifecycle.ts";
+import { createReadiness, superviseApp, type Readiness, type SupervisedApp } from "./lifecycle.ts";
 import { createOutbound } from "./outbound.ts";
 
 const USAGE = `usage: weft sidecar --service NAME (--app-port PORT | --app-socket PATH) --nats URL [options] [--run -- cmd args...]
@@ -184,7 +184,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   const client = runtime.createUpstreamClient();
   // The identity is known once the first config names this service's namespace and service account.
   const identity = createIdentitySlot();
-  const engine = createEngine({ client, edge: false, meshIdentity: identity });
+  const telemetry = createProxyTelemetry(log, `weft-sidecar-${serviceName}`);
+  const engine = createEngine({ client, edge: false, meshIdentity: identity, ...telemetry.hooks });
   const policyShared = createPolicyShared();
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
   let views: SidecarViews | undefined;
@@ -250,6 +251,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
       createPolicy: (p) => activeGate(createPolicyGate(p, { bus, domain: serviceName, shared: policyShared })),
     });
     outbound.applied();
+    telemetry.applied(snapshot);
     startIdentity();
     return openWhenReady();
   }
@@ -290,7 +292,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
     role: { kind: "sidecar", service: serviceName },
     store: o.store,
     apply,
-    log,
+    log: telemetry.countingRefusals(log),
   });
   follow.watcher.then(
     (w) => {
@@ -331,13 +333,14 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
       await client.close();
       await supervised?.stop(o.graceMs);
       await admin.close();
+      await telemetry.stop();
       log.info("stopped");
     })());
 
   const exitWith = (code: number) => void stop().then(() => o.onExit(code));
   const [adminHost, adminPort] = splitAddress(o.admin);
   const admin = await runtime.serveFetch(
-    createSidecarAdmin({ readiness, log, snapshot: () => views?.snapshot, quit: () => exitWith(0) }).fetch,
+    createAdminApp({ log, waiting: () => readiness.waiting(), snapshot: () => views?.snapshot, quit: () => exitWith(0), ...telemetry.admin }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });

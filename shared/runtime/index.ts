@@ -15,3 +15,5 @@ export async function detectRuntime(): Promise<ProxyRuntime> {
 export { fileStore } from "./state-file.ts";
 export { loadMeshModule, type Loaded } from "./load-config.ts";
 export { attestationSource, KUBERNETES_SA_TOKEN, type AttestationFlags } from "./attestation.ts";
+export { createAdminApp, dumpSnapshot, redactSecrets, type AdminState } from "./admin.ts";
+export { createProxyTelemetry, type ProxyTelemetry } from "./proxy-telemetry.ts";

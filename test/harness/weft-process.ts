@@ -6,6 +6,8 @@ export interface WeftProcess {
   readonly pid: number;
   /** Parsed JSON lines the process wrote to stderr (its log). */
   logs(): Record<string, unknown>[];
+  /** Parsed JSON lines the process wrote to stdout (a proxy's access log). */
+  accessLog(): Record<string, unknown>[];
   /** Resolves with the first log line that satisfies `match` (already written ones count). */
   waitForLog(match: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   /** SIGTERM, then SIGKILL after 5 s; resolves once the process exited. */
@@ -22,7 +24,24 @@ export function spawnWeft(args: string[], options: { env?: Record<string, string
   const child: ChildProcess = spawn(process.execPath, ["scripts/weft.mjs", ...args], {
     cwd: ROOT,
     env: { ...process.env, ...options.env },
-    stdio: ["ignore", "ignore", "pipe"],
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const access: Record<string, unknown>[] = [];
+  let out = "";
+  child.stdout!.on("data", (chunk: Buffer) => {
+    out += chunk.toString();
+    let nl: number;
+    while ((nl = out.indexOf("\n")) >= 0) {
+      const line = out.slice(0, nl);
+      out = out.slice(nl + 1);
+      if (line.startsWith("{")) {
+        try {
+          access.push(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          // Not an access-log line (a banner); ignored.
+        }
+      }
+    }
   });
   const logs: Record<string, unknown>[] = [];
   let stderrText = "";
@@ -45,6 +64,7 @@ export function spawnWeft(args: string[], options: { env?: Record<string, string
   return {
     pid: child.pid!,
     logs: () => logs,
+    accessLog: () => access,
     async waitForLog(match, timeoutMs = 20_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {

@@ -1,31 +1,36 @@
 import { Hono } from "hono";
-import type { Snapshot } from "../shared/config/index.ts";
-import type { Logger, LogLevel } from "../shared/telemetry/index.ts";
+import type { Snapshot } from "../config/index.ts";
+import type { Logger, LogLevel } from "../telemetry/index.ts";
 
 export interface AdminState {
-  readonly role: string;
   readonly log: Logger;
-  /** Ready to take traffic (config loaded, listeners bound, certificate held where needed). */
-  ready(): boolean;
+  /** What the proxy still waits for before it takes traffic (config, listeners, certificate); empty = ready. */
+  waiting(): readonly string[];
   snapshot(): Snapshot | undefined;
   /** Prometheus text exposition of this proxy's metrics. */
   metrics?(): string | Promise<string>;
   /** The same metrics as JSON, for /stats. */
   stats?(): unknown;
+  /** POST /quitquitquit (Istio's): the proxy stops (drains) and exits 0; absent = not offered. */
+  quit?(): void;
 }
 
 const LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
 
 /**
- * createAdminApp serves a proxy's admin API (port 15000 by default, loopback only):
- * /ready, /healthz, /config_dump, /clusters, /stats, /stats/prometheus, /logging.
+ * createAdminApp serves a proxy's admin API (port 15000 by default, loopback only): /ready (503 with
+ * what it waits for), /healthz, /config_dump, /clusters, /stats, /stats/prometheus, /logging, and
+ * POST /quitquitquit where the role offers it.
  * @example
  * runtime.serveFetch(createAdminApp(state).fetch, { port: 15000, address: "127.0.0.1" });
  */
 export function createAdminApp(state: AdminState): Hono {
   const app = new Hono();
   app.get("/healthz", (c) => c.text("ok\n"));
-  app.get("/ready", (c) => (state.ready() ? c.text("ready\n") : c.text("not ready\n", 503)));
+  app.get("/ready", (c) => {
+    const waiting = state.waiting();
+    return waiting.length === 0 ? c.text("ready\n") : c.text(`not ready: ${waiting.join(", ")}\n`, 503);
+  });
   app.get("/config_dump", (c) => {
     const snap = state.snapshot();
     if (!snap) return c.json({ revision: null }, 503);
@@ -53,6 +58,15 @@ export function createAdminApp(state: AdminState): Hono {
     return c.text(`level ${level}\n`);
   });
   app.get("/logging", (c) => c.text(`level ${state.log.level}\n`));
+  const quit = state.quit;
+  if (quit) {
+    app.post("/quitquitquit", (c) => {
+      state.log.info("asked to quit");
+      // Answer first, then stop: the caller sees 200 before the admin listener closes.
+      setTimeout(quit, 10);
+      return c.text("quitting\n");
+    });
+  }
   return app;
 }
 

@@ -1,0 +1,91 @@
+import process from "node:process";
+import type { Snapshot } from "../config/index.ts";
+import type { EngineOptions } from "../proxy/index.ts";
+import {
+  createAccessLog,
+  createBufferedSink,
+  createMetricsRegistry,
+  createOtlpHttpExporter,
+  createProxyMetrics,
+  createRequestTelemetry,
+  createTracer,
+  type Logger,
+} from "../telemetry/index.ts";
+
+/** A proxy's telemetry: access log on stdout, Prometheus metrics for the admin API, OTel spans. */
+export interface ProxyTelemetry {
+  /** The engine's hooks: every request feeds the access log, the metrics and the tracer. */
+  readonly hooks: Pick<EngineOptions, "onRequestStart" | "onRequestDone">;
+  /** For the admin API's /stats/prometheus and /stats. */
+  readonly admin: { metrics(): string; stats(): unknown };
+  /** A config was applied: access-log format, sampling and exporter follow it. */
+  applied(snapshot: Snapshot): void;
+  /** A config update was refused (counted in weft_config_rejected_total). */
+  rejected(): void;
+  /** Wraps a log so that "config refused" lines (from the config watcher) are counted as rejections. */
+  countingRefusals(log: Logger): Logger;
+  stop(): Promise<void>;
+}
+
+/**
+ * createProxyTelemetry assembles a gateway's or sidecar's telemetry: one JSON access-log line per
+ * request on stdout (buffered per tick, dropped and counted when stdout cannot keep up), the proxy
+ * metrics, and spans for the W3C trace the request carries, exported over OTLP when configured.
+ * @example
+ * const telemetry = createProxyTelemetry(log, "weft-gateway-ingress");
+ * createEngine({ client, edge: true, ...telemetry.hooks });
+ */
+export function createProxyTelemetry(log: Logger, serviceName: string): ProxyTelemetry {
+  const registry = createMetricsRegistry();
+  const metrics = createProxyMetrics(registry);
+  // stdout is the access log (one JSON line per request); stderr is the process log.
+  const sink = createBufferedSink({
+    write: (chunk) => process.stdout.write(chunk),
+    schedule: (flush) => setImmediate(flush),
+    pendingBytes: () => process.stdout.writableLength,
+    onDrop: (lines) => metrics.accessLogDropped(lines),
+  });
+  const accessLog = createAccessLog({ write: sink.write });
+  const tracer = createTracer();
+  let otlpEndpoint: string | undefined;
+  const onExit = () => sink.flush();
+  process.once("exit", onExit);
+  return {
+    hooks: createRequestTelemetry({ accessLog, metrics, tracer }),
+    admin: { metrics: () => registry.expose(), stats: () => registry.toJson() },
+    applied(snapshot) {
+      const format = accessLog.setFormat(snapshot.accessLog);
+      if (!format.ok) log.error("access log format refused, keeping the previous one", { reason: format.reason, field: format.field });
+      tracer.setSampleRatio(snapshot.tracing?.sampleRatio ?? 0.01);
+      const endpoint = snapshot.tracing?.otlpEndpoint;
+      if (endpoint !== otlpEndpoint) {
+        otlpEndpoint = endpoint;
+        const exporter = endpoint ? createOtlpHttpExporter({ url: endpoint, serviceName }) : undefined;
+        tracer.setExporter(exporter).catch((err: unknown) => log.warn("span exporter shutdown failed", { error: String(err) }));
+      }
+      metrics.configApplied(snapshot.revision);
+    },
+    rejected: () => metrics.configRejected(),
+    // The config watcher reports a refused update only through its log, so refusals are counted where they are logged.
+    countingRefusals(inner) {
+      return {
+        setLevel: (level) => inner.setLevel(level),
+        get level() {
+          return inner.level;
+        },
+        warn(msg, fields) {
+          if (msg.startsWith("config refused")) metrics.configRejected();
+          inner.warn(msg, fields);
+        },
+        debug: (msg, fields) => inner.debug(msg, fields),
+        info: (msg, fields) => inner.info(msg, fields),
+        error: (msg, fields) => inner.error(msg, fields),
+      };
+    },
+    async stop() {
+      sink.flush();
+      process.off("exit", onExit);
+      await tracer.shutdown();
+    },
+  };
+}
