@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import process from "node:process";
 import { pathToFileURL } from "node:url";
@@ -15,6 +15,8 @@ import {
 import { readEnv } from "../shared/config/index.ts";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { loadMeshModule } from "../shared/runtime/index.ts";
+import { parseAllDocuments, stringify as stringifyYaml } from "yaml";
+import { injectManifest } from "./inject.ts";
 import { GET_KINDS, type ApplyReply, type GetKind } from "./plane.ts";
 import type { ProxyStatusRow } from "./status.ts";
 
@@ -187,4 +189,59 @@ function printTable(rows: Record<string, string>[]): void {
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(width[i]!)).join("  ").trimEnd();
   console.log(line(cols));
   for (const r of rows) console.log(line(cols.map((c) => r[c] ?? "")));
+}
+
+const INJECT_USAGE = `usage: weft inject -f FILE [--image IMAGE] [--nats URL] [-o FILE]
+
+Adds the weft sidecar (and the init container that runs weft iptables) to every Pod, and to the pod
+template of every Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob, in a Kubernetes
+YAML file — what the control plane's admission webhook does to pods of namespaces labelled
+weft-injection=enabled, offline (like istioctl kube-inject). FILE - reads standard input.
+  --image IMAGE   the weft image (default weft:<version>; env WEFT_IMAGE)
+  --nats URL      the config bus the sidecars follow (default nats://weft-nats.weft-system:4222)
+  -o FILE         write here instead of standard output`;
+
+/**
+ * inject runs `weft inject -f pod.yaml`: prints the manifest with sidecars injected.
+ * @example
+ * process.exitCode = await inject(["-f", "deploy.yaml", "--image", "weft:0.1.0"]);
+ */
+export async function inject(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { file: { type: "string", short: "f" }, image: { type: "string" }, nats: { type: "string" }, output: { type: "string", short: "o" }, help: { type: "boolean" } },
+  });
+  if (values.help || !values.file) {
+    console.log(INJECT_USAGE);
+    return values.help ? 0 : 2;
+  }
+  const version = JSON.parse(await readFile(new URL("../package.json", import.meta.url), "utf8")).version as string;
+  const options = {
+    image: values.image ?? process.env.WEFT_IMAGE ?? `weft:${version}`,
+    natsUrl: values.nats ?? "nats://weft-nats.weft-system:4222",
+  };
+  const text = values.file === "-" ? await readStdin() : await readFile(values.file, "utf8");
+  const docs = parseAllDocuments(text);
+  const out: string[] = [];
+  for (const doc of docs) {
+    if (doc.errors.length > 0) {
+      for (const e of doc.errors) console.error(`${values.file}: ${e.message}`);
+      return 1;
+    }
+    const object = doc.toJS() as Record<string, unknown> | null;
+    if (object === null) continue;
+    const { object: injected, result } = injectManifest(object, options);
+    if (result && !result.injected) console.error(`${String(object.kind)}/${String((object.metadata as { name?: string } | undefined)?.name)}: not injected (${result.reason})`);
+    out.push(stringifyYaml(injected));
+  }
+  const rendered = out.join("---\n");
+  if (values.output) await writeFile(values.output, rendered);
+  else process.stdout.write(rendered);
+  return 0;
+}
+
+async function readStdin(): Promise<string> {
+  let text = "";
+  for await (const chunk of process.stdin) text += chunk;
+  return text;
 }

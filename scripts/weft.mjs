@@ -15,6 +15,7 @@ const COMMANDS = {
   status: ["../control/cli.ts", "status", "shows every proxy's revision and whether it is in sync"],
   get: ["../control/cli.ts", "get", "lists routes, services, endpoints or gateways"],
   token: ["../control/cli.ts", "token", "mints a join token for a proxy outside Kubernetes"],
+  inject: ["../control/cli.ts", "inject", "adds weft sidecars to the pods of a Kubernetes manifest, offline"],
 };
 
 const [name, ...args] = process.argv.slice(2);
