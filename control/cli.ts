@@ -198,7 +198,7 @@ template of every Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJo
 YAML file — what the control plane's admission webhook does to pods of namespaces labelled
 weft-injection=enabled, offline (like istioctl kube-inject). FILE - reads standard input.
   --image IMAGE   the weft image (default weft:<version>; env WEFT_IMAGE)
-  --nats URL      the config bus the sidecars follow (default nats://weft-nats.weft-system:4222)
+  --nats URL      the config bus the sidecars follow (default nats://nats.weft-system.svc:4222)
   -o FILE         write here instead of standard output`;
 
 /**
@@ -218,7 +218,7 @@ export async function inject(argv: string[]): Promise<number> {
   const version = JSON.parse(await readFile(new URL("../package.json", import.meta.url), "utf8")).version as string;
   const options = {
     image: values.image ?? process.env.WEFT_IMAGE ?? `weft:${version}`,
-    natsUrl: values.nats ?? "nats://weft-nats.weft-system:4222",
+    natsUrl: values.nats ?? "nats://nats.weft-system.svc:4222",
   };
   const text = values.file === "-" ? await readStdin() : await readFile(values.file, "utf8");
   const docs = parseAllDocuments(text);

@@ -8,7 +8,7 @@ import { Deployment } from "kubernetes-models/apps/v1";
 import { ANNOTATIONS, applyPatch, injectManifest, injectPod, type InjectOptions } from "./inject.ts";
 import { runWeft } from "../test/harness/weft-process.ts";
 
-const OPTIONS: InjectOptions = { image: "weft:0.1.0", natsUrl: "nats://weft-nats.weft-system:4222" };
+const OPTIONS: InjectOptions = { image: "weft:0.1.0", natsUrl: "nats://nats.weft-system.svc:4222" };
 
 function pod(extra: { annotations?: Record<string, string>; spec?: Record<string, unknown> } = {}): Record<string, unknown> {
   return {

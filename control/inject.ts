@@ -46,7 +46,7 @@ type Json = Record<string, unknown>;
  * /ready, a projected service-account token for attestation), and the status annotation. A pod that
  * opted out, runs on the host network, or is already injected is left alone.
  * @example
- * const r = injectPod(pod, { image: "weft:0.1.0", natsUrl: "nats://weft-nats.weft-system:4222" });
+ * const r = injectPod(pod, { image: "weft:0.1.0", natsUrl: "nats://nats.weft-system.svc:4222" });
  * if (r.injected) applyPatch(pod, r.patch);
  */
 export function injectPod(pod: Json, options: InjectOptions): InjectResult {

@@ -1,3 +1,4 @@
+import type { ReviewServiceAccountToken } from "../shared/identity/index.ts";
 import {
   APPLIED_KEY,
   BUCKET_HISTORY,
@@ -31,7 +32,7 @@ export interface ControlPlaneOptions {
   /** Registry sweep period (default 500 ms). */
   readonly sweepMs?: number;
   /** Run the mesh CA for this trust domain, keeping its state in stateDir (omit: no CA in this process). */
-  readonly ca?: { readonly trustDomain: string; readonly stateDir: string; readonly leafTtlMs?: number };
+  readonly ca?: { readonly trustDomain: string; readonly stateDir: string; readonly leafTtlMs?: number; readonly reviewServiceAccountToken?: ReviewServiceAccountToken };
 }
 
 export interface ControlPlane {
@@ -58,7 +59,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const registry: Registry = createRegistry({ bus, kv, mirror, sweepMs: options.sweepMs, log });
   const tracker: StatusTracker = createStatusTracker({ bus, mirror });
   const ca = options.ca
-    ? await startCaService({ bus, trustDomain: options.ca.trustDomain, stateDir: options.ca.stateDir, leafTtlMs: options.ca.leafTtlMs, log: { info: (m, f) => log?.info(m, f), error: (m, f) => log?.warn(m, f) } })
+    ? await startCaService({ bus, trustDomain: options.ca.trustDomain, stateDir: options.ca.stateDir, leafTtlMs: options.ca.leafTtlMs, reviewServiceAccountToken: options.ca.reviewServiceAccountToken, log: { info: (m, f) => log?.info(m, f), error: (m, f) => log?.warn(m, f) } })
     : undefined;
 
   async function apply(input: unknown): Promise<ApplyReply> {

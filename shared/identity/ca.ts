@@ -1,4 +1,4 @@
-import { EC_KEY, EC_SIGN, splitPem, toPem, x509 } from "./x509.ts";
+import { EC_KEY, EC_SIGN, randomSerial, toHex, splitPem, toPem, x509 } from "./x509.ts";
 import { isTrustDomain, parseSpiffeId } from "./spiffe-id.ts";
 
 const MINUTE = 60_000;
@@ -68,6 +68,11 @@ export type CertificateAuthority = {
   sign(csrPem: string, options: { spiffeId: string; ttlMs?: number }): Promise<SignResult>;
   /** Every root currently trusted (two during a rotation), as PEM. */
   bundle(): string[];
+  /**
+   * A TLS serving certificate for DNS names (the injection webhook the Kubernetes API server calls),
+   * from the issuing root, so that the bundle is its caBundle. Its key is made here and returned. Secret.
+   */
+  issueServing(dnsNames: readonly string[], ttlMs: number): Promise<{ chainPem: string[]; keyPem: string; notAfter: Date }>;
   /** Where a root rotation stands. */
   phase(): RotationPhase;
   /** Step 1: make a new root and trust it next to the old one; the old one keeps issuing. */
@@ -240,9 +245,38 @@ export async function createCertificateAuthority(options: CertificateAuthorityOp
     return out;
   }
 
+  async function issueServing(dnsNames: readonly string[], ttlMs: number) {
+    const gen = issuing();
+    const signer = gen.intermediate ?? gen.root;
+    const t = now();
+    const notAfter = new Date(Math.min(t + ttlMs, gen.root.cert.notAfter.getTime(), signer.cert.notAfter.getTime()));
+    const keys = (await crypto.subtle.generateKey(EC_KEY, true, ["sign", "verify"])) as CryptoKeyPair;
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: randomSerial(),
+      subject: `O=weft, CN=${dnsNames[0] ?? "weft"}`,
+      issuer: signer.cert.subjectName,
+      notBefore: new Date(t - CLOCK_SKEW_MS),
+      notAfter,
+      publicKey: keys.publicKey,
+      signingKey: signer.key,
+      signingAlgorithm: EC_SIGN,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+        new x509.SubjectAlternativeNameExtension(dnsNames.map((value) => ({ type: "dns" as const, value }))),
+        new x509.AuthorityKeyIdentifierExtension(signer.keyId),
+      ],
+    });
+    const chainPem = [cert.toString("pem") + "\n"];
+    if (gen.intermediate) chainPem.push(gen.intermediate.pem);
+    return { chainPem, keyPem: toPem(await crypto.subtle.exportKey("pkcs8", keys.privateKey), "PRIVATE KEY"), notAfter };
+  }
+
   return {
     trustDomain,
     sign,
+    issueServing,
     bundle: () => generations.map((g) => g.root.pem),
     phase,
     async rotateRoot() {
@@ -308,18 +342,6 @@ async function toIssuer(cert: x509.X509Certificate, key: CryptoKey): Promise<Iss
 
 async function exportKeyPem(key: CryptoKey): Promise<string> {
   return toPem(await crypto.subtle.exportKey("pkcs8", key), "PRIVATE KEY");
-}
-
-function randomSerial(): string {
-  // 16 random bytes, sign bit cleared (a positive INTEGER, RFC 5280 §4.1.2.2) and first byte non-zero
-  // so the encoding always keeps all 16 octets: 126 bits of entropy.
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  bytes[0] = (bytes[0]! & 0x7f) | 0x01;
-  return toHex(bytes);
-}
-
-function toHex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** A critical nameConstraints extension permitting URIs whose host is the trust domain (RFC 5280 §4.2.1.10). */

@@ -30,3 +30,19 @@ export function splitPem(text: string, label = "CERTIFICATE"): string[] {
 export function toPem(der: ArrayBuffer | Uint8Array, label: string): string {
   return x509.PemConverter.encode(der instanceof Uint8Array ? der.slice().buffer : der, label);
 }
+
+/**
+ * randomSerial makes a certificate serial number: 16 random bytes, sign bit cleared (a positive
+ * INTEGER, RFC 5280 §4.1.2.2) and first byte non-zero so the encoding keeps all 16 octets.
+ * @example x509.X509CertificateGenerator.create({ serialNumber: randomSerial(), ... })
+ */
+export function randomSerial(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[0] = (bytes[0]! & 0x7f) | 0x01;
+  return toHex(bytes);
+}
+
+/** toHex renders bytes as lower-case hex. */
+export function toHex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
