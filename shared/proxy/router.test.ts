@@ -305,6 +305,12 @@ const CASES: readonly Case[] = [
     expect: undefined,
   },
   {
+    name: "a GET condition does not take HEAD requests",
+    routes: [["get", { methods: ["GET"] }]],
+    req: { method: "HEAD", path: "/" },
+    expect: undefined,
+  },
+  {
     name: "method names are case-sensitive",
     routes: [["read", { methods: ["GET"] }]],
     req: { method: "get", path: "/" },
