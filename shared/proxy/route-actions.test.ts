@@ -85,6 +85,13 @@ test("the request's default port is not repeated in the Location", () => {
   assert.equal(locationFor({ redirect: { host: "b.example.com" } }, head("a.example.com:443", "/x", "https")), "https://b.example.com/x");
 });
 
+test("an empty or non-numeric port in the request's Host is not copied into the Location", () => {
+  // RFC 3986 §3.2.3 allows an empty port ("host:"); neither it nor junk may become ":0" or ":NaN".
+  assert.equal(locationFor({ redirect: { host: "b.example.com" } }, head("a.example.com:", "/x")), "http://b.example.com/x");
+  assert.equal(locationFor({ redirect: { host: "b.example.com" } }, head("a.example.com:abc", "/x")), "http://b.example.com/x");
+  assert.equal(locationFor({ redirect: { path: "/y" } }, head("[::1]:", "/x")), "http://[::1]/y");
+});
+
 test("a path redirect replaces the whole path and keeps the request's query", () => {
   assert.equal(locationFor({ redirect: { path: "/new" } }, head("example.com", "/old/deep?a=1")), "http://example.com/new?a=1");
 });

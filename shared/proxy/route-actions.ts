@@ -34,7 +34,11 @@ export function redirectLocation(redirect: Redirect, head: RequestHead, match: R
   const { host, hostPort } = splitAuthority(head.authority);
   const host0 = redirect.host ?? host;
   let port: number | undefined = redirect.port;
-  if (port === undefined && redirect.scheme === undefined && hostPort.length > host.length) port = Number(hostPort.slice(host.length + 1));
+  if (port === undefined && redirect.scheme === undefined) {
+    // An empty port ("host:", RFC 3986 §3.2.3) or junk is dropped rather than written as ":0" or ":NaN".
+    const requestPort = hostPort.slice(host.length + 1);
+    if (/^\d{1,5}$/.test(requestPort)) port = Number(requestPort);
+  }
   const defaultPort = scheme === "https" ? 443 : 80;
   const authority = port === undefined || port === defaultPort ? host0 : `${host0}:${port}`;
   let path: string;
