@@ -10,7 +10,7 @@ export interface AdminState {
   /** Prometheus text exposition of this proxy's metrics. */
   metrics?(): string | Promise<string>;
   /** The same metrics as JSON, for /stats. */
-  stats?(): unknown;
+  stats?(): unknown | Promise<unknown>;
   /** POST /quitquitquit (Istio's): the proxy stops (drains) and exits 0; absent = not offered. */
   quit?(): void;
 }
@@ -50,7 +50,7 @@ export function createAdminApp(state: AdminState): Hono {
     const text = state.metrics ? await state.metrics() : "";
     return c.body(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
   });
-  app.get("/stats", (c) => c.json({ revision: state.snapshot()?.revision ?? null, metrics: state.stats ? state.stats() : {} }));
+  app.get("/stats", async (c) => c.json({ revision: state.snapshot()?.revision ?? null, metrics: state.stats ? await state.stats() : {} }));
   app.post("/logging", (c) => {
     const level = c.req.query("level") as LogLevel | undefined;
     if (!level || !LEVELS.includes(level)) return c.text(`level must be one of ${LEVELS.join(", ")}\n`, 400);

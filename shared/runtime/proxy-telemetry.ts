@@ -17,7 +17,7 @@ export interface ProxyTelemetry {
   /** The engine's hooks: every request feeds the access log, the metrics and the tracer. */
   readonly hooks: Pick<EngineOptions, "onRequestStart" | "onRequestDone">;
   /** For the admin API's /stats/prometheus and /stats. */
-  readonly admin: { metrics(): string; stats(): unknown };
+  readonly admin: { metrics(): Promise<string>; stats(): Promise<unknown> };
   /** A config was applied: access-log format, sampling and exporter follow it. */
   applied(snapshot: Snapshot): void;
   /** A config update was refused (counted in weft_config_rejected_total). */

@@ -21,7 +21,7 @@ const base: TelemetryRecord = {
   attempts: 1,
 };
 
-test("finished requests count by route, service, code and reason, with duration, bytes and retries", () => {
+test("finished requests count by route, service, code and reason, with duration, bytes and retries", async () => {
   const registry = createMetricsRegistry();
   const metrics = createProxyMetrics(registry);
   for (let i = 0; i < 3; i++) {
@@ -36,7 +36,7 @@ test("finished requests count by route, service, code and reason, with duration,
   metrics.configApplied(7);
   metrics.configRejected();
 
-  const json = registry.toJson();
+  const json = await registry.toJson();
   const values = (name: string) => json[name]!.series.map((s) => [s.labels, s.value ?? s.count]);
   assert.deepEqual(values("weft_requests_total"), [
     [{ route: "web", service: "web", code: "200", reason: "" }, 3],
