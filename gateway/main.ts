@@ -206,6 +206,7 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
     const spiffeId = snapshot.gateways.get(name)!.spiffeId;
     const agent = createIdentityAgent({ bus, trustDomain: snapshot.trustDomain, spiffeId, attestation, log });
     identity.fill(agent);
+    agent.onUpdate((m) => telemetry.certificate(m.svid.notAfter));
     agent.start().then(
       (m) => log.info("certificate held", { spiffeId, notAfter: m.svid.notAfter.toISOString() }),
       (err: unknown) => log.error("certificate refused", { spiffeId, error: String((err as Error).message) }),

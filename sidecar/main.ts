@@ -273,6 +273,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
     const own = views.snapshot.services.get(serviceName)!;
     const agent = createIdentityAgent({ bus, trustDomain: views.snapshot.trustDomain, spiffeId: own.spiffeId, attestation: attestation!, log });
     identity.fill(agent);
+    agent.onUpdate((m) => telemetry.certificate(m.svid.notAfter));
     agent.start().then(
       (m) => {
         log.info("certificate held", { spiffeId: m.svid.spiffeId, notAfter: m.svid.notAfter.toISOString() });

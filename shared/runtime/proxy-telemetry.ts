@@ -22,6 +22,8 @@ export interface ProxyTelemetry {
   applied(snapshot: Snapshot): void;
   /** A config update was refused (counted in weft_config_rejected_total). */
   rejected(): void;
+  /** The proxy's certificate now expires then (weft_certificate_expiry_timestamp_seconds). */
+  certificate(notAfter: Date): void;
   /** Wraps a log so that "config refused" lines (from the config watcher) are counted as rejections. */
   countingRefusals(log: Logger): Logger;
   stop(): Promise<void>;
@@ -66,6 +68,7 @@ export function createProxyTelemetry(log: Logger, serviceName: string): ProxyTel
       metrics.configApplied(snapshot.revision);
     },
     rejected: () => metrics.configRejected(),
+    certificate: (notAfter) => metrics.certificateExpires(notAfter),
     // The config watcher reports a refused update only through its log, so refusals are counted where they are logged.
     countingRefusals(inner) {
       return {

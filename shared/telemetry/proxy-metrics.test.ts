@@ -33,22 +33,27 @@ test("finished requests count by route, service, code and reason, with duration,
   metrics.requestStarted();
   metrics.requestDone({ ...base, route: undefined, service: undefined, status: 404, reason: "no_route", durationMs: 0 });
   metrics.requestStarted();
+  metrics.requestDone({ ...base, sourcePrincipal: "spiffe://cluster.local/ns/shop/sa/web" });
+  metrics.requestStarted();
   metrics.configApplied(7);
+  metrics.certificateExpires(new Date(1_900_000_000_000));
   metrics.configRejected();
 
   const json = await registry.toJson();
   const values = (name: string) => json[name]!.series.map((s) => [s.labels, s.value ?? s.count]);
   assert.deepEqual(values("weft_requests_total"), [
-    [{ route: "web", service: "web", code: "200", reason: "" }, 3],
-    [{ route: "web", service: "web", code: "503", reason: "retries_exhausted" }, 1],
-    [{ route: "", service: "", code: "404", reason: "no_route" }, 1],
+    [{ source: "", route: "web", service: "web", code: "200", reason: "" }, 3],
+    [{ source: "", route: "web", service: "web", code: "503", reason: "retries_exhausted" }, 1],
+    [{ source: "", route: "", service: "", code: "404", reason: "no_route" }, 1],
+    [{ source: "ns/shop/sa/web", route: "web", service: "web", code: "200", reason: "" }, 1],
   ]);
   assert.deepEqual(values("weft_upstream_rq_retry_total"), [[{ route: "web", service: "web" }, 2], [{ route: "", service: "" }, 0]]);
-  assert.deepEqual(values("weft_request_bytes_total")[0], [{ route: "web", service: "web" }, 40]);
-  assert.deepEqual(values("weft_response_bytes_total")[0], [{ route: "web", service: "web" }, 400]);
+  assert.deepEqual(values("weft_request_bytes_total")[0], [{ route: "web", service: "web" }, 50]);
+  assert.deepEqual(values("weft_response_bytes_total")[0], [{ route: "web", service: "web" }, 500]);
   assert.deepEqual(values("weft_requests_in_flight"), [[{}, 1]]);
   assert.deepEqual(values("weft_config_revision"), [[{}, 7]]);
   assert.deepEqual(values("weft_config_rejected_total"), [[{}, 1]]);
+  assert.deepEqual(values("weft_certificate_expiry_timestamp_seconds"), [[{}, 1_900_000_000]]);
   const slow = json.weft_request_duration_seconds!.series.find((s) => s.labels.code === "503")!;
   assert.equal(slow.count, 1);
   assert.equal(slow.sum, 1.5);

@@ -17,6 +17,8 @@ export interface ProxyMetrics {
   configRejected(): void;
   /** Access-log lines dropped because the sink could not keep up. */
   accessLogDropped(lines: number): void;
+  /** The proxy holds a certificate valid until then (renewals move it). */
+  certificateExpires(notAfter: Date): void;
 }
 
 interface RouteSeries {
@@ -37,8 +39,8 @@ interface RouteSeries {
 export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
   const requests = registry.counter({
     name: "weft_requests_total",
-    help: "Requests handled, by route, destination service, response code and weft reason (empty when none).",
-    labelNames: ["route", "service", "code", "reason"],
+    help: "Requests handled, by source workload (the mTLS peer's SPIFFE path, empty when none), route, destination service, response code and weft reason (empty when none).",
+    labelNames: ["source", "route", "service", "code", "reason"],
   });
   const duration = registry.histogram({
     name: "weft_request_duration_seconds",
@@ -64,6 +66,10 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
   const inFlight = registry.gauge({ name: "weft_requests_in_flight", help: "Requests being handled right now (saturation)." }).labels();
   const revision = registry.gauge({ name: "weft_config_revision", help: "Revision of the config this proxy serves." }).labels();
   const rejected = registry.counter({ name: "weft_config_rejected_total", help: "Config updates refused; the previous config kept serving." }).labels();
+  const certificateExpiry = registry.gauge({
+    name: "weft_certificate_expiry_timestamp_seconds",
+    help: "When this proxy's workload certificate expires (Unix seconds); 0 before it holds one.",
+  }).labels();
   const dropped = registry.counter({
     name: "weft_access_log_dropped_total",
     help: "Access-log lines dropped because the output could not keep up.",
@@ -96,12 +102,13 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
       const service = record.service ?? "";
       const series = routeSeries(route, service);
       const reason = record.reason ?? "";
-      // A plain status (number) keys the common case without building a string.
-      const outcomeKey = reason === "" ? record.status : `${record.status}\u0001${reason}`;
+      const source = record.sourcePrincipal === undefined ? "" : sourceOf(record.sourcePrincipal);
+      // A plain status (number) keys the common case (no reason, no peer) without building a string.
+      const outcomeKey = reason === "" && source === "" ? record.status : `${record.status}\u0001${reason}\u0001${source}`;
       let outcome = series.byOutcome.get(outcomeKey);
       if (!outcome) {
         const code = String(record.status);
-        outcome = { requests: requests.labels(route, service, code, reason), duration: duration.labels(route, service, code) };
+        outcome = { requests: requests.labels(source, route, service, code, reason), duration: duration.labels(route, service, code) };
         series.byOutcome.set(outcomeKey, outcome);
       }
       outcome.requests.inc();
@@ -119,5 +126,14 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
     accessLogDropped(lines) {
       dropped.inc(lines);
     },
+    certificateExpires(notAfter) {
+      certificateExpiry.set(notAfter.getTime() / 1000);
+    },
   };
+}
+
+/** The workload part of a SPIFFE ID (`ns/<ns>/sa/<sa>`), the trust domain left out: a bounded label. */
+function sourceOf(spiffeId: string): string {
+  const start = spiffeId.indexOf("/", "spiffe://".length);
+  return start < 0 ? spiffeId : spiffeId.slice(start + 1);
 }
