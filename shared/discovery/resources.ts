@@ -23,6 +23,8 @@ export interface MeshResource {
   readonly trustDomain: string;
   readonly outboundTrafficPolicy: MeshConfig["outboundTrafficPolicy"];
   readonly accessLog: MeshConfig["accessLog"];
+  /** Absent in resources written before tracing settings travelled (then: the defaults). */
+  readonly tracing?: MeshConfig["tracing"];
 }
 
 /**
@@ -69,6 +71,7 @@ export const MeshResourceSchema = v.object({
   trustDomain: v.string(),
   outboundTrafficPolicy: v.picklist(["REGISTRY_ONLY", "ALLOW_ANY"]),
   accessLog: v.unknown(),
+  tracing: v.optional(v.unknown()),
 });
 
 const SectionResourceSchema = v.object({
@@ -102,6 +105,7 @@ export function splitMesh(config: MeshConfig, generation: number): Map<string, u
     trustDomain: config.trustDomain,
     outboundTrafficPolicy: config.outboundTrafficPolicy,
     accessLog: config.accessLog,
+    tracing: config.tracing,
   };
   out.set(MESH_KEY, mesh);
   for (const [name, svc] of Object.entries(config.services)) out.set(serviceKey(name), { generation, name, config: svc } satisfies ServiceResource);
@@ -158,6 +162,7 @@ export function assembleSnapshot(res: ProxyResources): Assembled {
     trustDomain: res.mesh.trustDomain,
     outboundTrafficPolicy: res.mesh.outboundTrafficPolicy,
     accessLog: res.mesh.accessLog,
+    ...(res.mesh.tracing !== undefined ? { tracing: res.mesh.tracing } : {}),
     services,
     gateways,
   });
