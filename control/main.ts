@@ -10,6 +10,7 @@ import { createLogger } from "../shared/telemetry/index.ts";
 import { SA_TOKEN_AUDIENCE } from "./inject.ts";
 import { createTokenReviewer, inClusterApi, IN_CLUSTER_DIR } from "./kube.ts";
 import { startKubernetesMode } from "./kubernetes.ts";
+import { serveMeshView } from "./mesh-view.ts";
 import { startControlPlane } from "./plane.ts";
 
 const USAGE = `usage: weft control --nats URL [--id ID] [--trust-domain cluster.local] [--state-dir DIR] [--leaf-ttl-ms N]
@@ -23,6 +24,7 @@ Several replicas may run against one NATS; applies are serialised through a lock
   --state-dir DIR     CA state and join-token key, files mode 0600 (default $WEFT_STATE_DIR/control);
                       replicas must share it (a mounted secret), a replica with another root refuses to start
   --leaf-ttl-ms N     workload certificate lifetime (default 3600000)
+  --ui ADDR           the mesh view (live service graph) at http://ADDR/ (default 127.0.0.1:15080; off = none)
 
 In Kubernetes (KUBERNETES_SERVICE_HOST set, or --kubernetes) it also verifies sidecars' projected
 service-account tokens with the TokenReview API, serves the sidecar-injection webhook over TLS and
@@ -48,6 +50,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       "state-dir": { type: "string" },
       "leaf-ttl-ms": { type: "string" },
       kubernetes: { type: "boolean" },
+      ui: { type: "string" },
       "webhook-port": { type: "string" },
       "webhook-config": { type: "string" },
       service: { type: "string" },
@@ -95,7 +98,9 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
         log,
       })
     : undefined;
+  const ui = values.ui === "off" ? undefined : await serveMeshView(bus, control, values.ui ?? "127.0.0.1:15080", log);
   return async () => {
+    await ui?.close();
     await kubernetes?.close();
     await control.stop();
     await bus.close();

@@ -82,7 +82,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   }
 
   const runtime = await detectRuntime();
-  const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`);
+  const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: `gateway-${name}`, role: "gateway", workload: name });
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps() });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
@@ -195,7 +195,7 @@ export interface BusGateway {
  */
 export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway> {
   const { name, log, runtime, attestation } = o;
-  const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`);
+  const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: o.proxyId, role: "gateway", workload: name });
   let bus: Bus | undefined;
   let snapshot: Snapshot | undefined;
   if (!attestation) log.warn("no identity attestation (--join-token): requests to mesh workloads will fail with mtls_unavailable");
@@ -214,7 +214,11 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
   };
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps(() => bus), meshIdentity: identity });
   const follow = await followBus({
-    connect: async () => (bus = await o.connect()),
+    connect: async () => {
+      bus = await o.connect();
+      telemetry.publishTo(bus);
+      return bus;
+    },
     proxyId: o.proxyId,
     role: { kind: "gateway", name },
     store: o.store,

@@ -3,6 +3,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { startSampleApp } from "../examples/apps/sample-app.ts";
+import { serveMeshView } from "../control/mesh-view.ts";
 import { startControlPlane } from "../control/plane.ts";
 import { startBusGateway } from "../gateway/main.ts";
 import { startSidecar, type Sidecar } from "../sidecar/main.ts";
@@ -53,8 +54,10 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const network = createMemoryNetwork();
   const connect = async () => createMemoryBus({ network });
+  let ui: Awaited<ReturnType<typeof serveMeshView>> | undefined;
+  const controlBus = await connect();
   const control = await startControlPlane({
-    bus: await connect(),
+    bus: controlBus,
     id: "control-dev",
     log: log("control"),
     ca: { trustDomain: first.trustDomain, stateDir: join(stateDir, "control") },
@@ -131,6 +134,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     await new Promise((r) => setTimeout(r, 50));
   }
 
+  ui = await serveMeshView(controlBus, control, "127.0.0.1:15080", log("control"));
   let timer: ReturnType<typeof setTimeout> | undefined;
   const fileWatch: FSWatcher = watch(dirname(file), (_e, changed) => {
     if (changed !== null && changed !== basename(file)) return;
@@ -147,6 +151,7 @@ weft dev is running (config: ${file})
   curl http://127.0.0.1:${gatewayPort}/ping      → answered by the gateway
   curl http://127.0.0.1:${gateway.adminPort}/config_dump
   curl http://127.0.0.1:${gateway.adminPort}/stats/prometheus
+  open http://127.0.0.1:${ui.port}/                        → the mesh view (live service graph)
 Edit the config file to apply it again. Ctrl-C stops everything.`);
 
   let stopping: Promise<void> | undefined;
@@ -154,6 +159,7 @@ Edit the config file to apply it again. Ctrl-C stops everything.`);
     return (stopping ??= (async () => {
       clearTimeout(timer);
       fileWatch?.close();
+      await ui?.close();
       await gateway?.stop();
       for (const s of sidecars) await s.stop();
       await control.stop();

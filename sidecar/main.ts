@@ -8,7 +8,7 @@ import type { Attestation } from "../shared/identity/index.ts";
 import { parseEndpoint, readEnv, TLS_MODE_LABEL, type Endpoint, type Snapshot } from "../shared/config/index.ts";
 import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer, type LastGoodStore } from "../shared/discovery/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
-import { createEngine, createSidecarViews, type Listener, type ProxyRuntime, type SidecarViews } from "../shared/proxy/index.ts";
+import { createEngine, createSidecarViews, INBOUND_CLUSTER, type Listener, type ProxyRuntime, type SidecarViews } from "../shared/proxy/index.ts";
 import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore } from "../shared/runtime/index.ts";
 import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
@@ -184,7 +184,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   const client = runtime.createUpstreamClient();
   // The identity is known once the first config names this service's namespace and service account.
   const identity = createIdentitySlot();
-  const telemetry = createProxyTelemetry(log, `weft-sidecar-${serviceName}`);
+  const telemetry = createProxyTelemetry(log, `weft-sidecar-${serviceName}`, { proxyId, role: "sidecar", workload: serviceName, inboundService: INBOUND_CLUSTER });
   const engine = createEngine({ client, edge: false, meshIdentity: identity, ...telemetry.hooks });
   const policyShared = createPolicyShared();
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
@@ -288,7 +288,11 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   }
 
   const follow = await followBus({
-    connect: async () => (bus = await o.connect()),
+    connect: async () => {
+      bus = await o.connect();
+      telemetry.publishTo(bus);
+      return bus;
+    },
     proxyId,
     role: { kind: "sidecar", service: serviceName },
     store: o.store,

@@ -19,7 +19,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   "shared/policy": ["shared/config", "shared/identity", "shared/bus", "shared/telemetry", "shared/proxy/router.ts"],
   "shared/discovery": ["shared/config", "shared/bus", "shared/identity"],
   "shared/proxy": ["shared/config", "shared/policy", "shared/identity", "shared/telemetry"],
-  "shared/runtime": ["shared/config", "shared/proxy", "shared/discovery", "shared/telemetry", "shared/identity"],
+  "shared/runtime": ["shared/config", "shared/bus", "shared/proxy", "shared/discovery", "shared/telemetry", "shared/identity"],
   gateway: ["shared"],
   sidecar: ["shared"],
   control: ["shared"],

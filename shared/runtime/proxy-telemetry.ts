@@ -1,4 +1,5 @@
 import process from "node:process";
+import { encodeJson, telemetrySubject, type Bus } from "../bus/index.ts";
 import type { Snapshot } from "../config/index.ts";
 import type { EngineOptions } from "../proxy/index.ts";
 import {
@@ -8,8 +9,10 @@ import {
   createOtlpHttpExporter,
   createProxyMetrics,
   createRequestTelemetry,
+  createMeshSummary,
   createTracer,
   type Logger,
+  type MeshSummaryOptions,
 } from "../telemetry/index.ts";
 
 /** A proxy's telemetry: access log on stdout, Prometheus metrics for the admin API, OTel spans. */
@@ -26,6 +29,8 @@ export interface ProxyTelemetry {
   certificate(notAfter: Date): void;
   /** Wraps a log so that "config refused" lines (from the config watcher) are counted as rejections. */
   countingRefusals(log: Logger): Logger;
+  /** Publishes the mesh-view summary on `weft.telemetry.<proxy-id>` every interval until stop. */
+  publishTo(bus: Bus, intervalMs?: number): void;
   stop(): Promise<void>;
 }
 
@@ -34,10 +39,10 @@ export interface ProxyTelemetry {
  * request on stdout (buffered per tick, dropped and counted when stdout cannot keep up), the proxy
  * metrics, and spans for the W3C trace the request carries, exported over OTLP when configured.
  * @example
- * const telemetry = createProxyTelemetry(log, "weft-gateway-ingress");
+ * const telemetry = createProxyTelemetry(log, "weft-gateway-ingress", { proxyId, role: "gateway", workload: "ingress" });
  * createEngine({ client, edge: true, ...telemetry.hooks });
  */
-export function createProxyTelemetry(log: Logger, serviceName: string): ProxyTelemetry {
+export function createProxyTelemetry(log: Logger, serviceName: string, summaryOptions: MeshSummaryOptions): ProxyTelemetry {
   const registry = createMetricsRegistry();
   const metrics = createProxyMetrics(registry);
   // stdout is the access log (one JSON line per request); stderr is the process log.
@@ -50,10 +55,19 @@ export function createProxyTelemetry(log: Logger, serviceName: string): ProxyTel
   const accessLog = createAccessLog({ write: sink.write });
   const tracer = createTracer();
   let otlpEndpoint: string | undefined;
+  const summary = createMeshSummary(summaryOptions);
+  const request = createRequestTelemetry({ accessLog, metrics, tracer });
+  let publishTimer: ReturnType<typeof setInterval> | undefined;
   const onExit = () => sink.flush();
   process.once("exit", onExit);
   return {
-    hooks: createRequestTelemetry({ accessLog, metrics, tracer }),
+    hooks: {
+      onRequestStart: request.onRequestStart,
+      onRequestDone(record) {
+        request.onRequestDone(record);
+        summary.record(record);
+      },
+    },
     admin: { metrics: () => registry.expose(), stats: () => registry.toJson() },
     applied(snapshot) {
       const format = accessLog.setFormat(snapshot.accessLog);
@@ -66,6 +80,7 @@ export function createProxyTelemetry(log: Logger, serviceName: string): ProxyTel
         tracer.setExporter(exporter).catch((err: unknown) => log.warn("span exporter shutdown failed", { error: String(err) }));
       }
       metrics.configApplied(snapshot.revision);
+      summary.setRevision(snapshot.revision);
     },
     rejected: () => metrics.configRejected(),
     certificate: (notAfter) => metrics.certificateExpires(notAfter),
@@ -85,7 +100,15 @@ export function createProxyTelemetry(log: Logger, serviceName: string): ProxyTel
         error: (msg, fields) => inner.error(msg, fields),
       };
     },
+    publishTo(bus, intervalMs = 2000) {
+      clearInterval(publishTimer);
+      summary.take(Date.now());
+      const subject = telemetrySubject(summaryOptions.proxyId);
+      publishTimer = setInterval(() => bus.publish(subject, encodeJson(summary.take(Date.now()))), intervalMs);
+      publishTimer.unref?.();
+    },
     async stop() {
+      clearInterval(publishTimer);
       sink.flush();
       process.off("exit", onExit);
       await tracer.shutdown();

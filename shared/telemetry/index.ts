@@ -7,3 +7,4 @@ export * from "./trace-context.ts";
 export * from "./tracing.ts";
 export * from "./otlp-exporter.ts";
 export * from "./request-telemetry.ts";
+export * from "./mesh-summary.ts";
