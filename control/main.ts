@@ -98,7 +98,14 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
         log,
       })
     : undefined;
-  const ui = values.ui === "off" ? undefined : await serveMeshView(bus, control, values.ui ?? "127.0.0.1:15080", log);
+  // A second replica on the same host finds the port taken: the view is a convenience, not a reason to stop.
+  const ui =
+    values.ui === "off"
+      ? undefined
+      : await serveMeshView(bus, control, values.ui ?? "127.0.0.1:15080", log).catch((err: unknown) => {
+          log.warn("mesh view not served", { address: values.ui ?? "127.0.0.1:15080", error: String((err as Error).message) });
+          return undefined;
+        });
   return async () => {
     await ui?.close();
     await kubernetes?.close();
