@@ -51,14 +51,16 @@ function crossCheck(mesh: MeshConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const checkRoutes = (routes: readonly RouteConfig[], base: string) => {
     routes.forEach((route, i) => {
+      if (!isObject(route)) return; // the schema reports the shape
       const at = `${base}.${i}`;
-      if (Array.isArray(route?.forward?.to)) route.forward.to.forEach((dest, j) => {
-        const svc = mesh.services[dest.service];
+      if (Array.isArray(route.forward?.to)) route.forward.to.forEach((dest, j) => {
+        if (!isObject(dest)) return;
+        const svc = own(mesh.services, dest.service);
         if (!svc) {
           issues.push({ path: `${at}.forward.to.${j}.service`, message: `service "${dest.service}" is not declared` });
           return;
         }
-        if (dest.subset && !svc.versions?.[dest.subset]) {
+        if (dest.subset && !own(svc.versions, dest.subset)) {
           issues.push({ path: `${at}.forward.to.${j}.subset`, message: `service "${dest.service}" has no version "${dest.subset}"` });
         }
         if (dest.port !== undefined && Array.isArray(svc.ports) && !svc.ports.some((p) => p.port === dest.port)) {
@@ -67,24 +69,27 @@ function crossCheck(mesh: MeshConfig): ConfigIssue[] {
       });
       const matches = route.match === undefined ? [] : Array.isArray(route.match) ? route.match : [route.match];
       if (route.forward?.rewrite?.pathPrefix !== undefined || route.redirect?.prefixRewrite !== undefined) {
-        if (matches.length === 0 || matches.some((m) => !m.path || !("prefix" in m.path))) {
+        if (matches.length === 0 || matches.some((m) => !isObject(m) || !isObject(m.path) || !("prefix" in m.path))) {
           issues.push({ path: `${at}`, message: "a prefix rewrite needs every match to use path.prefix" });
         }
       }
     });
   };
   for (const [name, svc] of Object.entries(mesh.services)) {
+    if (!isObject(svc)) continue;
     if (Array.isArray(svc.routes)) checkRoutes(svc.routes, `services.${name}.routes`);
     if (Array.isArray(svc.endpoints)) svc.endpoints.forEach((ep, i) => {
-      if (ep.version && !svc.versions?.[ep.version]) {
+      if (isObject(ep) && ep.version && !own(svc.versions, ep.version)) {
         issues.push({ path: `services.${name}.endpoints.${i}.version`, message: `version "${ep.version}" is not declared in services.${name}.versions` });
       }
     });
   }
   for (const [name, gw] of Object.entries(mesh.gateways)) {
+    if (!isObject(gw)) continue;
     if (Array.isArray(gw.routes)) checkRoutes(gw.routes, `gateways.${name}.routes`);
     const seen = new Map<string, number>();
-    gw.listeners?.forEach((l, i) => {
+    if (Array.isArray(gw.listeners)) gw.listeners.forEach((l, i) => {
+      if (!isObject(l)) return;
       const key = `${l.address ?? "0.0.0.0"}:${l.port}`;
       if (l.port !== 0 && seen.has(key)) {
         issues.push({ path: `gateways.${name}.listeners.${i}.port`, message: `${key} is already used by listener ${seen.get(key)}` });
@@ -93,4 +98,15 @@ function crossCheck(mesh: MeshConfig): ConfigIssue[] {
     });
   }
   return issues;
+}
+
+// The cross-check also runs on raw input the schema refused, so every step tolerates a wrong shape
+// (one bad part must not hide the problems elsewhere) and names are looked up as own keys only
+// ("constructor" is a valid DNS label and an Object.prototype key).
+function isObject(value: unknown): value is object {
+  return typeof value === "object" && value !== null;
+}
+
+function own<T>(record: Readonly<Record<string, T>> | undefined, key: string): T | undefined {
+  return isObject(record) && Object.hasOwn(record, key) ? record[key] : undefined;
 }
