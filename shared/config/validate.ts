@@ -19,7 +19,7 @@ export function validateMesh(input: unknown): Validated<MeshConfig> {
   const parsed = v.safeParse(MeshSchema, input, { abortEarly: false });
   if (!parsed.success) {
     // Cross-references are checked on the raw input too, so one pass lists every problem.
-    const issues = parsed.issues.map(toIssue);
+    const issues = parsed.issues.flatMap((issue) => toIssues(issue));
     const seen = new Set(issues.map((i) => i.path));
     for (const extra of safeCrossCheck(input)) if (!seen.has(extra.path)) issues.push(extra);
     return { ok: false, issues };
@@ -28,10 +28,19 @@ export function validateMesh(input: unknown): Validated<MeshConfig> {
   return issues.length > 0 ? { ok: false, issues } : { ok: true, value: parsed.output };
 }
 
-function toIssue(issue: v.BaseIssue<unknown>): ConfigIssue {
-  // A union reports its own message plus the branch issues; the deepest dot path is the useful one.
-  const path = v.getDotPath(issue) ?? "(root)";
-  return { path, message: issue.message };
+function toIssues(issue: v.BaseIssue<unknown>, base?: string): ConfigIssue[] {
+  const path = [base, v.getDotPath(issue)].filter((p) => p).join(".") || "(root)";
+  // A union reports its own message plus the branch issues (paths relative to the union). When the
+  // other branches refused the value's kind outright (an object where a string was also allowed),
+  // the problems inside the branch that fits are the useful ones; otherwise the union's own message
+  // (often written for it: "must be one of ...") says it best.
+  const branches = issue.type === "union" ? (issue.issues ?? []) : [];
+  const inside = branches.filter((b) => v.getDotPath(b) !== null);
+  const refused = branches.filter((b) => v.getDotPath(b) === null);
+  if (inside.length > 0 && refused.length > 0 && refused.every((b) => b.type !== "union")) {
+    return inside.flatMap((b) => toIssues(b, path));
+  }
+  return [{ path, message: issue.message }];
 }
 
 function safeCrossCheck(input: unknown): ConfigIssue[] {
