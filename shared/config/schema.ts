@@ -228,10 +228,16 @@ const ServicePort = v.strictObject({
   name: v.optional(Name),
 });
 
+const isPort = (n: number) => Number.isInteger(n) && n >= 1 && n <= 65535;
+
 /** A statically known endpoint; the registry adds live ones. */
 const StaticEndpoint = v.strictObject({
   /** host:port, or unix:/path for a Unix socket. */
-  address: v.pipe(v.string(), v.regex(/^(unix:\/.+|\[[0-9a-f:.]+\]:\d{1,5}|[a-z0-9.-]+:\d{1,5})$/i, "must be host:port or unix:/path")),
+  address: v.pipe(
+    v.string(),
+    v.regex(/^(unix:\/.+|\[[0-9a-f:.]+\]:\d{1,5}|[a-z0-9.-]+:\d{1,5})$/i, "must be host:port or unix:/path"),
+    v.check((a) => a.startsWith("unix:") || !/:\d+$/.test(a) || isPort(Number(a.slice(a.lastIndexOf(":") + 1))), "port must be 1 to 65535"),
+  ),
   version: v.optional(Name),
   weight: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(MAX_WEIGHT)), 1),
 });
