@@ -213,12 +213,12 @@ test("host patterns: names, *.suffix, * and host:port pass; others are refused",
   }
 });
 
-test("endpoint addresses: host:port, [v6]:port and unix:/path pass; others are refused", () => {
+test("endpoint addresses: host:port, [v6]:port and unix:/path pass; others, and ports outside 1-65535, are refused", () => {
   const withAddress = (address: string) => ({ services: { web: { endpoints: [{ address }] } } });
   for (const good of ["10.0.0.1:8080", "web.internal:80", "[::1]:9000", "[fd00::a:1]:443", "unix:/run/app.sock"]) {
     assert.equal(validateMesh(withAddress(good)).ok, true, good);
   }
-  for (const bad of ["10.0.0.1", "http://10.0.0.1:80", "unix:relative.sock", "::1:80", "web:port"]) {
+  for (const bad of ["10.0.0.1", "http://10.0.0.1:80", "unix:relative.sock", "::1:80", "web:port", "10.0.0.1:0", "10.0.0.1:99999", "[::1]:70000"]) {
     assert.deepEqual(pathsOf(withAddress(bad)), ["services.web.endpoints.0.address"], bad);
   }
 });
