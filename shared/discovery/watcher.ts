@@ -185,7 +185,9 @@ export function createConfigWatcher(options: ConfigWatcherOptions): ConfigWatche
     const value = (key: string) => keys.get(key)?.value;
     const serviceConfig = (name: string) => (value(serviceKey(name)) as ServiceResource | undefined)?.config as ServiceConfig | undefined;
     const own = value(ownKey) as GatewayResource | ServiceResource | undefined;
-    const routes = role.kind === "gateway" ? ((own as GatewayResource | undefined)?.config?.routes ?? []) : [];
+    // A sidecar's own service may route to other services (its callers apply those routes): validation
+    // needs their sections, so they are dependencies for the sidecar too.
+    const routes = (own as GatewayResource | ServiceResource | undefined)?.config?.routes ?? [];
     const deps = serviceDependencies(routes, serviceConfig);
     if (role.kind === "sidecar") deps.add(role.service);
     for (const name of wanted) {
