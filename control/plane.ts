@@ -17,6 +17,7 @@ import type { AppliedRecord, EndpointsResource, GatewayResource, ServiceResource
 import { applyMesh, type ApplyResult } from "./apply.ts";
 import { startCaService, type CaService } from "./ca.ts";
 import { createConfigMirror, type ConfigMirror } from "./mirror.ts";
+import { startLeasedRateLimitService, type LeasedRateLimitServiceOptions } from "./ratelimit.ts";
 import { createRegistry, type Registry } from "./registry.ts";
 import { createStatusTracker, type ProxyStatusRow, type StatusTracker } from "./status.ts";
 
@@ -33,6 +34,8 @@ export interface ControlPlaneOptions {
   readonly sweepMs?: number;
   /** Run the mesh CA for this trust domain, keeping its state in stateDir (omit: no CA in this process). */
   readonly ca?: { readonly trustDomain: string; readonly stateDir: string; readonly leafTtlMs?: number; readonly reviewServiceAccountToken?: ReviewServiceAccountToken };
+  /** The global rate limiter's lease timing (one replica answers `weft.rls.check`; see control/ratelimit.ts). */
+  readonly rateLimit?: Pick<LeasedRateLimitServiceOptions, "leaseTtlMs" | "renewMs">;
 }
 
 export interface ControlPlane {
@@ -61,6 +64,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
   const ca = options.ca
     ? await startCaService({ bus, trustDomain: options.ca.trustDomain, stateDir: options.ca.stateDir, leafTtlMs: options.ca.leafTtlMs, reviewServiceAccountToken: options.ca.reviewServiceAccountToken, log: { info: (m, f) => log?.info(m, f), error: (m, f) => log?.warn(m, f) } })
     : undefined;
+  const rls = await startLeasedRateLimitService({ bus, kv, holder: id, log, ...options.rateLimit });
 
   async function apply(input: unknown): Promise<ApplyReply> {
     const validated = validateMesh(input);
@@ -142,6 +146,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     get,
     async stop() {
       for (const s of subs) s.unsubscribe();
+      await rls.stop();
       ca?.stop();
       registry.stop();
       tracker.stop();
