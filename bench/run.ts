@@ -1,0 +1,253 @@
+// `npm run bench [-- --duration 10 --rate-duration 10]`: one gateway hop on loopback, every proxy
+// measured in the same run against the same upstream, so the ratios mean something on a noisy
+// machine. Load generator and upstream share core 0, the proxy under test has core 1 (taskset).
+//   throughput: wrk -t1 -c50 for --duration seconds → requests/s, p50, p99
+//   CPU:        the proxy's utime+stime from /proc/<pid>/stat before and after → µs per request
+//   latency:    hey at a fixed 1,000 req/s (10 workers × 100/s) → p50/p99 added over direct
+// Proxies: direct (no proxy), bench/raw-proxy.ts (the node:http ceiling), weft gateway on Node and
+// on Bun (routing, round-robin over two upstream ports, JSON access log to a file), and nginx with
+// one worker, upstream keep-alive and its access log on (when nginx is installed).
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+
+const ROOT = resolve(import.meta.dirname, "..");
+const { values } = parseArgs({ options: { duration: { type: "string" }, "rate-duration": { type: "string" }, only: { type: "string" } } });
+const DURATION = Number(values.duration ?? 10);
+const RATE_DURATION = Number(values["rate-duration"] ?? 10);
+const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim() || 100);
+const has = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
+
+for (const tool of ["wrk", "hey", "taskset"]) {
+  if (!has(tool)) {
+    console.error(`${tool} is needed: apt-get install -y wrk hey util-linux`);
+    process.exit(2);
+  }
+}
+
+const children: ChildProcess[] = [];
+const dir = mkdtempSync(join(tmpdir(), "weft-bench-"));
+function cleanup() {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+  rmSync(dir, { recursive: true, force: true });
+}
+process.on("exit", cleanup);
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(130));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode})`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, "127.0.0.1", () => (s.destroy(), resolve(true)));
+      s.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not listen on ${port}`);
+}
+
+/** Starts a process pinned to one core; its output goes to a file so it never blocks on a full pipe. */
+function start(core: number, cmd: string, args: string[], log: string): ChildProcess {
+  const fd = openSync(join(dir, log), "a");
+  const child = spawn("taskset", ["-c", String(core), cmd, ...args], { cwd: ROOT, stdio: ["ignore", fd, fd] });
+  children.push(child);
+  return child;
+}
+
+/** CPU seconds (user + system) of a process and its descendants (nginx's worker), from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number {
+  const stats = new Map<number, { ppid: number; cpu: number }>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      stats.set(Number(name), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / CLK_TCK });
+    } catch {
+      // The process ended while the table was read.
+    }
+  }
+  let total = 0;
+  const queue = [pid];
+  while (queue.length > 0) {
+    const p = queue.pop()!;
+    total += stats.get(p)?.cpu ?? 0;
+    for (const [child, s] of stats) if (s.ppid === p) queue.push(child);
+  }
+  return total;
+}
+
+interface Throughput {
+  rps: number;
+  requests: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+  cpuUsPerRequest?: number;
+}
+
+function parseMs(text: string): number {
+  const m = /([\d.]+)(us|ms|s)/.exec(text);
+  if (!m) return NaN;
+  const v = Number(m[1]);
+  return m[2] === "us" ? v / 1000 : m[2] === "s" ? v * 1000 : v;
+}
+
+function wrk(port: number, seconds: number, pid?: number): Throughput {
+  const before = pid ? cpuSeconds(pid) : 0;
+  const r = spawnSync("taskset", ["-c", "0", "wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`], { encoding: "utf8" });
+  const after = pid ? cpuSeconds(pid) : 0;
+  const out = r.stdout;
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  const errors = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) + Number(/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)?.slice(1).reduce((a, b) => a + Number(b), 0) ?? 0);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+    requests,
+    p50Ms: parseMs(/50%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    p99Ms: parseMs(/99%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    errors,
+    cpuUsPerRequest: pid && requests > 0 ? ((after - before) * 1e6) / requests : undefined,
+  };
+}
+
+function heyAtRate(port: number, seconds: number): { p50Ms: number; p99Ms: number; errors: number } {
+  const r = spawnSync("taskset", ["-c", "0", "hey", "-z", `${seconds}s`, "-q", "100", "-c", "10", `http://127.0.0.1:${port}/bench`], { encoding: "utf8" });
+  const out = r.stdout;
+  const pct = (p: number) => Number(new RegExp(`${p}%% in ([\\d.]+) secs`.replace("%%", "%")).exec(out)?.[1] ?? NaN) * 1000;
+  const codes = [...out.matchAll(/\[(\d{3})\]\s+(\d+) responses/g)];
+  const errors = codes.filter((c) => c[1] !== "200").reduce((a, c) => a + Number(c[2]), 0) + Number(/Error distribution:[\s\S]*?\[(\d+)\]/.exec(out)?.[1] ?? 0);
+  return { p50Ms: pct(50), p99Ms: pct(99), errors };
+}
+
+const upstreamPorts = [await freePort(), await freePort()];
+const upstream = start(0, process.execPath, ["--import", "tsx", "bench/upstream.ts", ...upstreamPorts.map(String)], "upstream.log");
+await waitForPort(upstreamPorts[1]!, upstream, "upstream");
+
+interface Subject {
+  name: string;
+  port: number;
+  pid?: number;
+}
+const subjects: Subject[] = [{ name: "direct", port: upstreamPorts[0]! }];
+
+async function addProxy(name: string, cmd: string, args: (port: number) => string[]) {
+  if (values.only && !values.only.split(",").includes(name)) return;
+  const port = await freePort();
+  const child = start(1, cmd, args(port), `${name}.log`);
+  await waitForPort(port, child, name);
+  subjects.push({ name, port, pid: child.pid });
+}
+
+await addProxy("raw node:http", process.execPath, (port) => ["--import", "tsx", "bench/raw-proxy.ts", String(port), String(upstreamPorts[0])]);
+
+function weftConfig(port: number): string {
+  const file = join(dir, `weft-${port}.json`);
+  writeFileSync(
+    file,
+    JSON.stringify({
+      accessLog: "json",
+      services: { app: { endpoints: upstreamPorts.map((p) => ({ address: `127.0.0.1:${p}` })), traffic: { loadBalancer: "round_robin" } } },
+      gateways: {
+        bench: {
+          listeners: [{ port, address: "127.0.0.1" }],
+          routes: [
+            { name: "health", match: { path: { exact: "/healthz" } }, directResponse: { status: 200, body: "ok" } },
+            { name: "bench", match: { path: { prefix: "/bench" } }, forward: { to: [{ service: "app" }] } },
+          ],
+        },
+      },
+    }),
+  );
+  return file;
+}
+await addProxy("weft (Node)", process.execPath, (port) => ["--import", "tsx", "gateway/main.ts", "--config", weftConfig(port), "--admin", "127.0.0.1:0"]);
+if (existsBun()) await addProxy("weft (Bun)", join(ROOT, "node_modules/.bin/bun"), (port) => ["gateway/main.ts", "--config", weftConfig(port), "--admin", "127.0.0.1:0"]);
+if (has("nginx")) {
+  await addProxy("nginx (1 worker)", "nginx", (port) => {
+    const conf = join(dir, `nginx-${port}.conf`);
+    writeFileSync(
+      conf,
+      `worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log ${dir}/nginx-access.log;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy_temp;
+  fastcgi_temp_path ${dir}/fastcgi_temp;
+  uwsgi_temp_path ${dir}/uwsgi_temp;
+  scgi_temp_path ${dir}/scgi_temp;
+  upstream app { server 127.0.0.1:${upstreamPorts[0]}; server 127.0.0.1:${upstreamPorts[1]}; keepalive 64; }
+  server {
+    listen 127.0.0.1:${port};
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+`,
+    );
+    return ["-c", conf, "-e", join(dir, "nginx-error.log")];
+  });
+}
+
+function existsBun(): boolean {
+  try {
+    readFileSync(join(ROOT, "node_modules/.bin/bun"));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+console.log(`weft bench: ${DURATION}s wrk runs (1 thread, 50 connections), ${RATE_DURATION}s at 1,000 req/s; node ${process.version}`);
+console.log(`load generator + upstream on core 0, proxy on core 1; numbers are from this run only\n`);
+
+// Warm every proxy (JIT, pools) before measuring.
+for (const s of subjects) wrk(s.port, 2);
+const results = new Map<string, Throughput>();
+for (const s of subjects) results.set(s.name, wrk(s.port, DURATION, s.pid));
+const latency = new Map<string, ReturnType<typeof heyAtRate>>();
+for (const s of subjects) latency.set(s.name, heyAtRate(s.port, RATE_DURATION));
+
+const nginx = results.get("nginx (1 worker)");
+const raw = results.get("raw node:http");
+const pad = (s: string, n: number) => s.padEnd(n);
+const num = (n: number | undefined, d = 0) => (n === undefined || Number.isNaN(n) ? "-" : n.toFixed(d));
+console.log(`${pad("proxy", 18)} ${pad("req/s", 9)} ${pad("p50 ms", 8)} ${pad("p99 ms", 8)} ${pad("errors", 7)} ${pad("CPU µs/req", 11)} ${pad("× nginx", 8)} ${pad("× raw", 7)} ${pad("CPU × nginx", 11)}`);
+for (const s of subjects) {
+  const r = results.get(s.name)!;
+  console.log(
+    `${pad(s.name, 18)} ${pad(num(r.rps), 9)} ${pad(num(r.p50Ms, 2), 8)} ${pad(num(r.p99Ms, 2), 8)} ${pad(String(r.errors), 7)} ${pad(num(r.cpuUsPerRequest, 1), 11)} ${pad(nginx ? num(r.rps / nginx.rps, 2) : "-", 8)} ${pad(raw ? num(r.rps / raw.rps, 2) : "-", 7)} ${pad(nginx?.cpuUsPerRequest && r.cpuUsPerRequest ? num(r.cpuUsPerRequest / nginx.cpuUsPerRequest, 2) : "-", 11)}`,
+  );
+}
+const direct = latency.get("direct")!;
+console.log(`\nadded latency of one hop at 1,000 req/s (hey, ${RATE_DURATION}s; direct p50 ${num(direct.p50Ms, 2)} ms, p99 ${num(direct.p99Ms, 2)} ms)`);
+for (const s of subjects.slice(1)) {
+  const l = latency.get(s.name)!;
+  console.log(`${pad(s.name, 18)} added p50 ${pad(num(l.p50Ms - direct.p50Ms, 2), 6)} ms   added p99 ${pad(num(l.p99Ms - direct.p99Ms, 2), 6)} ms   errors ${l.errors}`);
+}
+
+const node = results.get("weft (Node)");
+const bun = results.get("weft (Bun)");
+const nodeLatency = latency.get("weft (Node)");
+const verdict = (ok: boolean | undefined) => (ok === undefined ? "n/a " : ok ? "PASS" : "MISS");
+console.log("\ntargets");
+console.log(`${verdict(node && nginx ? node.rps >= 0.3 * nginx.rps : undefined)} weft (Node) ≥ 0.30× nginx req/s`);
+console.log(`${verdict(node && raw ? node.rps >= 0.75 * raw.rps : undefined)} weft (Node) ≥ 0.75× raw node:http req/s`);
+console.log(`${verdict(bun && nginx ? bun.rps >= 0.5 * nginx.rps : undefined)} weft (Bun) ≥ 0.5× nginx req/s`);
+console.log(`${verdict(nodeLatency ? nodeLatency.p99Ms - direct.p99Ms <= 2 : undefined)} weft (Node) added p99 at 1,000 req/s ≤ 2 ms`);
