@@ -16,6 +16,7 @@ const COMMANDS = {
   get: ["../control/cli.ts", "get", "lists routes, services, endpoints or gateways"],
   token: ["../control/cli.ts", "token", "mints a join token for a proxy outside Kubernetes"],
   inject: ["../control/cli.ts", "inject", "adds weft sidecars to the pods of a Kubernetes manifest, offline"],
+  test: ["../control/policy-test.ts", "main", "runs offline policy tests (weft/testing) with node's test runner"],
 };
 
 const [name, ...args] = process.argv.slice(2);
