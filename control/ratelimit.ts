@@ -91,6 +91,7 @@ export async function startLeasedRateLimitService(options: LeasedRateLimitServic
     guardTimer = setTimeout(() => {
       if (service && now() >= deadline) void resign("lease_expired");
     }, Math.max(0, deadline - now()));
+    unref(guardTimer);
   }
 
   async function resign(reason: "lease_lost" | "lease_expired" | "stopping"): Promise<void> {
@@ -160,6 +161,7 @@ export async function startLeasedRateLimitService(options: LeasedRateLimitServic
         if (!stopped) loop();
       });
     }, renewMs);
+    unref(loopTimer);
   };
 
   await step();
@@ -183,4 +185,9 @@ export async function startLeasedRateLimitService(options: LeasedRateLimitServic
       log?.info("global rate limiter released", { holder });
     },
   };
+}
+
+// The lease alone must not keep a process alive (the bus connection does, while there is one).
+function unref(timer: ReturnType<typeof setTimeout>): void {
+  (timer as { unref?: () => void }).unref?.();
 }
