@@ -12,7 +12,9 @@ Node's test runner, TypeScript loaded through tsx, and exits with their status (
   PATH              a test file, or a folder searched for *.test.ts, *.test.mts, *.test.js and
                     *.test.mjs (node_modules and dot-folders skipped); default: the current folder
   --name PATTERN    run only tests whose name matches this regular expression
-  --reporter R      tap (default: ends with "# tests", "# pass", "# fail" for CI), spec or dot`;
+  --reporter R      tap (default: ends with "# tests", "# pass", "# fail" for CI), spec or dot
+A .ts test file is an ES module when its package.json says "type": "module" (else tsx compiles it
+to CommonJS and top-level await fails); .mts files always are.`;
 
 const TEST_FILE = /\.test\.(ts|mts|js|mjs)$/;
 const REPORTERS = ["tap", "spec", "dot"];
