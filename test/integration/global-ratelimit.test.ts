@@ -1,8 +1,8 @@
-// Global rate limits for real: nats-server, two control-plane replicas in this process (one holds the
-// limiter's lease, the other stands by), and three processes of one gateway ("edge", so one counter
+// Global rate limits for real: nats-server, control-plane replicas in this process (one holds the
+// limiter's lease, the others stand by), and three processes of one gateway ("edge", so one counter
 // domain: the way replicas of a gateway run), each on its own port. Requests spread round-robin over
-// the three take from one bucket; after the holder stops the stand-by counts (from full buckets);
-// with no control plane left, each limit shows its failure mode.
+// the three take from one bucket; after the holder stops, or dies without releasing its lease, a
+// stand-by counts (from full buckets); with no control plane left, each limit shows its failure mode.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
@@ -17,6 +17,8 @@ import { spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
 
 const LIMIT = 30;
 const SENT = 90;
+// Shorter than the default (6000/1500) so the crash case waits ~3 s, still far above event-loop stalls here.
+const LEASE = { leaseTtlMs: 3000, renewMs: 750 };
 
 interface Outcome {
   readonly status: number;
@@ -39,7 +41,7 @@ async function spread(ports: readonly number[], path: string, count: number): Pr
 
 const statuses = (xs: readonly Outcome[]) => xs.reduce<Record<number, number>>((acc, x) => ((acc[x.status] = (acc[x.status] ?? 0) + 1), acc), {});
 
-describe("global rate limit over three gateway processes and two control-plane replicas", () => {
+describe("global rate limit over three gateway processes and control-plane replicas", () => {
   let dir: string;
   let nats: NatsServer;
   const buses: Bus[] = [];
@@ -53,7 +55,7 @@ describe("global rate limit over three gateway processes and two control-plane r
     const bus = await connectNatsBus({ servers: [nats.url], name: id });
     buses.push(bus);
     const record = (msg: string) => void events.push({ replica: id, msg });
-    const control = await startControlPlane({ bus, id, log: { info: record, warn: record } });
+    const control = await startControlPlane({ bus, id, log: { info: record, warn: record }, rateLimit: LEASE });
     controls.push(control);
     return control;
   }
@@ -143,9 +145,18 @@ describe("global rate limit over three gateway processes and two control-plane r
     assert.equal(events.filter((e) => e.msg === "global rate limiter answering").length, 2);
   });
 
+  test("when the holder dies without releasing its lease, a stand-by takes over once the lease stood still for its ttl", async () => {
+    await replica("control-3");
+    assert.equal(events.filter((e) => e.replica === "control-3" && e.msg === "global rate limiter answering").length, 0);
+    await buses[1]!.close(); // control-2's connection drops as if its process died: no release, no renewals
+    await until("control-3 answering", () => events.some((e) => e.replica === "control-3" && e.msg === "global rate limiter answering"));
+    const out = await spread(ports, "/api/items", SENT);
+    assert.deepEqual(statuses(out), { 200: LIMIT, 429: SENT - LIMIT });
+  });
+
   test("with no control plane left: the closed limit refuses everything, the open one falls back to a bucket per gateway", async () => {
     assert.deepEqual(statuses(await spread(ports, "/pay/card", 3)), { 200: 3 }, "the payments limit has tokens to spare");
-    await controls[1]!.stop();
+    await controls[2]!.stop();
 
     const closed = await spread(ports, "/pay/card", 3);
     assert.deepEqual(statuses(closed), { 429: 3 });
