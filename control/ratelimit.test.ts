@@ -2,7 +2,7 @@
 // (timers off), so each case pins who answers `weft.rls.check` at which point of the lease.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { BUCKET_HISTORY, CONFIG_BUCKET, createMemoryBus, createMemoryNetwork, decodeJson, encodeJson, type Bus, type MemoryNetwork } from "../shared/bus/index.ts";
+import { BUCKET_HISTORY, CONFIG_BUCKET, createMemoryBus, createMemoryNetwork, decodeJson, encodeJson, type Bus, type Kv, type MemoryNetwork } from "../shared/bus/index.ts";
 import type { GlobalRateLimitConfig } from "../shared/config/index.ts";
 import { createGlobalRateLimiter, type RateLimitRequest } from "../shared/policy/index.ts";
 import { RLS_LEASE_KEY, startLeasedRateLimitService, type LeasedRateLimitService } from "./ratelimit.ts";
@@ -144,6 +144,41 @@ test("a holder that finds its lease rewritten by someone else stops answering at
     assert.deepEqual(await outcomes(gateways, 1), ["rls_unavailable"]);
   } finally {
     await a.stop();
+    await m.close();
+  }
+});
+
+test("a renewal that landed although its confirmation timed out is recognised as the holder's own", async () => {
+  const m = mesh();
+  const aBus = m.bus();
+  const real = await aBus.kv(CONFIG_BUCKET, { history: BUCKET_HISTORY });
+  let dropConfirmations = 0;
+  // The bucket takes the write; the answer is lost on the way back (what a NATS timeout can mean).
+  const kv: Kv = {
+    get: (key) => real.get(key),
+    put: (key, value) => real.put(key, value),
+    create: (key, value) => real.create(key, value),
+    update: async (key, value, revision) => {
+      const r = await real.update(key, value, revision);
+      return dropConfirmations-- > 0 ? { ok: false, reason: "timeout" } : r;
+    },
+    delete: (key) => real.delete(key),
+    keys: (filter) => real.keys(filter),
+    watch: (filter, onEntry, options) => real.watch(filter, onEntry, options),
+  };
+  const a = await startLeasedRateLimitService({ bus: aBus, kv, holder: "control-a", leaseTtlMs: TTL, renewMs: RENEW, now: () => m.clock.t, timers: false });
+  const b = await m.replica("control-b");
+  try {
+    dropConfirmations = 1;
+    for (let round = 0; round < 6; round++) {
+      m.clock.t += RENEW;
+      await a.step();
+      await b.step();
+      assert.deepEqual([a.leading, b.leading], [true, false], `round ${round}`);
+    }
+  } finally {
+    await a.stop();
+    await b.stop();
     await m.close();
   }
 });

@@ -10,6 +10,8 @@ export const RLS_LEASE_KEY = "lease.rls";
 /** What the lease key holds; `holder: null` is a released lease. `renewedAt` is informational only. */
 export interface RlsLeaseValue {
   readonly holder: string | null;
+  /** Random per process: tells this process's writes from another process with the same holder id. */
+  readonly token?: string;
   readonly renewedAt: number;
   readonly ttlMs: number;
 }
@@ -83,7 +85,14 @@ export async function startLeasedRateLimitService(options: LeasedRateLimitServic
   let guardTimer: ReturnType<typeof setTimeout> | undefined;
   let running: Promise<void> = Promise.resolve();
 
-  const leaseValue = (t: number) => encodeJson({ holder, renewedAt: t, ttlMs } satisfies RlsLeaseValue);
+  const token = crypto.randomUUID();
+  const leaseValue = (t: number) => encodeJson({ holder, token, renewedAt: t, ttlMs } satisfies RlsLeaseValue);
+  // A write whose confirmation timed out may still have landed: a revision carrying our token is ours.
+  const writtenByUs = (entry: KvEntry) => {
+    const decoded = decodeJson(entry.value);
+    const value = decoded.ok ? (decoded.value as Partial<RlsLeaseValue> | null) : null;
+    return value?.holder === holder && value.token === token;
+  };
 
   function armGuard(): void {
     if (!useTimers) return;
@@ -129,7 +138,10 @@ export async function startLeasedRateLimitService(options: LeasedRateLimitServic
     }
     if (stopped) return;
     if (service) {
-      if (entry?.revision !== ownRevision) return resign("lease_lost");
+      if (entry?.revision !== ownRevision) {
+        if (!entry || !writtenByUs(entry)) return resign("lease_lost");
+        ownRevision = entry.revision;
+      }
       const r = await kv.update(RLS_LEASE_KEY, leaseValue(now()), ownRevision!);
       if (r.ok) {
         ownRevision = r.revision;
@@ -140,7 +152,8 @@ export async function startLeasedRateLimitService(options: LeasedRateLimitServic
     }
     const decoded = entry ? decodeJson(entry.value) : undefined;
     const released = decoded?.ok === true && (decoded.value as Partial<RlsLeaseValue> | null)?.holder === null;
-    if (entry && !released) {
+    // Our own earlier take whose confirmation timed out needs no wait: it is taken again below.
+    if (entry && !released && !writtenByUs(entry)) {
       const seenAt = now();
       if (observed?.revision !== entry.revision) {
         observed = { revision: entry.revision, since: seenAt };
