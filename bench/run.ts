@@ -62,8 +62,9 @@ async function waitForPort(port: number, child: ChildProcess, what: string): Pro
 
 /** Starts a process pinned to one core; its output goes to a file so it never blocks on a full pipe. */
 function start(core: number, cmd: string, args: string[], log: string): ChildProcess {
-  const fd = openSync(join(dir, log), "a");
-  const child = spawn("taskset", ["-c", String(core), cmd, ...args], { cwd: ROOT, stdio: ["ignore", fd, fd] });
+  const out = openSync(join(dir, `${log}.out`), "a");
+  const err = openSync(join(dir, `${log}.err`), "a");
+  const child = spawn("taskset", ["-c", String(core), cmd, ...args], { cwd: ROOT, stdio: ["ignore", out, err] });
   children.push(child);
   return child;
 }
@@ -124,18 +125,31 @@ function wrk(port: number, seconds: number, pid?: number): Throughput {
   };
 }
 
-function heyAtRate(port: number, seconds: number): { p50Ms: number; p99Ms: number; errors: number } {
+function heyAtRate(port: number, seconds: number): { p50Ms: number; p99Ms: number; errors: number; requests: number; rps: number } {
   const r = spawnSync("taskset", ["-c", "0", "hey", "-z", `${seconds}s`, "-q", "100", "-c", "10", `http://127.0.0.1:${port}/bench`], { encoding: "utf8" });
   const out = r.stdout;
   const pct = (p: number) => Number(new RegExp(`${p}%% in ([\\d.]+) secs`.replace("%%", "%")).exec(out)?.[1] ?? NaN) * 1000;
   const codes = [...out.matchAll(/\[(\d{3})\]\s+(\d+) responses/g)];
   const errors = codes.filter((c) => c[1] !== "200").reduce((a, c) => a + Number(c[2]), 0) + Number(/Error distribution:[\s\S]*?\[(\d+)\]/.exec(out)?.[1] ?? 0);
-  return { p50Ms: pct(50), p99Ms: pct(99), errors };
+  return { p50Ms: pct(50), p99Ms: pct(99), errors, requests: codes.reduce((a, c) => a + Number(c[2]), 0), rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN) };
 }
 
 const upstreamPorts = [await freePort(), await freePort()];
-const upstream = start(0, process.execPath, ["--import", "tsx", "bench/upstream.ts", ...upstreamPorts.map(String)], "upstream.log");
+const upstream = start(0, process.execPath, ["--import", "tsx", "bench/upstream.ts", ...upstreamPorts.map(String)], "upstream");
 await waitForPort(upstreamPorts[1]!, upstream, "upstream");
+
+const logName = (name: string) => name.replace(/[^a-z0-9]+/gi, "-");
+/** Lines in a file: the weft gateway's stdout is its access log, one JSON line per request. */
+function lineCount(file: string): number {
+  try {
+    const text = readFileSync(file);
+    let n = 0;
+    for (const byte of text) if (byte === 10) n += 1;
+    return n;
+  } catch {
+    return 0;
+  }
+}
 
 interface Subject {
   name: string;
@@ -147,7 +161,7 @@ const subjects: Subject[] = [{ name: "direct", port: upstreamPorts[0]! }];
 async function addProxy(name: string, cmd: string, args: (port: number) => string[]) {
   if (values.only && !values.only.split(",").includes(name)) return;
   const port = await freePort();
-  const child = start(1, cmd, args(port), `${name}.log`);
+  const child = start(1, cmd, args(port), logName(name));
   await waitForPort(port, child, name);
   subjects.push({ name, port, pid: child.pid });
 }
@@ -218,11 +232,22 @@ console.log(`weft bench: ${DURATION}s wrk runs (1 thread, 50 connections), ${RAT
 console.log(`load generator + upstream on core 0, proxy on core 1; numbers are from this run only\n`);
 
 // Warm every proxy (JIT, pools) before measuring.
-for (const s of subjects) wrk(s.port, 2);
+// served counts every request a subject answered, to check its access log kept a line for each.
+const served = new Map<string, number>();
+const count = (name: string, n: number) => served.set(name, (served.get(name) ?? 0) + n);
+for (const s of subjects) count(s.name, wrk(s.port, 2).requests);
 const results = new Map<string, Throughput>();
-for (const s of subjects) results.set(s.name, wrk(s.port, DURATION, s.pid));
+for (const s of subjects) {
+  const r = wrk(s.port, DURATION, s.pid);
+  count(s.name, r.requests);
+  results.set(s.name, r);
+}
 const latency = new Map<string, ReturnType<typeof heyAtRate>>();
-for (const s of subjects) latency.set(s.name, heyAtRate(s.port, RATE_DURATION));
+for (const s of subjects) {
+  const l = heyAtRate(s.port, RATE_DURATION);
+  count(s.name, l.requests);
+  latency.set(s.name, l);
+}
 
 const nginx = results.get("nginx (1 worker)");
 const raw = results.get("raw node:http");
@@ -239,8 +264,12 @@ const direct = latency.get("direct")!;
 console.log(`\nadded latency of one hop at 1,000 req/s (hey, ${RATE_DURATION}s; direct p50 ${num(direct.p50Ms, 2)} ms, p99 ${num(direct.p99Ms, 2)} ms)`);
 for (const s of subjects.slice(1)) {
   const l = latency.get(s.name)!;
-  console.log(`${pad(s.name, 18)} added p50 ${pad(num(l.p50Ms - direct.p50Ms, 2), 6)} ms   added p99 ${pad(num(l.p99Ms - direct.p99Ms, 2), 6)} ms   errors ${l.errors}`);
+  console.log(`${pad(s.name, 18)} added p50 ${pad(num(l.p50Ms - direct.p50Ms, 2), 6)} ms   added p99 ${pad(num(l.p99Ms - direct.p99Ms, 2), 6)} ms   achieved ${num(l.rps)} req/s   errors ${l.errors}`);
 }
+for (const name of ["weft (Node)", "weft (Bun)"]) {
+  if (subjects.some((s) => s.name === name)) console.log(`${name} access log: ${lineCount(join(dir, `${logName(name)}.out`))} JSON lines for ${served.get(name)} requests (stdout to a file)`);
+}
+if (subjects.some((s) => s.name === "nginx (1 worker)")) console.log(`nginx access log: ${lineCount(join(dir, "nginx-access.log"))} lines for ${served.get("nginx (1 worker)")} requests (to a file)`);
 
 const node = results.get("weft (Node)");
 const bun = results.get("weft (Bun)");
