@@ -135,6 +135,52 @@ export const LoadBalancerSchema = v.union(
   "must be 'round_robin', 'random', 'least_request' or { consistentHash }",
 );
 
+const Percentage = v.pipe(v.number(), v.minValue(0, "must be 0 to 100"), v.maxValue(100, "must be 0 to 100"));
+const Count = v.pipe(v.number(), v.integer("must be an integer"), v.minValue(0), v.maxValue(1_000_000));
+
+/**
+ * Outlier detection (Istio's outlierDetection, Envoy's outlier_detection): an endpoint that keeps
+ * failing gets no requests for a while. Off unless the block is given.
+ */
+export const OutlierDetectionSchema = v.strictObject({
+  /** Consecutive 5xx answers (local connect failures, resets and timeouts count too) that eject an endpoint (default 5; 0 turns it off). */
+  consecutive5xxErrors: v.optional(Count, 5),
+  /** Consecutive 502/503/504 answers or local failures that eject an endpoint (default 0: off). */
+  consecutiveGatewayErrors: v.optional(Count, 0),
+  /** Each interval an endpoint stays in, its ejection multiplier drops by one (default 10000 ms). */
+  intervalMs: v.optional(PositiveDurationMs, 10000),
+  /** An ejection lasts this long times the number of times the endpoint was ejected (default 30000 ms). */
+  baseEjectionTimeMs: v.optional(PositiveDurationMs, 30000),
+  /** Longest ejection, whatever the multiplier (default 300000 ms, or baseEjectionTimeMs if larger). */
+  maxEjectionTimeMs: v.optional(PositiveDurationMs, 300000),
+  /** Most endpoints ejected at once, as a percentage of the service's endpoints; at least one may always go (default 10; 0 never ejects). */
+  maxEjectionPercent: v.optional(Percentage, 10),
+  /** Panic threshold: below this share of endpoints not ejected, requests are balanced over all of them (default 50; 0 never panics). */
+  minHealthPercent: v.optional(Percentage, 50),
+});
+
+/**
+ * Circuit breaking (Istio's connectionPool, Envoy's circuit breakers): limits per service and
+ * caller proxy. Every limit is off unless given.
+ */
+export const ConnectionPoolSchema = v.strictObject({
+  /** Requests in flight to the service at once; more fail fast with `overflow` (default: no limit). */
+  maxRequests: v.optional(v.pipe(Count, v.minValue(1))),
+  /** Requests that may wait for a slot when maxRequests are in flight, up to their timeout (default 0: none wait). */
+  maxPendingRequests: v.optional(Count, 0),
+  /** Retries in flight to the service at once; a retry beyond it is not made (default: no limit). */
+  maxRetries: v.optional(Count),
+  /** Retries in flight as a share of the requests in flight; replaces maxRetries when given. */
+  retryBudget: v.optional(
+    v.strictObject({
+      /** Share of the requests in flight that may be retries (default 20). */
+      budgetPercent: v.optional(Percentage, 20),
+      /** Retries always allowed in flight, however few requests there are (default 3). */
+      minRetryConcurrency: v.optional(Count, 3),
+    }),
+  ),
+});
+
 /** Destination policy: how callers reach a service (Istio's DestinationRule). */
 export const DestinationPolicySchema = v.strictObject({
   /** Load balancing (default "round_robin"). */
@@ -149,6 +195,10 @@ export const DestinationPolicySchema = v.strictObject({
   idleTimeoutMs: v.optional(PositiveDurationMs, 30000),
   /** Upstream connections kept per endpoint (default 128). */
   maxConnectionsPerEndpoint: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100_000)), 128),
+  /** Eject endpoints that keep failing (default: off). */
+  outlierDetection: v.optional(OutlierDetectionSchema),
+  /** Limits on requests and retries in flight (default: off). */
+  connectionPool: v.optional(ConnectionPoolSchema),
 });
 
 const Destination = v.strictObject({
@@ -168,6 +218,41 @@ const HeaderOps = v.strictObject({
   remove: v.optional(v.array(HeaderName)),
 });
 
+/** Fault injection on a route (Istio's VirtualService fault): delays and aborts for a share of requests. */
+export const FaultSchema = v.pipe(
+  v.strictObject({
+    /** Hold matching requests this long before forwarding them. */
+    delay: v.optional(
+      v.strictObject({
+        fixedDelayMs: PositiveDurationMs,
+        /** Share delayed (default 100). */
+        percentage: v.optional(Percentage, 100),
+      }),
+    ),
+    /** Answer matching requests with this status without reaching the upstream (`x-weft-reason: fault_abort`). */
+    abort: v.optional(
+      v.strictObject({
+        httpStatus: v.pipe(v.number(), v.integer(), v.minValue(200), v.maxValue(599)),
+        /** Share aborted (default 100). */
+        percentage: v.optional(Percentage, 100),
+      }),
+    ),
+    /** Only requests with these headers get faults (default: every request of the route). */
+    headers: v.optional(v.record(HeaderName, HeaderMatch)),
+  }),
+  v.check((f) => f.delay !== undefined || f.abort !== undefined, "needs delay or abort"),
+);
+
+/** Traffic mirroring (Istio's VirtualService mirror): a copy of a share of requests goes to a shadow service. */
+export const MirrorSchema = v.strictObject({
+  /** Shadow service (must be declared). */
+  service: Name,
+  /** Version subset of the shadow service; default: every endpoint. */
+  subset: v.optional(Name),
+  /** Share of requests copied (default 100). */
+  percentage: v.optional(Percentage, 100),
+});
+
 const Forward = v.strictObject({
   to: v.pipe(v.array(Destination), v.minLength(1, "needs at least one destination")),
   /** Time to response headers, including retries; default: the destination's timeoutMs. */
@@ -183,6 +268,10 @@ const Forward = v.strictObject({
   ),
   /** Largest request body accepted (413 beyond); default: unlimited. */
   maxBodyBytes: v.optional(ByteCount),
+  /** Inject delays and aborts (default: none). */
+  fault: v.optional(FaultSchema),
+  /** Copy requests to a shadow service, fire and forget (default: none). */
+  mirror: v.optional(MirrorSchema),
 });
 
 const Redirect = v.strictObject({
@@ -333,3 +422,7 @@ export type RetryPolicyConfig = v.InferOutput<typeof RetryPolicySchema>;
 export type DestinationPolicyConfig = v.InferOutput<typeof DestinationPolicySchema>;
 export type TracingConfig = v.InferOutput<typeof TracingSchema>;
 export type LoadBalancerConfig = v.InferOutput<typeof LoadBalancerSchema>;
+export type OutlierDetectionConfig = v.InferOutput<typeof OutlierDetectionSchema>;
+export type ConnectionPoolConfig = v.InferOutput<typeof ConnectionPoolSchema>;
+export type FaultConfig = v.InferOutput<typeof FaultSchema>;
+export type MirrorConfig = v.InferOutput<typeof MirrorSchema>;

@@ -1,5 +1,7 @@
 import type { Endpoint, RetryPolicyConfig, ServiceSnapshot } from "../config/index.ts";
 import { createBalancer, selectSubset, type Balancer } from "./balancer.ts";
+import { createCircuitBreaker, type CircuitBreaker } from "./circuit.ts";
+import { createOutlierDetector, type OutlierDetector } from "./outlier.ts";
 
 /** A service as a caller reaches it: its endpoints by subset and a balancer over them. */
 export interface Cluster {
@@ -27,5 +29,55 @@ export function createCluster(service: ServiceSnapshot): Cluster {
     balancer: createBalancer(service.traffic.loadBalancer),
     retries: service.traffic.retries,
     endpoints: (subset) => (subset === undefined ? all : (bySubset.get(subset) ?? [])),
+  };
+}
+
+/** The live state a caller proxy keeps per service: ejected endpoints and requests in flight. */
+export interface ClusterHealth {
+  /** Present when the service's traffic policy sets outlierDetection. */
+  readonly outlier: OutlierDetector | undefined;
+  /** Present when the service's traffic policy sets connectionPool. */
+  readonly circuit: CircuitBreaker | undefined;
+}
+
+/** Finds the health state of a cluster; see createClusterHealth. */
+export interface ClusterHealthTable {
+  of(cluster: Cluster): ClusterHealth;
+}
+
+const NO_HEALTH: ClusterHealth = { outlier: undefined, circuit: undefined };
+
+/**
+ * createClusterHealth keeps each service's outlier detector and circuit breaker across config
+ * swaps (clusters are rebuilt with every snapshot, an ejection or a request in flight must not be
+ * forgotten then); a service gets fresh state only when its outlierDetection or connectionPool changes.
+ * @example
+ * const health = createClusterHealth(Date.now);
+ * const { outlier, circuit } = health.of(view.cluster("web")!);
+ */
+export function createClusterHealth(now: () => number): ClusterHealthTable {
+  const byService = new Map<string, { outlierKey: string; circuitKey: string; health: ClusterHealth }>();
+  const byCluster = new WeakMap<Cluster, ClusterHealth>();
+  return {
+    of(cluster) {
+      let health = byCluster.get(cluster);
+      if (health) return health;
+      const { outlierDetection, connectionPool } = cluster.service.traffic;
+      const outlierKey = JSON.stringify(outlierDetection ?? null);
+      const circuitKey = JSON.stringify(connectionPool ?? null);
+      const held = byService.get(cluster.service.name);
+      health = {
+        outlier:
+          held && held.outlierKey === outlierKey ? held.health.outlier : outlierDetection ? createOutlierDetector(outlierDetection, now) : undefined,
+        circuit:
+          held && held.circuitKey === circuitKey ? held.health.circuit : connectionPool ? createCircuitBreaker(connectionPool) : undefined,
+      };
+      if (!health.outlier && !health.circuit) {
+        byService.delete(cluster.service.name);
+        health = NO_HEALTH;
+      } else byService.set(cluster.service.name, { outlierKey, circuitKey, health });
+      byCluster.set(cluster, health);
+      return health;
+    },
   };
 }

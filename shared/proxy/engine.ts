@@ -1,6 +1,8 @@
 import { TLS_MODE_LABEL, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
-import type { Cluster } from "./cluster.ts";
+import type { CircuitBreaker } from "./circuit.ts";
+import { createClusterHealth, type Cluster } from "./cluster.ts";
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
+import type { OutlierDetector } from "./outlier.ts";
 import { REASONS, type Reason } from "./reasons.ts";
 import { backoffMs, isIdempotent, shouldRetryFailure, shouldRetryStatus } from "./retry.ts";
 import { chooseWeighted, type RouteMatch } from "./router.ts";
@@ -95,6 +97,23 @@ export interface Engine {
   handle(head: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange>;
 }
 
+/** What the tries of one forwarded request share. */
+interface ForwardPlan {
+  readonly head: RequestHead;
+  readonly body: RequestBody;
+  readonly record: RequestRecord;
+  readonly route: RouteConfig;
+  readonly verdict: PolicyVerdict | undefined;
+  readonly cluster: Cluster;
+  readonly subset: string | undefined;
+  readonly headers: OutgoingHeaders;
+  readonly path: string;
+  readonly retry: RetryPolicyConfig;
+  readonly deadline: number;
+  readonly outlier: OutlierDetector | undefined;
+  readonly circuit: CircuitBreaker | undefined;
+}
+
 const VALID_AUTHORITY = /^[^\s,/\\@]+$/;
 
 const DEFAULT_RETRIES: RetryPolicyConfig = {
@@ -121,6 +140,8 @@ export function createEngine(options: EngineOptions): Engine {
   const onRequestStart = options.onRequestStart;
   const newRequestId = options.newRequestId ?? (() => crypto.randomUUID());
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  // Outlier and circuit state per service, kept across config swaps.
+  const health = createClusterHealth(now);
 
   function local(
     record: RequestRecord,
@@ -259,70 +280,137 @@ export function createEngine(options: EngineOptions): Engine {
     const retry = fwd.retries ?? cluster.retries ?? DEFAULT_RETRIES;
     const timeoutMs = fwd.timeoutMs ?? traffic.timeoutMs;
     const deadline = record.startTimeMs + timeoutMs;
+    const { outlier, circuit } = health.of(cluster);
+    const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit };
+    return circuit ? throughCircuit(circuit, plan) : tryUpstream(plan);
+  }
+
+  /** Takes a request slot of the circuit (or waits for one), runs the request and gives the slot back when its answer is sent. */
+  async function throughCircuit(circuit: CircuitBreaker, plan: ForwardPlan): Promise<Exchange> {
+    const entry = circuit.enter();
+    if (entry === "overflow") return local(plan.record, "overflow");
+    if (entry !== "entered") {
+      const wait = plan.deadline - now();
+      const granted = wait > 0 && (await Promise.race([entry.granted.then(() => true), sleep(wait).then(() => false)]));
+      if (!granted) {
+        entry.cancel();
+        return local(plan.record, "timeout");
+      }
+    }
+    let exchange: Exchange;
+    try {
+      exchange = await tryUpstream(plan);
+    } catch (err) {
+      circuit.leave();
+      throw err;
+    }
+    if (exchange.kind === "local") {
+      circuit.leave();
+      return exchange;
+    }
+    // An upstream answer holds its slot until its body is sent, as Envoy counts an active request.
+    const finish = exchange.finish;
+    let left = false;
+    return {
+      ...exchange,
+      finish(bytesIn, bytesOut, error) {
+        if (!left) {
+          left = true;
+          circuit.leave();
+        }
+        finish(bytesIn, bytesOut, error);
+      },
+    };
+  }
+
+  /** Sends a request to the cluster's endpoints: picks (outliers left out), tries, reports each outcome, retries within policy and budget. */
+  async function tryUpstream(plan: ForwardPlan): Promise<Exchange> {
+    const { head, body, record, route, verdict, cluster, headers, path, retry, deadline, outlier, circuit } = plan;
+    const traffic = cluster.service.traffic;
+    const maxBody = route.forward!.maxBodyBytes;
     const mayReplayMethod = retry.retryNonIdempotent || isIdempotent(head.method);
-    const endpoints = cluster.endpoints(destination.subset);
+    const all = cluster.endpoints(undefined);
+    const endpoints = cluster.endpoints(plan.subset);
     const ctx = { head, random };
+    // A retry slot of the circuit is held from the decision to retry until that try is over.
+    let retrying = false;
+    const takeRetry = () => {
+      if (!circuit) return true;
+      retrying = circuit.tryRetry();
+      return retrying;
+    };
 
     let last: UpstreamResult | undefined;
     let lastEndpoint: Endpoint | undefined;
-    for (let attempt = 0; ; attempt++) {
-      let endpoint = cluster.balancer.pick(endpoints, ctx);
-      // On a retry, prefer another endpoint than the one that just failed (Envoy's previous_hosts).
-      if (attempt > 0 && endpoint === lastEndpoint && endpoints.length > 1) endpoint = cluster.balancer.pick(endpoints, ctx);
-      if (!endpoint) return local(record, "no_healthy_upstream");
-      lastEndpoint = endpoint;
-      let mesh: { identity: MeshIdentity; expectedId: string } | undefined;
-      if (endpoint.labels[TLS_MODE_LABEL] === "mesh") {
-        if (meshIdentity?.current() === undefined) return local(record, "mtls_unavailable");
-        mesh = { identity: meshIdentity, expectedId: cluster.service.spiffeId };
-      }
-      record.upstream = endpoint.address;
-      record.attempts = attempt + 1;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const pool = outlier ? outlier.available(endpoints) : endpoints;
+        let endpoint = cluster.balancer.pick(pool, ctx);
+        // On a retry, prefer another endpoint than the one that just failed (Envoy's previous_hosts).
+        if (attempt > 0 && endpoint === lastEndpoint && pool.length > 1) endpoint = cluster.balancer.pick(pool, ctx);
+        if (!endpoint) return local(record, "no_healthy_upstream");
+        lastEndpoint = endpoint;
+        let mesh: { identity: MeshIdentity; expectedId: string } | undefined;
+        if (endpoint.labels[TLS_MODE_LABEL] === "mesh") {
+          if (meshIdentity?.current() === undefined) return local(record, "mtls_unavailable");
+          mesh = { identity: meshIdentity, expectedId: cluster.service.spiffeId };
+        }
+        record.upstream = endpoint.address;
+        record.attempts = attempt + 1;
 
-      const remaining = deadline - now();
-      if (remaining <= 0) return local(record, "timeout");
-      const tryTimeout = retry.perTryTimeoutMs !== undefined ? Math.min(retry.perTryTimeoutMs, remaining) : remaining;
-      const sentAt = now();
-      cluster.balancer.start?.(endpoint);
-      try {
-        last = await client.forward({
-          endpoint,
-          method: head.method,
-          path,
-          headers,
-          body,
-          connectTimeoutMs: traffic.connectTimeoutMs,
-          timeoutMs: tryTimeout,
-          idleTimeoutMs: traffic.idleTimeoutMs,
-          maxBodyBytes: maxBody,
-          maxReplayBytes: retry.maxReplayBytes,
-          maxConnections: traffic.maxConnectionsPerEndpoint,
-          mesh,
-        });
-      } finally {
-        cluster.balancer.end?.(endpoint);
-      }
-      record.upstreamDurationMs = now() - sentAt;
+        const remaining = deadline - now();
+        if (remaining <= 0) return local(record, "timeout");
+        const tryTimeout = retry.perTryTimeoutMs !== undefined ? Math.min(retry.perTryTimeoutMs, remaining) : remaining;
+        const sentAt = now();
+        cluster.balancer.start?.(endpoint);
+        try {
+          last = await client.forward({
+            endpoint,
+            method: head.method,
+            path,
+            headers,
+            body,
+            connectTimeoutMs: traffic.connectTimeoutMs,
+            timeoutMs: tryTimeout,
+            idleTimeoutMs: traffic.idleTimeoutMs,
+            maxBodyBytes: maxBody,
+            maxReplayBytes: retry.maxReplayBytes,
+            maxConnections: traffic.maxConnectionsPerEndpoint,
+            mesh,
+          });
+        } finally {
+          cluster.balancer.end?.(endpoint);
+          if (retrying) {
+            retrying = false;
+            circuit!.retryDone();
+          }
+        }
+        record.upstreamDurationMs = now() - sentAt;
+        outlier?.report(endpoint, last.ok ? { status: last.response.status } : { failure: last.reason }, all);
 
-      const canRetry = attempt < retry.attempts && body.replayable && now() < deadline;
-      if (last.ok) {
-        const status = last.response.status;
-        if (canRetry && mayReplayMethod && shouldRetryStatus(retry, status)) {
-          last.response.discard();
+        const canRetry = attempt < retry.attempts && body.replayable && now() < deadline;
+        if (last.ok) {
+          const status = last.response.status;
+          // Beyond the retry budget the request ends with the answer it has (Envoy's retry overflow).
+          if (canRetry && mayReplayMethod && shouldRetryStatus(retry, status) && takeRetry()) {
+            last.response.discard();
+            await sleep(backoffMs(retry, attempt, random));
+            continue;
+          }
+          return upstreamExchange(last.response, route, record, verdict);
+        }
+        if (last.reason === "body_too_large") return local(record, "body_too_large");
+        // A connect failure never reached the upstream, so even a POST is safe to send again.
+        const safe = last.reason === "upstream_connect_failure" || mayReplayMethod;
+        if (canRetry && safe && shouldRetryFailure(retry, last.reason) && takeRetry()) {
           await sleep(backoffMs(retry, attempt, random));
           continue;
         }
-        return upstreamExchange(last.response, route, record, verdict);
+        if (last.reason === "timeout" && now() >= deadline) return local(record, "timeout");
+        return local(record, attempt > 0 ? "retries_exhausted" : last.reason);
       }
-      if (last.reason === "body_too_large") return local(record, "body_too_large");
-      // A connect failure never reached the upstream, so even a POST is safe to send again.
-      const safe = last.reason === "upstream_connect_failure" || mayReplayMethod;
-      if (canRetry && safe && shouldRetryFailure(retry, last.reason)) {
-        await sleep(backoffMs(retry, attempt, random));
-        continue;
-      }
-      if (last.reason === "timeout" && now() >= deadline) return local(record, "timeout");
-      return local(record, attempt > 0 ? "retries_exhausted" : last.reason);
+    } finally {
+      if (retrying) circuit!.retryDone();
     }
   }
 

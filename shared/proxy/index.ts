@@ -8,3 +8,5 @@ export * from "./view.ts";
 export * from "./router.ts";
 export * from "./balancer.ts";
 export * from "./route-actions.ts";
+export * from "./outlier.ts";
+export * from "./circuit.ts";

@@ -22,6 +22,8 @@ export const REASONS = {
   mtls_unavailable: 503,
   overflow: 503,
   timeout: 504,
+  // Injected by a route's fault.abort, whose httpStatus replaces this default.
+  fault_abort: 503,
 } as const;
 
 export type Reason = keyof typeof REASONS;
