@@ -1,6 +1,7 @@
-import { TLS_MODE_LABEL, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
+import { TLS_MODE_LABEL, type FaultConfig, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
 import type { CircuitBreaker } from "./circuit.ts";
 import { createClusterHealth, type Cluster } from "./cluster.ts";
+import { createFault, type Fault } from "./fault.ts";
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
 import type { OutlierDetector } from "./outlier.ts";
 import { REASONS, type Reason } from "./reasons.ts";
@@ -142,12 +143,14 @@ export function createEngine(options: EngineOptions): Engine {
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   // Outlier and circuit state per service, kept across config swaps.
   const health = createClusterHealth(now);
+  // Route configs are frozen per snapshot: each fault block is compiled once.
+  const faults = new WeakMap<FaultConfig, Fault>();
 
   function local(
     record: RequestRecord,
     reason: Reason,
     extra?: readonly (readonly [string, string])[],
-    status = REASONS[reason],
+    status: number = REASONS[reason],
   ): Exchange {
     const headers: OutgoingHeaders = { "content-type": "text/plain; charset=utf-8", "x-weft-reason": reason, "x-request-id": record.requestId };
     if (extra) for (const [name, value] of extra) headers[name] = value;
@@ -241,6 +244,20 @@ export function createEngine(options: EngineOptions): Engine {
     startHeaders: RequestStart["upstreamHeaders"],
   ): Promise<Exchange> {
     const fwd = route.forward!;
+    let startedAt = record.startTimeMs;
+    if (fwd.fault) {
+      let fault = faults.get(fwd.fault);
+      if (!fault) faults.set(fwd.fault, (fault = createFault(fwd.fault)));
+      const decision = fault(head, random);
+      if (decision) {
+        if (decision.delayMs > 0) {
+          await sleep(decision.delayMs);
+          // As with Envoy's fault filter ahead of the router, the route timeout starts after the delay.
+          startedAt = now();
+        }
+        if (decision.abortStatus !== undefined) return local(record, "fault_abort", undefined, decision.abortStatus);
+      }
+    }
     const destination = chooseWeighted(fwd.to, random);
     const cluster = view.cluster(destination.service);
     if (!cluster) return local(record, "no_cluster");
@@ -279,7 +296,7 @@ export function createEngine(options: EngineOptions): Engine {
 
     const retry = fwd.retries ?? cluster.retries ?? DEFAULT_RETRIES;
     const timeoutMs = fwd.timeoutMs ?? traffic.timeoutMs;
-    const deadline = record.startTimeMs + timeoutMs;
+    const deadline = startedAt + timeoutMs;
     const { outlier, circuit } = health.of(cluster);
     const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit };
     return circuit ? throughCircuit(circuit, plan) : tryUpstream(plan);
