@@ -1,7 +1,8 @@
-import { TLS_MODE_LABEL, type FaultConfig, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
+import { TLS_MODE_LABEL, type FaultConfig, type MirrorConfig, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
 import type { CircuitBreaker } from "./circuit.ts";
 import { createClusterHealth, type Cluster } from "./cluster.ts";
-import { createFault, type Fault } from "./fault.ts";
+import { chance, createFault, type Fault } from "./fault.ts";
+import { sendMirror, type MirrorCopy, type MirrorOutcome } from "./mirror.ts";
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
 import type { OutlierDetector } from "./outlier.ts";
 import { REASONS, type Reason } from "./reasons.ts";
@@ -92,6 +93,8 @@ export interface EngineOptions {
    * the server must prove the destination service's SPIFFE ID. Without it they fail `mtls_unavailable`.
    */
   readonly meshIdentity?: MeshIdentity;
+  /** Told how each mirrored copy ended (shadow service name, outcome); copies are never awaited. */
+  readonly onMirrorDone?: (service: string, outcome: MirrorOutcome) => void;
 }
 
 export interface Engine {
@@ -139,6 +142,7 @@ export function createEngine(options: EngineOptions): Engine {
   const now = options.now ?? Date.now;
   const onRequestDone = options.onRequestDone;
   const onRequestStart = options.onRequestStart;
+  const onMirrorDone = options.onMirrorDone;
   const newRequestId = options.newRequestId ?? (() => crypto.randomUUID());
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   // Outlier and circuit state per service, kept across config swaps.
@@ -299,7 +303,34 @@ export function createEngine(options: EngineOptions): Engine {
     const deadline = startedAt + timeoutMs;
     const { outlier, circuit } = health.of(cluster);
     const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit };
-    return circuit ? throughCircuit(circuit, plan) : tryUpstream(plan);
+
+    const mirror = fwd.mirror && chance(fwd.mirror.percentage, random) ? mirrorCopy(fwd.mirror, view, plan) : undefined;
+    if (!mirror) return circuit ? throughCircuit(circuit, plan) : tryUpstream(plan);
+    // A request without a body is copied at once; one with a body only once the whole of it was read
+    // and held, when the primary is done with it (the adapter's body feeds one upstream at a time).
+    if (body.length === 0) mirrorNow(mirror, head);
+    const exchange = await (circuit ? throughCircuit(circuit, plan) : tryUpstream(plan));
+    if (body.length === 0 || body.length === undefined) return exchange;
+    const finish = exchange.finish;
+    const length = body.length;
+    return {
+      ...exchange,
+      finish(bytesIn, bytesOut, error) {
+        finish(bytesIn, bytesOut, error);
+        if (bytesIn === length && body.replayable) mirrorNow(mirror, head);
+      },
+    };
+  }
+
+  function mirrorCopy(config: MirrorConfig, view: RouteView, plan: ForwardPlan): MirrorCopy | undefined {
+    const cluster = view.cluster(config.service);
+    if (!cluster) return undefined;
+    const { head, headers, path, body } = plan;
+    return { cluster, health: health.of(cluster), subset: config.subset, method: head.method, path, headers: { ...headers }, body, meshIdentity };
+  }
+
+  function mirrorNow(copy: MirrorCopy, head: RequestHead): void {
+    void sendMirror(client, copy, { head, random }).then((outcome) => onMirrorDone?.(copy.cluster.service.name, outcome));
   }
 
   /** Takes a request slot of the circuit (or waits for one), runs the request and gives the slot back when its answer is sent. */

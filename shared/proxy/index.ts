@@ -10,3 +10,5 @@ export * from "./balancer.ts";
 export * from "./route-actions.ts";
 export * from "./outlier.ts";
 export * from "./circuit.ts";
+export * from "./fault.ts";
+export * from "./mirror.ts";

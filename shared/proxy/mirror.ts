@@ -1,0 +1,89 @@
+import { TLS_MODE_LABEL } from "../config/index.ts";
+import type { PickContext } from "./balancer.ts";
+import type { Cluster, ClusterHealth } from "./cluster.ts";
+import type { MeshIdentity, RequestBody, UpstreamClient, UpstreamFailure } from "./types.ts";
+
+/** One copy of a request for a shadow cluster. */
+export interface MirrorCopy {
+  readonly cluster: Cluster;
+  readonly health: ClusterHealth;
+  readonly subset: string | undefined;
+  readonly method: string;
+  readonly path: string;
+  /** The headers the primary request was sent with; the Host is rewritten here. */
+  readonly headers: Readonly<Record<string, string | string[]>>;
+  /** A body held whole in memory (or none). */
+  readonly body: RequestBody;
+  readonly meshIdentity: MeshIdentity | undefined;
+}
+
+/** How a copy ended; the engine drops it, tests and logs may read it. */
+export type MirrorOutcome =
+  | { readonly sent: true; readonly status: number; readonly endpoint: string }
+  | { readonly sent: false; readonly reason: "overflow" | "no_healthy_upstream" | "mtls_unavailable" | UpstreamFailure };
+
+/**
+ * shadowHost is the Host a mirrored request carries: the original host with `-shadow` appended
+ * (Envoy's request_mirror_policies), before the port if there is one.
+ * @example
+ * shadowHost("shop.example:8080") // "shop.example-shadow:8080"
+ */
+export function shadowHost(authority: string): string {
+  const port = /:\d+$/.exec(authority);
+  return port ? `${authority.slice(0, port.index)}-shadow${port[0]}` : `${authority}-shadow`;
+}
+
+/**
+ * sendMirror sends one copy of a request to a shadow cluster, once, and discards the answer. It
+ * goes through the shadow's outlier detection and circuit breaker like any request (a full
+ * circuit drops the copy) and never throws; callers do not await it on the request path.
+ * @example
+ * void sendMirror(client, copy, { head, random });
+ */
+export async function sendMirror(client: UpstreamClient, copy: MirrorCopy, ctx: PickContext): Promise<MirrorOutcome> {
+  const { cluster, health } = copy;
+  const endpoints = cluster.endpoints(copy.subset);
+  const endpoint = cluster.balancer.pick(health.outlier ? health.outlier.available(endpoints) : endpoints, ctx);
+  if (!endpoint) return { sent: false, reason: "no_healthy_upstream" };
+  let mesh: { identity: MeshIdentity; expectedId: string } | undefined;
+  if (endpoint.labels[TLS_MODE_LABEL] === "mesh") {
+    if (copy.meshIdentity?.current() === undefined) return { sent: false, reason: "mtls_unavailable" };
+    mesh = { identity: copy.meshIdentity, expectedId: cluster.service.spiffeId };
+  }
+  if (health.circuit) {
+    const entry = health.circuit.enter();
+    if (entry !== "entered") {
+      // A copy never waits for a slot: its place in the queue goes back at once.
+      if (entry !== "overflow") entry.cancel();
+      return { sent: false, reason: "overflow" };
+    }
+  }
+  const traffic = cluster.service.traffic;
+  const host = typeof copy.headers.host === "string" ? shadowHost(copy.headers.host) : undefined;
+  cluster.balancer.start?.(endpoint);
+  try {
+    const result = await client.forward({
+      endpoint,
+      method: copy.method,
+      path: copy.path,
+      headers: host === undefined ? { ...copy.headers } : { ...copy.headers, host },
+      body: copy.body,
+      connectTimeoutMs: traffic.connectTimeoutMs,
+      timeoutMs: traffic.timeoutMs,
+      idleTimeoutMs: traffic.idleTimeoutMs,
+      maxBodyBytes: undefined,
+      maxReplayBytes: copy.body.length ?? 0,
+      maxConnections: traffic.maxConnectionsPerEndpoint,
+      mesh,
+    });
+    health.outlier?.report(endpoint, result.ok ? { status: result.response.status } : { failure: result.reason }, cluster.endpoints(undefined));
+    if (!result.ok) return { sent: false, reason: result.reason };
+    result.response.discard();
+    return { sent: true, status: result.response.status, endpoint: endpoint.address };
+  } catch {
+    return { sent: false, reason: "upstream_reset" };
+  } finally {
+    cluster.balancer.end?.(endpoint);
+    health.circuit?.leave();
+  }
+}
