@@ -1,0 +1,276 @@
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { startGateway } from "../harness/gateway.ts";
+import { request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+
+// Resilience through a real `weft gateway` process against real upstreams: outlier ejection, the
+// retry budget in a retry storm, fault injection and mirroring, each measured over many requests.
+
+/**
+ * Runs `total` calls of `one` with at most `concurrency` in flight; stops early at `deadlineMs`.
+ * Returns how many completed, so a test can insist on all of them.
+ */
+async function loadLoop(total: number, concurrency: number, deadlineMs: number, one: () => Promise<void>): Promise<number> {
+  const stopAt = Date.now() + deadlineMs;
+  let started = 0;
+  let done = 0;
+  const worker = async () => {
+    while (started < total && Date.now() < stopAt) {
+      started++;
+      await one();
+      done++;
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return done;
+}
+
+/** Waits until `count()` stops changing (copies are fire and forget), at most `maxMs`. */
+async function settled(count: () => number, maxMs = 5000): Promise<number> {
+  const stopAt = Date.now() + maxMs;
+  let last = -1;
+  while (Date.now() < stopAt) {
+    const now = count();
+    if (now === last) return now;
+    last = now;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return count();
+}
+
+const gatewayWith = (services: Record<string, unknown>, routes: unknown[]) => ({
+  accessLog: "off",
+  services,
+  gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1" }], routes } },
+});
+
+describe("gateway: outlier detection", () => {
+  test("with one of three upstreams answering 500, at least 99.9% of the 10,000 requests after its ejection succeed", async (t) => {
+    const good1 = await startUpstream((_req, res) => res.end("ok"));
+    const good2 = await startUpstream((_req, res) => res.end("ok"));
+    const bad = await startUpstream((_req, res) => {
+      res.statusCode = 500;
+      res.end("broken");
+    });
+    // Ejected for two minutes, longer than the run, so the count below is the ejection's effect alone.
+    const gw = await startGateway(
+      gatewayWith(
+        {
+          web: {
+            endpoints: [{ address: good1.address }, { address: bad.address }, { address: good2.address }],
+            traffic: { outlierDetection: { consecutive5xxErrors: 5, baseEjectionTimeMs: 120_000 } },
+          },
+        },
+        [{ name: "web", forward: { to: [{ service: "web" }] } }],
+      ),
+    );
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
+    try {
+      const port = gw.ports[0]!;
+      // Round robin sends every third request to the bad endpoint: 5 failures eject it.
+      const warmup: number[] = [];
+      for (let i = 0; i < 30; i++) warmup.push((await request(port, { path: "/", agent })).status);
+      assert.equal(bad.requests.length, 5, "ejected after its fifth consecutive 500");
+      assert.equal(warmup.filter((s) => s === 500).length, 5);
+
+      const before = bad.requests.length;
+      let ok = 0;
+      const total = 10_000;
+      const done = await loadLoop(total, 32, 120_000, async () => {
+        if ((await request(port, { path: "/", agent })).status === 200) ok++;
+      });
+      assert.equal(done, total, "the load loop ran out of time");
+      const rate = ok / total;
+      t.diagnostic(`success after ejection: ${ok}/${total}`);
+      assert.ok(rate >= 0.999, `success rate ${(rate * 100).toFixed(2)}%`);
+      assert.equal(bad.requests.length - before, 0, "the ejected endpoint got no requests");
+      assert.equal(good1.requests.length + good2.requests.length, 25 + total);
+    } finally {
+      agent.destroy();
+      await gw.stop();
+      await Promise.all([good1.close(), good2.close(), bad.close()]);
+    }
+  });
+});
+
+describe("gateway: circuit breaking", () => {
+  test("a retry storm against a failing dependency is capped by the retry budget", async (t) => {
+    const failing = await startUpstream((_req, res) => {
+      res.statusCode = 503;
+      res.end("down");
+    });
+    const control = await startUpstream((_req, res) => {
+      res.statusCode = 503;
+      res.end("down");
+    });
+    const retries = { attempts: 3, retryOn: ["retriable-status-codes"], retriableStatusCodes: [503], backoff: { baseMs: 1, maxMs: 4 } };
+    const gw = await startGateway(
+      gatewayWith(
+        {
+          budgeted: {
+            endpoints: [{ address: failing.address }],
+            traffic: { retries, connectionPool: { retryBudget: { budgetPercent: 20, minRetryConcurrency: 3 } } },
+          },
+          unbudgeted: { endpoints: [{ address: control.address }], traffic: { retries } },
+        },
+        [
+          { name: "budgeted", match: { path: { prefix: "/budgeted" } }, forward: { to: [{ service: "budgeted" }] } },
+          { name: "unbudgeted", match: { path: { prefix: "/unbudgeted" } }, forward: { to: [{ service: "unbudgeted" }] } },
+        ],
+      ),
+    );
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 40 });
+    try {
+      const port = gw.ports[0]!;
+      const total = 2000;
+      const statuses = new Map<number, number>();
+      const storm = (path: string) =>
+        loadLoop(total, 40, 90_000, async () => {
+          const r = await request(port, { path, agent });
+          statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+        });
+      assert.equal(await storm("/unbudgeted"), total);
+      assert.equal(control.requests.length, total * 4, "without a budget every request makes its 3 retries");
+      assert.equal(await storm("/budgeted"), total);
+      assert.deepEqual([...statuses.keys()], [503], "every request ends with the upstream's 503");
+      const attempts = failing.requests.length;
+      t.diagnostic(`upstream tries for ${total} requests: ${attempts} with the budget, ${control.requests.length} without`);
+      // 40 requests in flight allow 8 retries in flight (20%): about one retry per four requests.
+      assert.ok(attempts > total, `some retries are made within the budget (${attempts} tries)`);
+      assert.ok(attempts <= total * 1.5, `${attempts} tries for ${total} requests, not ${total * 4}`);
+    } finally {
+      agent.destroy();
+      await gw.stop();
+      await Promise.all([failing.close(), control.close()]);
+    }
+  });
+
+  test("beyond maxRequests in flight, requests fail fast with overflow and never reach the upstream", async () => {
+    const release: (() => void)[] = [];
+    // Holds its first four answers until the test lets them go; answers later requests at once.
+    const slow = await startUpstream((_req, res, i) => {
+      if (i < 4) release.push(() => res.end("late"));
+      else res.end("fresh");
+    });
+    const gw = await startGateway(
+      gatewayWith({ slow: { endpoints: [{ address: slow.address }], traffic: { connectionPool: { maxRequests: 4 } } } }, [
+        { name: "slow", forward: { to: [{ service: "slow" }] } },
+      ]),
+    );
+    try {
+      const port = gw.ports[0]!;
+      const held = Array.from({ length: 4 }, () => request(port, { path: "/" }));
+      const stopAt = Date.now() + 10_000;
+      while (slow.requests.length < 4 && Date.now() < stopAt) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(slow.requests.length, 4);
+      const refused = await Promise.all(Array.from({ length: 10 }, () => request(port, { path: "/" })));
+      for (const r of refused) {
+        assert.equal(r.status, 503);
+        assert.equal(r.headers["x-weft-reason"], "overflow");
+      }
+      assert.equal(slow.requests.length, 4);
+      for (const answer of release.splice(0)) answer();
+      for (const r of await Promise.all(held)) assert.equal(r.status, 200);
+      const after = await request(port, { path: "/" });
+      assert.equal(after.status, 200, "answered requests gave their slots back");
+      assert.equal(after.body, "fresh");
+    } finally {
+      for (const answer of release.splice(0)) answer();
+      await gw.stop();
+      await slow.close();
+    }
+  });
+});
+
+describe("gateway: fault injection", () => {
+  test("a 10% abort answers 10% ± 1.5 points of 10,000 requests with fault_abort, which never reach the upstream", async (t) => {
+    const up = await startUpstream((_req, res) => res.end("ok"));
+    const gw = await startGateway(
+      gatewayWith({ shop: { endpoints: [{ address: up.address }] } }, [
+        { name: "chaos", forward: { to: [{ service: "shop" }], fault: { abort: { httpStatus: 503, percentage: 10 } } } },
+      ]),
+    );
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
+    try {
+      const port = gw.ports[0]!;
+      let aborted = 0;
+      let other = 0;
+      const total = 10_000;
+      const done = await loadLoop(total, 32, 90_000, async () => {
+        const r = await request(port, { path: "/", agent });
+        if (r.status === 503 && r.headers["x-weft-reason"] === "fault_abort") aborted++;
+        else if (r.status !== 200) other++;
+      });
+      assert.equal(done, total, "the load loop ran out of time");
+      assert.equal(other, 0);
+      const share = (aborted / total) * 100;
+      t.diagnostic(`aborted ${aborted}/${total}`);
+      assert.ok(Math.abs(share - 10) <= 1.5, `aborted ${share}%`);
+      assert.equal(up.requests.length, total - aborted);
+    } finally {
+      agent.destroy();
+      await gw.stop();
+      await up.close();
+    }
+  });
+});
+
+describe("gateway: mirroring", () => {
+  test("a 20% mirror delivers 20% of requests to the shadow with Host <host>-shadow, and bodies held whole", async (t) => {
+    const primary = await startUpstream((req, res) => {
+      req.resume();
+      req.on("end", () => res.end("primary"));
+    });
+    const shadowBodies: string[] = [];
+    const shadow: TestUpstream = await startUpstream((req, res) => {
+      let text = "";
+      req.on("data", (c: Buffer) => (text += c.toString()));
+      req.on("end", () => {
+        shadowBodies.push(text);
+        res.statusCode = 500;
+        res.end("shadow answers are discarded");
+      });
+    });
+    const gw = await startGateway(
+      gatewayWith(
+        { shop: { endpoints: [{ address: primary.address }] }, "shop-next": { endpoints: [{ address: shadow.address }] } },
+        [
+          { name: "orders", match: { path: { prefix: "/orders" } }, forward: { to: [{ service: "shop" }], mirror: { service: "shop-next" } } },
+          { name: "browse", forward: { to: [{ service: "shop" }], mirror: { service: "shop-next", percentage: 20 } } },
+        ],
+      ),
+    );
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+    try {
+      const port = gw.ports[0]!;
+      const total = 2000;
+      let ok = 0;
+      const done = await loadLoop(total, 16, 60_000, async () => {
+        const r = await request(port, { path: "/browse", agent, headers: { host: "shop.example:8080" } });
+        if (r.status === 200 && r.body === "primary") ok++;
+      });
+      assert.equal(done, total);
+      assert.equal(ok, total, "the shadow's 500s never reach the client");
+      const copies = await settled(() => shadow.requests.length);
+      const share = (copies / total) * 100;
+      t.diagnostic(`mirrored ${copies}/${total}`);
+      assert.ok(Math.abs(share - 20) <= 3, `mirrored ${share}%`);
+      assert.ok(shadow.requests.every((r) => r.headers.host === "shop.example-shadow:8080"));
+
+      const posts = 50;
+      for (let i = 0; i < posts; i++) {
+        const r = await request(port, { method: "POST", path: "/orders", agent, body: `order-${i}`, headers: { host: "shop.example" } });
+        assert.equal(r.status, 200);
+      }
+      await settled(() => shadow.requests.length);
+      const orders = shadow.requests.filter((r) => r.url === "/orders");
+      assert.equal(orders.length, posts, "a 100% mirror copies every request whose body was held");
+      assert.deepEqual(shadowBodies.filter((b) => b.startsWith("order-")).sort(), Array.from({ length: posts }, (_, i) => `order-${i}`).sort());
+    } finally {
+      agent.destroy();
+      await gw.stop();
+      await Promise.all([primary.close(), shadow.close()]);
+    }
+  });
+});
