@@ -330,7 +330,10 @@ export function createEngine(options: EngineOptions): Engine {
   }
 
   function mirrorNow(copy: MirrorCopy, head: RequestHead): void {
-    void sendMirror(client, copy, { head, random }).then((outcome) => onMirrorDone?.(copy.cluster.service.name, outcome));
+    // Nothing a copy does may reach the request path, not even a throwing observer.
+    sendMirror(client, copy, { head, random })
+      .then((outcome) => onMirrorDone?.(copy.cluster.service.name, outcome))
+      .catch(() => {});
   }
 
   /** Takes a request slot of the circuit (or waits for one), runs the request and gives the slot back when its answer is sent. */
