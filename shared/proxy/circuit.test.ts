@@ -264,3 +264,13 @@ describe("the engine with a connectionPool", () => {
     assert.equal(tries, 80);
   });
 });
+
+test("connectionPool is off unless given, and refuses maxRequests 0 and percentages above 100", () => {
+  const r = validateMesh({ services: { api: {} } });
+  assert.ok(r.ok);
+  assert.equal(r.value.services.api!.traffic.connectionPool, undefined);
+  assert.equal(r.value.services.api!.traffic.outlierDetection, undefined);
+  assert.equal(v.safeParse(ConnectionPoolSchema, { maxRequests: 0 }).success, false);
+  assert.equal(v.safeParse(ConnectionPoolSchema, { retryBudget: { budgetPercent: 120 } }).success, false);
+  assert.deepEqual(v.parse(ConnectionPoolSchema, { retryBudget: {} }), { maxPendingRequests: 0, retryBudget: { budgetPercent: 20, minRetryConcurrency: 3 } });
+});

@@ -149,3 +149,13 @@ describe("the engine with a route mirror", () => {
     assert.equal(up.toShadow().length, 0);
   });
 });
+
+test("a mirror's percentage defaults to 100 and must stay within 0..100", () => {
+  const mesh = (mirror: unknown) => validateMesh({ services: { a: { routes: [{ forward: { to: [{ service: "a" }], mirror } }] } } });
+  const ok = mesh({ service: "a" });
+  assert.ok(ok.ok);
+  assert.equal(ok.value.services.a!.routes![0]!.forward!.mirror!.percentage, 100);
+  const bad = mesh({ service: "a", percentage: 150 });
+  assert.ok(!bad.ok);
+  assert.deepEqual(bad.issues.map((i) => i.path), ["services.a.routes.0.forward.mirror.percentage"]);
+});
