@@ -2,6 +2,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import * as v from "valibot";
 import { OutlierDetectionSchema, compileMesh, parseEndpoint, validateMesh, type Endpoint, type OutlierDetectionConfig } from "../config/index.ts";
+import { createCluster, createClusterHealth } from "./cluster.ts";
 import { createEngine, type RouteView } from "./engine.ts";
 import { createOutlierDetector, type AttemptOutcome } from "./outlier.ts";
 import type { RequestHead, UpstreamClient } from "./types.ts";
@@ -257,4 +258,25 @@ describe("the engine with outlier detection", () => {
     assert.deepEqual([...up.tries.keys()].sort(), ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
     assert.equal([...up.tries.values()].reduce((a, b) => a + b), 60);
   });
+});
+
+test("cluster health carries over a config swap, and only the part whose config changed starts fresh", () => {
+  const snap = (traffic: Record<string, unknown>) => {
+    const r = validateMesh({ services: { web: { endpoints: [{ address: "10.0.0.1:80" }, { address: "10.0.0.2:80" }], traffic } } });
+    assert.ok(r.ok);
+    return createCluster(compileMesh(r.value, 1).services.get("web")!);
+  };
+  const table = createClusterHealth(clock().now);
+  const first = table.of(snap({ outlierDetection: {}, connectionPool: { maxRequests: 5 } }));
+  assert.equal(first.circuit!.enter(), "entered");
+  const same = table.of(snap({ outlierDetection: {}, connectionPool: { maxRequests: 5 } }));
+  assert.equal(same.outlier, first.outlier);
+  assert.equal(same.circuit, first.circuit);
+  const retuned = table.of(snap({ outlierDetection: { consecutive5xxErrors: 3 }, connectionPool: { maxRequests: 5 } }));
+  assert.notEqual(retuned.outlier, first.outlier);
+  assert.equal(retuned.circuit, first.circuit, "requests in flight stay counted");
+  assert.equal(retuned.circuit!.active, 1);
+  const off = table.of(snap({}));
+  assert.equal(off.outlier, undefined);
+  assert.equal(off.circuit, undefined);
 });
