@@ -31,7 +31,18 @@ for (const tool of ["wrk", "hey", "taskset"]) {
 const children: ChildProcess[] = [];
 const dir = mkdtempSync(join(tmpdir(), "weft-bench-"));
 function cleanup() {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+  // Kill each child's whole tree by PID: killing only nginx's master would orphan its worker.
+  const stats = processTable();
+  for (const c of children) {
+    if (c.pid === undefined || c.exitCode !== null) continue;
+    for (const pid of processTree(c.pid, stats)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    }
+  }
   rmSync(dir, { recursive: true, force: true });
 }
 process.on("exit", cleanup);
@@ -69,8 +80,8 @@ function start(core: number, cmd: string, args: string[], log: string): ChildPro
   return child;
 }
 
-/** CPU seconds (user + system) of a process and its descendants (nginx's worker), from /proc/<pid>/stat. */
-function cpuSeconds(pid: number): number {
+/** The process table from /proc: parent and CPU seconds (user + system) of every process. */
+function processTable(): Map<number, { ppid: number; cpu: number }> {
   const stats = new Map<number, { ppid: number; cpu: number }>();
   for (const name of readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
@@ -82,14 +93,25 @@ function cpuSeconds(pid: number): number {
       // The process ended while the table was read.
     }
   }
-  let total = 0;
+  return stats;
+}
+
+/** A process and all its descendants (nginx's worker, a runtime's helpers). */
+function processTree(pid: number, stats = processTable()): number[] {
+  const tree: number[] = [];
   const queue = [pid];
   while (queue.length > 0) {
     const p = queue.pop()!;
-    total += stats.get(p)?.cpu ?? 0;
+    tree.push(p);
     for (const [child, s] of stats) if (s.ppid === p) queue.push(child);
   }
-  return total;
+  return tree;
+}
+
+/** CPU seconds (user + system) of a process and its descendants, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number {
+  const stats = processTable();
+  return processTree(pid, stats).reduce((total, p) => total + (stats.get(p)?.cpu ?? 0), 0);
 }
 
 interface Throughput {
@@ -108,11 +130,22 @@ function parseMs(text: string): number {
   return m[2] === "us" ? v / 1000 : m[2] === "s" ? v * 1000 : v;
 }
 
-function wrk(port: number, seconds: number, pid?: number): Throughput {
+/** Runs a load generator on core 0 and resolves with its stdout; async so SIGINT can stop the bench. */
+function loadGenerator(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("taskset", ["-c", "0", ...args], { stdio: ["ignore", "pipe", "ignore"] });
+    children.push(child);
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
+    child.on("error", reject);
+    child.on("close", () => resolve(out));
+  });
+}
+
+async function wrk(port: number, seconds: number, pid?: number): Promise<Throughput> {
   const before = pid ? cpuSeconds(pid) : 0;
-  const r = spawnSync("taskset", ["-c", "0", "wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`], { encoding: "utf8" });
+  const out = await loadGenerator(["wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`]);
   const after = pid ? cpuSeconds(pid) : 0;
-  const out = r.stdout;
   const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
   const errors = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) + Number(/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)?.slice(1).reduce((a, b) => a + Number(b), 0) ?? 0);
   return {
@@ -125,9 +158,8 @@ function wrk(port: number, seconds: number, pid?: number): Throughput {
   };
 }
 
-function heyAtRate(port: number, seconds: number): { p50Ms: number; p99Ms: number; errors: number; requests: number; rps: number } {
-  const r = spawnSync("taskset", ["-c", "0", "hey", "-z", `${seconds}s`, "-q", "100", "-c", "10", `http://127.0.0.1:${port}/bench`], { encoding: "utf8" });
-  const out = r.stdout;
+async function heyAtRate(port: number, seconds: number): Promise<{ p50Ms: number; p99Ms: number; errors: number; requests: number; rps: number }> {
+  const out = await loadGenerator(["hey", "-z", `${seconds}s`, "-q", "100", "-c", "10", `http://127.0.0.1:${port}/bench`]);
   const pct = (p: number) => Number(new RegExp(`${p}%% in ([\\d.]+) secs`.replace("%%", "%")).exec(out)?.[1] ?? NaN) * 1000;
   const codes = [...out.matchAll(/\[(\d{3})\]\s+(\d+) responses/g)];
   const errors = codes.filter((c) => c[1] !== "200").reduce((a, c) => a + Number(c[2]), 0) + Number(/Error distribution:[\s\S]*?\[(\d+)\]/.exec(out)?.[1] ?? 0);
@@ -235,20 +267,20 @@ console.log(`load generator + upstream on core 0, proxy on core 1; numbers are f
 // served counts every request a subject answered, to check its access log kept a line for each.
 const served = new Map<string, number>();
 const count = (name: string, n: number) => served.set(name, (served.get(name) ?? 0) + n);
-for (const s of subjects) count(s.name, wrk(s.port, 2).requests);
+for (const s of subjects) count(s.name, (await wrk(s.port, 2)).requests);
 const results = new Map<string, Throughput>();
 for (const s of subjects) {
-  const r = wrk(s.port, DURATION, s.pid);
+  const r = await wrk(s.port, DURATION, s.pid);
   count(s.name, r.requests);
   results.set(s.name, r);
 }
 // Each proxy's latency run is paired with a direct run just before it, and the added latency is
 // the difference within the pair: the machine's noise drifts over minutes, not over 20 seconds.
-const latency = new Map<string, { proxied: ReturnType<typeof heyAtRate>; direct: ReturnType<typeof heyAtRate> }>();
+const latency = new Map<string, { proxied: Awaited<ReturnType<typeof heyAtRate>>; direct: Awaited<ReturnType<typeof heyAtRate>> }>();
 for (const s of subjects.slice(1)) {
-  const direct = heyAtRate(subjects[0]!.port, RATE_DURATION);
+  const direct = await heyAtRate(subjects[0]!.port, RATE_DURATION);
   count("direct", direct.requests);
-  const proxied = heyAtRate(s.port, RATE_DURATION);
+  const proxied = await heyAtRate(s.port, RATE_DURATION);
   count(s.name, proxied.requests);
   latency.set(s.name, { proxied, direct });
 }
