@@ -1,4 +1,4 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import process from "node:process";
 import { pathToFileURL } from "node:url";
@@ -152,31 +152,81 @@ export async function get(argv: string[]): Promise<number> {
   }
 }
 
+const TOKEN_USAGE = `usage: weft token --ns NAMESPACE --sa SERVICE_ACCOUNT [-o FILE] [--ttl-ms 3600000] [--state-dir DIR] [--wait-ms N]
+
+Mints a join token with the control plane's key (DIR default $WEFT_STATE_DIR/control), for a proxy
+outside Kubernetes to prove its identity to the mesh CA (its --join-token or --join-token-file).
+The token is printed, or with -o written to FILE (mode 0600, replaced atomically: a proxy reading it
+never sees half a token). --ns, --sa and -o may repeat to mint several tokens at once: the Nth of
+each make one token, so each needs its own -o.
+  --ttl-ms N     how long the tokens are accepted (default 3600000); a proxy presents its token again
+                 for every certificate renewal, so it must outlive the proxy or be minted again
+  --wait-ms N    wait up to N ms for the control plane to have created the key (default 0)`;
+
 /**
- * token runs `weft token --ns NS --sa SA`: mints a join token from the CA's key on this machine (never
- * over the bus), for a proxy outside Kubernetes to attest its identity once.
+ * token runs `weft token --ns NS --sa SA [-o FILE]`: mints join tokens from the CA's key on this
+ * machine (never over the bus), for proxies outside Kubernetes to attest their identity.
  * @example
- * process.exitCode = await token(["--ns", "default", "--sa", "web", "--state-dir", ".weft/control"]);
+ * process.exitCode = await token(["--ns", "default", "--sa", "web", "--state-dir", ".weft/control", "-o", "web.token"]);
  */
 export async function token(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { ns: { type: "string" }, sa: { type: "string" }, "ttl-ms": { type: "string" }, "state-dir": { type: "string" }, help: { type: "boolean" } },
+    options: {
+      ns: { type: "string", multiple: true },
+      sa: { type: "string", multiple: true },
+      out: { type: "string", short: "o", multiple: true },
+      "ttl-ms": { type: "string" },
+      "state-dir": { type: "string" },
+      "wait-ms": { type: "string" },
+      help: { type: "boolean" },
+    },
   });
-  if (values.help || !values.ns || !values.sa) {
-    console.log("usage: weft token --ns NAMESPACE --sa SERVICE_ACCOUNT [--ttl-ms 3600000] [--state-dir DIR]\n\nMints a join token with the control plane's key (DIR default $WEFT_STATE_DIR/control).");
+  const ns = values.ns ?? [];
+  const sa = values.sa ?? [];
+  const out = values.out ?? [];
+  const ttlMs = Number(values["ttl-ms"] ?? 3_600_000);
+  const waitMs = Number(values["wait-ms"] ?? 0);
+  const paired = ns.length > 0 && ns.length === sa.length && (ns.length === 1 ? out.length <= 1 : out.length === ns.length);
+  if (values.help || !paired || !(ttlMs > 0) || !(waitMs >= 0)) {
+    console.log(TOKEN_USAGE);
     return values.help ? 0 : 2;
   }
   const dir = values["state-dir"] ?? join(readEnv(process.env).stateDir, "control");
-  let key: Uint8Array;
-  try {
-    key = new Uint8Array(await readFile(join(dir, "join-token.key")));
-  } catch {
-    console.error(`no join-token key in ${dir}: start \`weft control --state-dir ${dir}\` once first`);
+  const key = await readKey(join(dir, "join-token.key"), waitMs);
+  if (!key) {
+    console.error(`no join-token key in ${dir}${waitMs > 0 ? ` after ${waitMs} ms` : ""}: start \`weft control --state-dir ${dir}\` once first`);
     return 1;
   }
-  console.log(await mintJoinToken({ namespace: values.ns, serviceAccount: values.sa, ttlMs: Number(values["ttl-ms"] ?? 3_600_000) }, key));
+  for (const [i, namespace] of ns.entries()) {
+    const minted = await mintJoinToken({ namespace, serviceAccount: sa[i]!, ttlMs }, key);
+    const file = out[i];
+    if (file === undefined) {
+      console.log(minted);
+      continue;
+    }
+    const tmp = `${file}.${process.pid}.tmp`;
+    try {
+      await writeFile(tmp, `${minted}\n`, { mode: 0o600 });
+      await rename(tmp, file);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      console.error(`cannot write ${file}: ${(err as Error).message}`);
+      return 1;
+    }
+    console.error(`wrote a join token for ${namespace}/${sa[i]} to ${file}`);
+  }
   return 0;
+}
+
+/** The join-token key, polled for up to waitMs while the control plane creates it; undefined if absent. */
+async function readKey(file: string, waitMs: number): Promise<Uint8Array | undefined> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const key = await readFile(file).then((b) => new Uint8Array(b), () => undefined);
+    if (key || Date.now() >= deadline) return key;
+    await new Promise((r) => setTimeout(r, Math.min(250, Math.max(1, deadline - Date.now()))));
+  }
 }
 
 function printTable(rows: Record<string, string>[]): void {

@@ -1,6 +1,8 @@
 import type { MeshDefinition } from "../../shared/config/index.ts";
 
-// The compose demo mesh: examples/weft.config.ts with the endpoints at the compose service names.
+// The compose demo mesh: examples/weft.config.ts with the gateway listening on every interface of its
+// container. No endpoints are listed: each service's sidecar registers its own (web:15006, api:15006),
+// and the gateway reaches them over mTLS.
 // Edit it and run `docker compose -f deploy/compose/docker-compose.yml run --rm apply` to change
 // routing live. The import is types only (erased at load), so the file also loads when it is mounted
 // on its own at /config inside the container.
@@ -9,12 +11,10 @@ export default {
   services: {
     web: {
       ports: [{ port: 9001, protocol: "http" }],
-      endpoints: [{ address: "web:9001" }],
       traffic: { loadBalancer: "least_request", timeoutMs: 5000, retries: { attempts: 2, retryOn: ["connect-failure", "gateway-error"] } },
     },
     api: {
       ports: [{ port: 9002, protocol: "http" }],
-      endpoints: [{ address: "api:9002" }],
       traffic: { timeoutMs: 3000 },
     },
   },

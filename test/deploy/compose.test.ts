@@ -1,16 +1,18 @@
-// deploy/compose/docker-compose.yml: it validates against the Compose specification schema, and the
-// processes it declares (same commands, entrypoints, environment, healthchecks and start order) run on
-// loopback, with each compose host name mapped to a 127.0.0.1 port, and serve both sample services
-// through the gateway. So the file cannot drift from what actually runs.
+// deploy/compose/docker-compose.yml: it validates against the Compose specification schema, every
+// sample service sits behind a sidecar in its network namespace, every proxy reads the join token
+// minted for its identity, and the processes it declares (same commands, entrypoints, environment,
+// volumes, healthchecks and start order) run on loopback, with each compose host name mapped to a
+// 127.0.0.1 port and each named volume to a folder, and serve both sample services through the
+// gateway and their sidecars over mTLS. So the file cannot drift from what actually runs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ajv2019 } from "ajv/dist/2019.js";
 import { parse } from "yaml";
-import { validateMesh } from "../../shared/config/index.ts";
+import { compileMesh, validateMesh } from "../../shared/config/index.ts";
 import composeMesh from "../../deploy/compose/weft.config.ts";
 import { startNatsServer } from "../harness/nats-server.ts";
 import { freePort } from "../harness/ports.ts";
@@ -31,8 +33,10 @@ type Service = {
   healthcheck?: HealthCheck;
   depends_on?: Record<string, { condition: string }>;
   restart?: string;
+  network_mode?: string;
+  "x-loopback-ports"?: string[];
 };
-type ComposeFile = { services: Record<string, Service> };
+type ComposeFile = { services: Record<string, Service>; volumes?: Record<string, unknown> };
 
 async function loadCompose(): Promise<ComposeFile> {
   return parse(await readFile(COMPOSE_FILE, "utf8"), { merge: true }) as ComposeFile;
@@ -64,20 +68,96 @@ test("the Compose schema check has teeth: a misspelt key and a bad duration are 
   assert.equal(validate(duration), false);
 });
 
-test("the compose mesh config is valid, reaches the compose services on the ports they expose, and listens where compose publishes", async () => {
+/** The service whose network namespace a service runs in (`network_mode: service:<name>`), else itself. */
+function netnsOwner(compose: ComposeFile, name: string): string {
+  const mode = compose.services[name]!.network_mode;
+  return mode?.startsWith("service:") ? mode.slice("service:".length) : name;
+}
+
+/** The value after `flag` in a command, if any. */
+function flagValue(words: readonly string[], flag: string): string | undefined {
+  const i = words.indexOf(flag);
+  return i < 0 ? undefined : words[i + 1];
+}
+
+/** The join tokens the `tokens` one-shot writes: volume-relative file → "namespace/serviceAccount". */
+function mintedTokens(compose: ComposeFile): Map<string, string> {
+  const svc = compose.services.tokens!;
+  const words = svc.command ?? [];
+  assert.equal(words[0], "token");
+  const minted = new Map<string, string>();
+  let ns = "";
+  let sa = "";
+  for (let i = 1; i < words.length; i++) {
+    if (words[i] === "--ns") ns = words[++i]!;
+    else if (words[i] === "--sa") sa = words[++i]!;
+    else if (words[i] === "-o" || words[i] === "--out") minted.set(onVolume(svc, words[++i]!), `${ns}/${sa}`);
+  }
+  return minted;
+}
+
+/** "<volume>:<path inside it>" for a container path on one of the service's named volumes. */
+function onVolume(svc: Service, path: string): string {
+  for (const v of svc.volumes ?? []) {
+    const [source, target] = v.split(":");
+    if (!source!.startsWith(".") && path.startsWith(`${target}/`)) return `${source}:${path.slice(target!.length + 1)}`;
+  }
+  assert.fail(`${path} is on no named volume`);
+}
+
+test("each sample service is reached only through its sidecar: the app binds loopback in the sidecar's network namespace, the sidecar registers the exposed mTLS port", async () => {
   const compose = await loadCompose();
   const r = validateMesh(composeMesh);
   assert.ok(r.ok, JSON.stringify(!r.ok && r.issues));
-  for (const svc of Object.values(composeMesh.services)) {
-    for (const ep of svc.endpoints) {
-      const [host, port] = ep.address.split(":");
-      assert.ok(compose.services[host!]?.expose?.includes(port!), `${ep.address}: compose service ${host} does not expose ${port}`);
-    }
+  const sidecars = Object.entries(compose.services).filter(([, s]) => s.command?.[0] === "sidecar");
+  assert.deepEqual(sidecars.map(([, s]) => flagValue(s.command!, "--service")).sort(), Object.keys(composeMesh.services).sort());
+  for (const [name, svc] of sidecars) {
+    const words = svc.command!;
+    const service = flagValue(words, "--service")!;
+    assert.equal(svc.network_mode, `service:${service}`, `${name} is not in ${service}'s network namespace`);
+    assert.ok(!svc.expose && !svc.ports, `${name}: a service in another's network namespace cannot expose ports`);
+    const app = compose.services[service]!;
+    assert.equal(flagValue(app.command!, "--host"), "127.0.0.1", `${service} is reachable without its sidecar`);
+    assert.equal(flagValue(app.command!, "--port"), flagValue(words, "--app-port"));
+    const inbound = flagValue(words, "--inbound-port")!;
+    assert.equal(flagValue(words, "--address"), `${service}:${inbound}`, `${name} registers an address the gateway cannot reach`);
+    assert.ok(app.expose?.includes(inbound), `${service} does not expose its sidecar's inbound port ${inbound}`);
+    assert.equal(svc.depends_on?.[service]?.condition, "service_healthy");
+    assert.equal(compose.services.gateway!.depends_on?.[name]?.condition, "service_healthy", `the gateway does not wait for ${name}`);
   }
+  // No static endpoint: one at an app's port would bypass its sidecar (and fail: STRICT mTLS).
+  for (const [name, svc] of Object.entries(composeMesh.services)) assert.equal((svc as { endpoints?: unknown[] }).endpoints, undefined, `${name} lists endpoints`);
   const published = (compose.services.gateway!.ports ?? []).map((p) => Number(p.split(":").pop()));
   for (const listener of composeMesh.gateways.ingress.listeners) assert.ok(published.includes(listener.port), `listener ${listener.port} is not published`);
   assert.ok(compose.services.nats!.command!.includes("-js"), "NATS runs without JetStream");
   assert.ok((compose.services.nats!.volumes ?? []).some((v) => v.endsWith(":/data")), "JetStream store is not on a volume");
+});
+
+test("the gateway and every sidecar read the join token minted for their own identity, after the tokens one-shot", async () => {
+  const compose = await loadCompose();
+  const r = validateMesh(composeMesh);
+  assert.ok(r.ok);
+  const snapshot = compileMesh(r.value, 0);
+  const minted = mintedTokens(compose);
+  const proxies = Object.entries(compose.services).filter(([, s]) => s.command?.[0] === "sidecar" || s.command?.[0] === "gateway");
+  assert.equal(proxies.length, minted.size);
+  for (const [name, svc] of proxies) {
+    const words = svc.command!;
+    const spiffeId =
+      words[0] === "gateway" ? snapshot.gateways.get(flagValue(words, "--name")!)!.spiffeId : snapshot.services.get(flagValue(words, "--service")!)!.spiffeId;
+    const file = flagValue(words, "--join-token-file");
+    assert.ok(file, `${name} has no --join-token-file`);
+    const identity = minted.get(onVolume(svc, file));
+    assert.ok(identity, `${name} reads ${file}, which the tokens one-shot does not write`);
+    const [ns, sa] = identity.split("/");
+    assert.equal(spiffeId, `spiffe://${composeMesh.trustDomain}/ns/${ns}/sa/${sa}`, `${name} gets a token for ${identity}`);
+    assert.equal(svc.depends_on?.tokens?.condition, "service_completed_successfully");
+  }
+  assert.equal(compose.services.tokens!.restart, "no");
+  // The tokens one-shot reads the key where the control plane keeps it: `control/` of its state volume.
+  const stateDir = flagValue(compose.services.tokens!.command!, "--state-dir")!;
+  const controlState = (compose.services.control!.volumes ?? []).find((v) => v.endsWith(":/var/lib/weft"))!.split(":")[0];
+  assert.equal(onVolume(compose.services.tokens!, `${stateDir}/join-token.key`), `${controlState}:control/join-token.key`);
 });
 
 /** Image defaults the Dockerfile sets; a service's own environment overrides them. */
@@ -88,25 +168,29 @@ async function imageEnv(): Promise<Record<string, string>> {
   return env;
 }
 
-test("the processes compose declares, run on loopback in its start order, serve web and api through the gateway", { timeout: 120_000 }, async () => {
+test("the processes compose declares, run on loopback in its start order, serve web and api through the gateway and the sidecars over mTLS", { timeout: 180_000 }, async () => {
   const compose = await loadCompose();
   const nats = await startNatsServer();
   const dir = await mkdtemp(join(tmpdir(), "weft-compose-"));
   const running: { name: string; child: ChildProcess; log: () => string }[] = [];
   try {
-    // Every port a service listens on gets a free loopback port; "<service>:<port>" maps to it.
+    // Every port a process listens on gets a free loopback port, per network namespace (a sidecar
+    // shares its app's). "<service>:<port>" maps to it for the ports other services may reach.
     const addresses = new Map<string, string>();
     const portsOf = new Map<string, Map<string, number>>();
     for (const [name, svc] of Object.entries(compose.services)) {
+      if (netnsOwner(compose, name) !== name) continue;
       const ports = new Map<string, number>();
-      for (const p of [...(svc.expose ?? []), ...(svc.ports ?? []).map((p) => p.split(":").pop()!)]) {
+      const reachable = [...(svc.expose ?? []), ...(svc.ports ?? []).map((p) => p.split(":").pop()!)];
+      for (const p of [...reachable, ...(svc["x-loopback-ports"] ?? [])]) {
+        assert.ok(!ports.has(p), `${name}: port ${p} is listed twice`);
         ports.set(p, name === "nats" && p === "4222" ? nats.port : await freePort());
       }
       portsOf.set(name, ports);
-      for (const [p, host] of ports) addresses.set(`${name}:${p}`, `127.0.0.1:${host}`);
+      for (const p of reachable) addresses.set(`${name}:${p}`, `127.0.0.1:${ports.get(p)}`);
     }
     const translate = (service: string, value: string): string => {
-      const own = portsOf.get(service)!;
+      const own = portsOf.get(netnsOwner(compose, service))!;
       if (own.has(value)) return String(own.get(value));
       if (value === "0.0.0.0") return "127.0.0.1";
       let out = value;
@@ -115,34 +199,41 @@ test("the processes compose declares, run on loopback in its start order, serve 
       return out;
     };
 
-    // The config file, as the container sees it through its volume, with compose host names mapped.
+    // Named volumes are folders shared by the services that mount them; the config folder is the
+    // config file as the container sees it, with the gateway's listener on its loopback port.
     const translatedConfig = join(dir, "weft.config.json");
     const gatewayPorts = portsOf.get("gateway")!;
     await writeFile(
       translatedConfig,
       JSON.stringify({
         ...composeMesh,
-        services: Object.fromEntries(Object.entries(composeMesh.services).map(([n, s]) => [n, { ...s, endpoints: s.endpoints.map((e) => ({ ...e, address: addresses.get(e.address) ?? e.address })) }])),
         gateways: { ingress: { ...composeMesh.gateways.ingress, listeners: composeMesh.gateways.ingress.listeners.map((l) => ({ ...l, address: "127.0.0.1", port: gatewayPorts.get(String(l.port))! })) } },
       }),
     );
-    const volumePath = (service: string, arg: string): string => {
+    const volumeDir = (name: string) => join(dir, "volumes", name);
+    for (const name of Object.keys(compose.volumes ?? {})) await mkdir(volumeDir(name), { recursive: true, mode: 0o700 });
+    const volumePath = (service: string, value: string): string => {
       for (const v of compose.services[service]!.volumes ?? []) {
         const [source, target] = v.split(":");
-        if (source!.startsWith(".") && arg.startsWith(`${target}/`)) {
-          assert.equal(arg, "/config/weft.config.ts", `unexpected file from a volume: ${arg}`);
-          assert.equal(join(ROOT, "deploy/compose", source!, arg.slice(target!.length)), join(ROOT, "deploy/compose/weft.config.ts"));
-          return translatedConfig;
+        if (value !== target && !value.startsWith(`${target}/`)) continue;
+        if (!source!.startsWith(".")) {
+          assert.ok(compose.volumes && source! in compose.volumes, `${service}: volume ${source} is not declared`);
+          return volumeDir(source!) + value.slice(target!.length);
         }
+        assert.equal(value, "/config/weft.config.ts", `unexpected file from a volume: ${value}`);
+        assert.equal(join(ROOT, "deploy/compose", source!, value.slice(target!.length)), join(ROOT, "deploy/compose/weft.config.ts"));
+        return translatedConfig;
       }
-      return arg;
+      return value;
     };
     const executable: Record<string, string[]> = { weft: [process.execPath, "scripts/weft.mjs"], node: [process.execPath], "weft-probe": [process.execPath, "deploy/probe.mjs"] };
     const defaults = await imageEnv();
     const envOf = (service: string): Record<string, string> => {
       const declared = { ...defaults, ...(compose.services[service]!.environment ?? {}) };
-      const env = Object.fromEntries(Object.entries(declared).map(([k, v]) => [k, translate(service, String(v))]));
-      return { ...env, WEFT_STATE_DIR: join(dir, service) };
+      const env = Object.fromEntries(Object.entries(declared).map(([k, v]) => [k, volumePath(service, translate(service, String(v)))]));
+      // A state folder on no volume is the container's own.
+      if (env.WEFT_STATE_DIR === defaults.WEFT_STATE_DIR) env.WEFT_STATE_DIR = join(dir, "own", service);
+      return env;
     };
     const argvOf = (service: string, words: string[]): string[] => {
       const [cmd, ...args] = words;
@@ -178,20 +269,25 @@ test("the processes compose declares, run on loopback in its start order, serve 
 
     // Start in depends_on order, waiting for each condition as compose does.
     const started = new Set<string>(["nats"]);
+    const completed = new Set<string>();
     const order = Object.keys(compose.services).filter((s) => s !== "nats");
     while (order.length > 0) {
       const next = order.find((s) => Object.keys(compose.services[s]!.depends_on ?? {}).every((d) => started.has(d)));
       assert.ok(next, `depends_on has a cycle among ${order.join(", ")}`);
       order.splice(order.indexOf(next), 1);
       const svc = compose.services[next]!;
+      const owner = netnsOwner(compose, next);
+      if (owner !== next) assert.ok(started.has(owner), `${next} starts before ${owner}, whose network namespace it joins`);
       for (const [dep, { condition }] of Object.entries(svc.depends_on ?? {})) {
         if (condition === "service_healthy") await healthy(dep);
+        else if (condition === "service_completed_successfully") assert.ok(completed.has(dep), `${next} waits for ${dep} to complete, but ${dep} keeps running`);
         else assert.equal(condition, "service_started");
       }
       const argv = argvOf(next, [...(svc.entrypoint ?? ["weft"]), ...(svc.command ?? [])]);
       if (svc.restart === "no") {
         const r = await runToEnd(next, argv);
         assert.equal(r.code, 0, `${next} failed: ${r.output}`);
+        completed.add(next);
       } else {
         const child = spawn(argv[0]!, argv.slice(1), { cwd: ROOT, env: { PATH: process.env.PATH ?? "", ...envOf(next) }, stdio: ["ignore", "ignore", "pipe"] });
         let log = "";
@@ -200,7 +296,11 @@ test("the processes compose declares, run on loopback in its start order, serve 
       }
       started.add(next);
     }
-    assert.ok(running.some((p) => p.name === "gateway") && started.has("apply"));
+    assert.ok(running.some((p) => p.name === "gateway") && completed.has("apply") && completed.has("tokens"));
+    for (const file of mintedTokens(compose).keys()) {
+      const [volume, path] = file.split(":");
+      assert.equal((await stat(join(volumeDir(volume!), path!))).mode & 0o777, 0o600, `${file} is readable by others`);
+    }
 
     const gatewayPort = gatewayPorts.get("8080")!;
     const deadline = Date.now() + 30_000;
@@ -209,12 +309,21 @@ test("the processes compose declares, run on loopback in its start order, serve 
       await new Promise((r) => setTimeout(r, 250));
       web = await request(gatewayPort, { path: "/" }).catch(() => undefined);
     }
-    assert.equal(web?.status, 200, running.map((p) => `${p.name}: ${p.log()}`).join("\n"));
-    assert.equal(JSON.parse(web!.body).service, "web");
+    const logs = () => running.map((p) => `${p.name}: ${p.log()}`).join("\n");
+    assert.equal(web?.status, 200, `${web?.status} ${web?.body}\n${logs()}`);
+    const mesh = validateMesh(composeMesh);
+    assert.ok(mesh.ok);
+    const gatewayId = compileMesh(mesh.value, 0).gateways.get("ingress")!.spiffeId;
+    const webBody = JSON.parse(web!.body) as { service: string; headers: Record<string, string> };
+    assert.equal(webBody.service, "web");
+    // The app hears from its sidecar, which names the verified mTLS caller: the gateway's SVID.
+    assert.equal(webBody.headers["x-forwarded-client-cert"], `URI=${gatewayId}`);
     const api = await request(gatewayPort, { path: "/api/items" });
-    assert.equal(api.status, 200);
-    assert.equal(JSON.parse(api.body).service, "api");
-    assert.equal(JSON.parse(api.body).path, "/items");
+    assert.equal(api.status, 200, `${api.body}\n${logs()}`);
+    const apiBody = JSON.parse(api.body) as { service: string; path: string; headers: Record<string, string> };
+    assert.equal(apiBody.service, "api");
+    assert.equal(apiBody.path, "/items");
+    assert.equal(apiBody.headers["x-forwarded-client-cert"], `URI=${gatewayId}`);
     assert.equal(api.headers["x-weft-route"], "api");
     await healthy("gateway");
   } finally {
