@@ -385,11 +385,6 @@ export function createEngine(options: EngineOptions): Engine {
     const ctx = { head, random };
     // A retry slot of the circuit is held from the decision to retry until that try is over.
     let retrying = false;
-    const takeRetry = () => {
-      if (!circuit) return true;
-      retrying = circuit.tryRetry();
-      return retrying;
-    };
 
     let last: UpstreamResult | undefined;
     let lastEndpoint: Endpoint | undefined;
@@ -443,7 +438,7 @@ export function createEngine(options: EngineOptions): Engine {
         if (last.ok) {
           const status = last.response.status;
           // Beyond the retry budget the request ends with the answer it has (Envoy's retry overflow).
-          if (canRetry && mayReplayMethod && shouldRetryStatus(retry, status) && takeRetry()) {
+          if (canRetry && mayReplayMethod && shouldRetryStatus(retry, status) && (circuit === undefined || (retrying = circuit.tryRetry()))) {
             last.response.discard();
             await sleep(backoffMs(retry, attempt, random));
             continue;
@@ -453,7 +448,7 @@ export function createEngine(options: EngineOptions): Engine {
         if (last.reason === "body_too_large") return local(record, "body_too_large");
         // A connect failure never reached the upstream, so even a POST is safe to send again.
         const safe = last.reason === "upstream_connect_failure" || mayReplayMethod;
-        if (canRetry && safe && shouldRetryFailure(retry, last.reason) && takeRetry()) {
+        if (canRetry && safe && shouldRetryFailure(retry, last.reason) && (circuit === undefined || (retrying = circuit.tryRetry()))) {
           await sleep(backoffMs(retry, attempt, random));
           continue;
         }

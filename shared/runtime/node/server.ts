@@ -123,35 +123,71 @@ function respond(exchange: Exchange, res: http.ServerResponse, body: NodeRequest
     return;
   }
   const upstream = exchange.response as NodeUpstreamResponse;
-  const message = upstream.message;
-  let bytesOut = 0;
-  let done = false;
-  const finish = (error?: string) => {
-    if (done) return;
-    done = true;
-    exchange.finish(body.bytesRead, bytesOut, error);
-  };
   res.writeHead(exchange.status, exchange.headers);
-  message.on("data", (chunk: Buffer) => {
-    bytesOut += chunk.length;
-    if (!res.write(chunk)) {
-      message.pause();
-      res.once("drain", () => message.resume());
-    }
-  });
-  message.once("end", () => {
-    res.end();
-    finish();
-  });
-  message.once("aborted", () => {
-    // The upstream went away mid-body: the client cannot get a complete response, so cut it too.
-    res.destroy();
-    finish("upstream_reset");
-  });
-  res.once("close", () => {
-    if (!res.writableFinished) {
-      upstream.request.destroy();
-      finish("downstream_disconnect");
-    }
-  });
+  const relay = new Relay(exchange, res, body, upstream);
+  const message = upstream.message as RelayMessage;
+  message[RELAY] = relay;
+  (res as RelayResponse)[RELAY] = relay;
+  message.on("data", onRelayData);
+  message.once("end", onRelayEnd);
+  message.once("aborted", onRelayAborted);
+  res.once("close", onClientClose);
+}
+
+const RELAY = Symbol("weft.relay");
+type RelayMessage = http.IncomingMessage & { [RELAY]: Relay };
+type RelayResponse = http.ServerResponse & { [RELAY]: Relay };
+
+/** Copies one upstream response body to the client; shared listeners find it on the streams, so no closures per request. */
+class Relay {
+  readonly exchange: Exchange;
+  readonly res: http.ServerResponse;
+  readonly body: NodeRequestBody;
+  readonly upstream: NodeUpstreamResponse;
+  bytesOut = 0;
+  done = false;
+  constructor(exchange: Exchange, res: http.ServerResponse, body: NodeRequestBody, upstream: NodeUpstreamResponse) {
+    this.exchange = exchange;
+    this.res = res;
+    this.body = body;
+    this.upstream = upstream;
+  }
+  finish(error?: string): void {
+    if (this.done) return;
+    this.done = true;
+    this.exchange.finish(this.body.bytesRead, this.bytesOut, error);
+  }
+}
+
+function onRelayData(this: RelayMessage, chunk: Buffer): void {
+  const relay = this[RELAY];
+  relay.bytesOut += chunk.length;
+  if (!relay.res.write(chunk)) {
+    this.pause();
+    relay.res.once("drain", onClientDrain);
+  }
+}
+
+function onClientDrain(this: RelayResponse): void {
+  this[RELAY].upstream.message.resume();
+}
+
+function onRelayEnd(this: RelayMessage): void {
+  const relay = this[RELAY];
+  relay.res.end();
+  relay.finish();
+}
+
+function onRelayAborted(this: RelayMessage): void {
+  // The upstream went away mid-body: the client cannot get a complete response, so cut it too.
+  const relay = this[RELAY];
+  relay.res.destroy();
+  relay.finish("upstream_reset");
+}
+
+function onClientClose(this: RelayResponse): void {
+  if (this.writableFinished) return;
+  const relay = this[RELAY];
+  relay.upstream.request.destroy();
+  relay.finish("downstream_disconnect");
 }

@@ -76,13 +76,9 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
 
   function forward(req: UpstreamRequest, allowStaleRetry = true): Promise<UpstreamResult> {
     return new Promise((resolve) => {
-      const body = req.body as NodeRequestBody;
-      const ep = req.endpoint;
-      let settled = false;
-      let connected = false;
-      let connectTimer: ReturnType<typeof setTimeout> | undefined;
-      const fresh = options.freshConnectionForUnsafeMethods && !isIdempotent(req.method);
+      const fresh = options.freshConnectionForUnsafeMethods === true && !isIdempotent(req.method);
       const agent = agentFor(req);
+      const ep = req.endpoint;
       const outgoing = (req.mesh ? https : http).request({
         // A fresh connection still needs the pool's TLS settings: a one-off agent of the same kind.
         agent: fresh ? (req.mesh ? oneShot(agent as https.Agent) : false) : agent,
@@ -93,71 +89,15 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
         path: req.path,
         headers: req.headers,
         setHost: false,
-      });
-      const timer = setTimeout(() => fail("timeout"), req.timeoutMs);
-
-      function fail(reason: UpstreamFailure, detail?: string) {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        if (connectTimer) clearTimeout(connectTimer);
-        outgoing.destroy();
-        resolve({ ok: false, reason, detail });
-      }
-
-      outgoing.on("socket", (socket: Socket) => {
-        if (!socket.connecting) {
-          connected = true;
-          return;
-        }
-        connectTimer = setTimeout(() => fail("upstream_connect_failure", "connect timeout"), req.connectTimeoutMs);
-        // Over mTLS the upstream is reached once the handshake (and the peer's SPIFFE ID) checked out.
-        socket.once(req.mesh ? "secureConnect" : "connect", () => {
-          connected = true;
-          clearTimeout(connectTimer);
-        });
-      });
-      outgoing.on("response", (message) => {
-        if (settled) {
-          message.resume();
-          return;
-        }
-        settled = true;
-        clearTimeout(timer);
-        const response: NodeUpstreamResponse = {
-          status: message.statusCode ?? 502,
-          headers: message.headers,
-          message,
-          request: outgoing,
-          discard: () => {
-            message.resume();
-          },
-        };
-        resolve({ ok: true, response });
-      });
-      outgoing.on("error", (err: NodeJS.ErrnoException) => {
-        if (settled) return;
-        // A pooled connection the upstream closed while idle fails on first use and is sent once
-        // more on a fresh connection. A reset there cannot be told apart from an application that
-        // read the request and died, so (as Go's net/http does) only idempotent methods are resent
-        // silently; anything else goes back to the engine, whose retry policy decides.
-        if (
-          allowStaleRetry &&
-          outgoing.reusedSocket &&
-          (err.code === "ECONNRESET" || err.code === "EPIPE") &&
-          body.replayable &&
-          isIdempotent(req.method)
-        ) {
-          settled = true;
-          clearTimeout(timer);
-          resolve(forward(req, false));
-          return;
-        }
-        if (!connected || (err.code !== undefined && CONNECT_ERRORS.has(err.code))) fail("upstream_connect_failure", err.code);
-        else if (err.code === "HPE_INVALID_CONSTANT" || err.code?.startsWith("HPE_")) fail("upstream_protocol_error", err.code);
-        else fail("upstream_reset", err.code);
-      });
-      body.sendTo(outgoing, req.maxBodyBytes, req.maxReplayBytes, () => fail("body_too_large"));
+      }) as CallRequest;
+      const call = new UpstreamCall(req, outgoing, resolve, allowStaleRetry ? forward : undefined);
+      outgoing[CALL] = call;
+      outgoing.on("socket", onSocket);
+      outgoing.on("response", onResponse);
+      outgoing.on("error", onError);
+      const body = req.body as NodeRequestBody;
+      if (body.length === 0) outgoing.end();
+      else body.sendTo(outgoing, req.maxBodyBytes, req.maxReplayBytes, () => call.fail("body_too_large"));
     });
   }
 
@@ -170,6 +110,128 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
       meshAgents.clear();
     },
   };
+}
+
+const CALL = Symbol("weft.upstreamCall");
+type CallRequest = http.ClientRequest & { [CALL]: UpstreamCall };
+
+/**
+ * One try upstream. The hot path allocates this object and no closures: the request's listeners
+ * are shared functions that find their call on the request.
+ */
+class UpstreamCall {
+  readonly req: UpstreamRequest;
+  readonly outgoing: CallRequest;
+  readonly resolve: (result: UpstreamResult | PromiseLike<UpstreamResult>) => void;
+  /** Sends the request once more on a fresh connection (a stale pooled one), or undefined on that second send. */
+  readonly resend: ((req: UpstreamRequest, allowStaleRetry: boolean) => Promise<UpstreamResult>) | undefined;
+  settled = false;
+  connected = false;
+  timer: ReturnType<typeof setTimeout>;
+  connectTimer: ReturnType<typeof setTimeout> | undefined = undefined;
+
+  constructor(
+    req: UpstreamRequest,
+    outgoing: CallRequest,
+    resolve: (result: UpstreamResult | PromiseLike<UpstreamResult>) => void,
+    resend: UpstreamCall["resend"],
+  ) {
+    this.req = req;
+    this.outgoing = outgoing;
+    this.resolve = resolve;
+    this.resend = resend;
+    this.timer = setTimeout(onTimeout, req.timeoutMs, this);
+  }
+
+  fail(reason: UpstreamFailure, detail?: string): void {
+    if (this.settled) return;
+    this.settled = true;
+    clearTimeout(this.timer);
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.outgoing.destroy();
+    this.resolve({ ok: false, reason, detail });
+  }
+}
+
+/** The upstream response handed to the engine; its body is read by the node adapter. */
+class CallResponse implements NodeUpstreamResponse {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly message: http.IncomingMessage;
+  readonly request: http.ClientRequest;
+  constructor(message: http.IncomingMessage, request: http.ClientRequest) {
+    this.status = message.statusCode ?? 502;
+    this.headers = message.headers;
+    this.message = message;
+    this.request = request;
+  }
+  discard(): void {
+    this.message.resume();
+  }
+}
+
+function onTimeout(call: UpstreamCall): void {
+  call.fail("timeout");
+}
+
+function onConnectTimeout(call: UpstreamCall): void {
+  call.fail("upstream_connect_failure", "connect timeout");
+}
+
+function onSocket(this: CallRequest, socket: Socket & { [CALL]?: UpstreamCall }): void {
+  const call = this[CALL];
+  if (!socket.connecting) {
+    call.connected = true;
+    return;
+  }
+  call.connectTimer = setTimeout(onConnectTimeout, call.req.connectTimeoutMs, call);
+  // Over mTLS the upstream is reached once the handshake (and the peer's SPIFFE ID) checked out.
+  socket[CALL] = call;
+  socket.once(call.req.mesh ? "secureConnect" : "connect", onConnect);
+}
+
+function onConnect(this: Socket & { [CALL]?: UpstreamCall }): void {
+  const call = this[CALL];
+  if (call === undefined) return;
+  this[CALL] = undefined;
+  call.connected = true;
+  clearTimeout(call.connectTimer);
+}
+
+function onResponse(this: CallRequest, message: http.IncomingMessage): void {
+  const call = this[CALL];
+  if (call.settled) {
+    message.resume();
+    return;
+  }
+  call.settled = true;
+  clearTimeout(call.timer);
+  call.resolve({ ok: true, response: new CallResponse(message, this) });
+}
+
+function onError(this: CallRequest, err: NodeJS.ErrnoException): void {
+  const call = this[CALL];
+  if (call.settled) return;
+  const req = call.req;
+  // A pooled connection the upstream closed while idle fails on first use and is sent once
+  // more on a fresh connection. A reset there cannot be told apart from an application that
+  // read the request and died, so (as Go's net/http does) only idempotent methods are resent
+  // silently; anything else goes back to the engine, whose retry policy decides.
+  if (
+    call.resend !== undefined &&
+    this.reusedSocket &&
+    (err.code === "ECONNRESET" || err.code === "EPIPE") &&
+    req.body.replayable &&
+    isIdempotent(req.method)
+  ) {
+    call.settled = true;
+    clearTimeout(call.timer);
+    call.resolve(call.resend(req, false));
+    return;
+  }
+  if (!call.connected || (err.code !== undefined && CONNECT_ERRORS.has(err.code))) call.fail("upstream_connect_failure", err.code);
+  else if (err.code?.startsWith("HPE_")) call.fail("upstream_protocol_error", err.code);
+  else call.fail("upstream_reset", err.code);
 }
 
 /** Lets a pool made with an older certificate finish its requests, then close every connection. */
