@@ -1,4 +1,4 @@
-// `node --import tsx bench/policy.ts [--duration 1]`: what policy costs per request, in-process.
+// `node --import tsx bench/policy.ts [--duration 0.5]`: what policy costs per request, in-process.
 //   JWT:     a repeated valid token (steady state: the verified-token cache answers) and a fresh
 //            token every request (cache miss: jose verifies the signature), ES256 and RS256, inline JWKS
 //   gate:    createPolicyGate(...).evaluate(head), the call the gateway makes per request (JWT + ALLOW)
@@ -190,7 +190,7 @@ function hundredPolicies(lastMatches: boolean): AuthzPolicyConfig[] {
  */
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { duration: { type: "string" } } });
-  const maxRoundSeconds = Number(values.duration ?? 1);
+  const maxRoundSeconds = Number(values.duration ?? 0.5);
   if (!(maxRoundSeconds > 0 && maxRoundSeconds <= 10)) throw new RangeError("--duration is the longest round in seconds, 0..10");
   console.log(`Policy cost: warm-up, then median of ${ROUNDS} rounds (fixed count, each capped at ${maxRoundSeconds}s); node ${process.version}, load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`);
   console.log(`command: node --import tsx bench/policy.ts ${argv.join(" ")}`.trimEnd() + "\n");

@@ -1,0 +1,484 @@
+// `node --import tsx bench/telemetry.ts [--duration 5] [--only in-process|gateway]`: what telemetry
+// costs per request, with and without tracing.
+//   in-process: the engine's two telemetry hooks (createRequestTelemetry, as createProxyTelemetry wires
+//               them) for one synthetic request: nothing, access log only, metrics only, everything
+//               with tracing at 0 / 0.01 / 1.0; at 1.0 the spans go either to a no-op exporter or over
+//               OTLP/HTTP JSON to a span-counting sink in a child process. µs per request (median of
+//               5 rounds), CPU µs per request of this process.
+//   gateway:    `gateway/main.ts --config` on core 1 (taskset), upstream bench/upstream.ts + wrk + the
+//               OTLP sink on core 0; tracing sampleRatio 0 against sampleRatio 1.0 exporting to the sink,
+//               access log on (JSON to a file) in both. req/s, the gateway's CPU µs/request from
+//               /proc/<pid>/stat, and the traced/untraced ratio, in alternating pairs.
+// Bounded loops, children ended by PID, temp dir removed.
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+import { ExportResultCode } from "@opentelemetry/core";
+import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
+import {
+  createAccessLog,
+  createBufferedSink,
+  createMeshSummary,
+  createMetricsRegistry,
+  createOtlpHttpExporter,
+  createProxyMetrics,
+  createRequestTelemetry,
+  createTracer,
+  type ProxyTracer,
+  type RequestTelemetry,
+  type TelemetryHead,
+  type TelemetryRecord,
+} from "../shared/telemetry/index.ts";
+
+const ROOT = resolve(import.meta.dirname, "..");
+const ROUNDS = 5;
+/** Requests per in-process round; the event loop gets a turn every BATCH (sink flush, span export). */
+const IN_PROCESS_COUNT = 20_000;
+const BATCH = 200;
+
+interface Row {
+  readonly [column: string]: string;
+}
+
+function table(rows: readonly Row[]): string {
+  const columns = Object.keys(rows[0] ?? {});
+  const width = columns.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? "").length)));
+  const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(width[i]!) : c.padStart(width[i]!))).join(" | ")} |`;
+  return [line(columns), `|${width.map((w, i) => (i === 0 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`, ...rows.map((r) => line(columns.map((c) => r[c] ?? "")))].join("\n");
+}
+
+const fmt = (n: number | undefined, digits = 0) => (n !== undefined && Number.isFinite(n) ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "-");
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------------------------
+// The OTLP sink: a child process (so its JSON reading is not charged to the process measured) that
+// answers POST /v1/traces with 200 and counts spans; GET /count reports them.
+
+function runSink(): void {
+  let spans = 0;
+  let posts = 0;
+  let bytes = 0;
+  const server = http.createServer((req, res) => {
+    if (req.method === "GET" && req.url === "/count") {
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ spans, posts, bytes }));
+      return;
+    }
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("data", (chunk: string) => (body += chunk));
+    req.on("end", () => {
+      posts += 1;
+      bytes += body.length;
+      // Each span carries exactly one "spanId" key (its parent is "parentSpanId").
+      for (let i = body.indexOf('"spanId":'); i >= 0; i = body.indexOf('"spanId":', i + 9)) spans += 1;
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+    });
+  });
+  server.listen(0, "127.0.0.1", () => console.log(`sink ${(server.address() as net.AddressInfo).port}`));
+  process.on("SIGTERM", () => process.exit(0));
+}
+
+interface Sink {
+  readonly port: number;
+  readonly url: string;
+  readonly child: ChildProcess;
+  count(): Promise<{ spans: number; posts: number; bytes: number }>;
+}
+
+async function startSink(core: number | undefined, children: ChildProcess[]): Promise<Sink> {
+  const args = [process.execPath, "--import", "tsx", "bench/telemetry.ts", "--otlp-sink"];
+  const child = core === undefined ? spawn(args[0]!, args.slice(1), { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"] }) : spawn("taskset", ["-c", String(core), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"] });
+  children.push(child);
+  const port = await new Promise<number>((resolvePort, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error("OTLP sink did not start in 30 s")), 30_000);
+    child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
+      out += chunk;
+      const m = /sink (\d+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolvePort(Number(m[1]));
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`OTLP sink exited (${code})`)));
+  });
+  const url = `http://127.0.0.1:${port}/v1/traces`;
+  return {
+    port,
+    url,
+    child,
+    count: async () => (await (await fetch(`http://127.0.0.1:${port}/count`)).json()) as { spans: number; posts: number; bytes: number },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process: the per-request telemetry hooks.
+
+const HEAD: TelemetryHead = {
+  method: "GET",
+  headers: { host: "shop.example.com", "user-agent": "wrk/4.1.0", accept: "*/*", "x-request-id": "1f0c6a7e-5b1a-4c36-9d7b-2f2c9e0d4a11" },
+};
+
+function recordFor(i: number, started: ReturnType<RequestTelemetry["onRequestStart"]>): TelemetryRecord {
+  return {
+    startTimeMs: 1_763_900_000_000 + i,
+    durationMs: 0.84,
+    upstreamDurationMs: 0.51,
+    method: "GET",
+    authority: "shop.example.com",
+    path: "/bench/items?page=2",
+    protocol: "HTTP/1.1",
+    status: 200,
+    route: "bench",
+    service: "app",
+    upstream: "127.0.0.1:8081",
+    bytesIn: 0,
+    bytesOut: 24,
+    requestId: `req-${i}`,
+    traceId: started?.traceId,
+    spanId: started?.spanId,
+    clientIp: "127.0.0.1",
+    userAgent: "wrk/4.1.0",
+    attempts: 1,
+  };
+}
+
+interface Variant {
+  readonly name: string;
+  readonly telemetry: RequestTelemetry;
+  /** Extra per-request work the gateway does beside the hooks (its mesh summary). */
+  readonly after?: (record: TelemetryRecord) => void;
+  readonly tracer?: ProxyTracer;
+  readonly exported?: () => Promise<number>;
+}
+
+async function inProcess(children: ChildProcess[]): Promise<{ rows: Row[]; notes: string[] }> {
+  const devNull = openSync("/dev/null", "w");
+  const sink = await startSink(undefined, children);
+  const notes: string[] = [];
+  const tracers: ProxyTracer[] = [];
+  try {
+    const accessLog = () => {
+      // As the gateway: lines batched per event-loop turn, written with one call (here to /dev/null).
+      const buffered = createBufferedSink({ write: (chunk) => writeSync(devNull, chunk), schedule: (flush) => setImmediate(flush) });
+      return createAccessLog({ write: buffered.write });
+    };
+    const metrics = () => createProxyMetrics(createMetricsRegistry());
+    const summary = () => {
+      const s = createMeshSummary({ proxyId: "gateway-bench", role: "gateway", workload: "bench" });
+      return (r: TelemetryRecord) => s.record(r);
+    };
+    let noopSpans = 0;
+    const noop: SpanExporter = {
+      export(spans, done) {
+        noopSpans += spans.length;
+        done({ code: ExportResultCode.SUCCESS });
+      },
+      shutdown: async () => {},
+    };
+    const tracer = (sampleRatio: number, exporter?: SpanExporter) => {
+      const t = createTracer({ sampleRatio, ...(exporter ? { exporter } : {}) });
+      tracers.push(t);
+      return t;
+    };
+    const everything = (name: string, t: ProxyTracer, exported?: () => Promise<number>): Variant => ({
+      name,
+      telemetry: createRequestTelemetry({ accessLog: accessLog(), metrics: metrics(), tracer: t }),
+      after: summary(),
+      tracer: t,
+      exported,
+    });
+    let otlpBase = 0;
+    const variants: Variant[] = [
+      { name: "nothing (hooks with no parts)", telemetry: createRequestTelemetry({}) },
+      { name: "access log only (JSON line, buffered)", telemetry: createRequestTelemetry({ accessLog: accessLog() }) },
+      { name: "metrics only (counters + histogram)", telemetry: createRequestTelemetry({ metrics: metrics() }) },
+      { name: "tracer only, sampleRatio 0", telemetry: createRequestTelemetry({ tracer: tracer(0) }) },
+      { name: "mesh summary only (mesh view)", telemetry: createRequestTelemetry({}), after: summary() },
+      everything("all, tracing sampleRatio 0", tracer(0)),
+      everything("all, tracing 0.01 (default), no exporter", tracer(0.01)),
+      everything("all, tracing 1.0 → no-op exporter", tracer(1, noop), async () => noopSpans),
+      everything("all, tracing 1.0 → OTLP/HTTP JSON sink", tracer(1, createOtlpHttpExporter({ url: sink.url, serviceName: "weft-gateway-bench" })), async () => (await sink.count()).spans - otlpBase),
+    ];
+
+    const rows: Row[] = [];
+    let baseline: number | undefined;
+    for (const v of variants) {
+      const exportedBefore = v.exported ? await v.exported() : 0;
+      if (v.name.includes("OTLP")) otlpBase = (await sink.count()).spans;
+      const rounds: { us: number; cpu: number }[] = [];
+      let started = 0;
+      for (let round = -1; round < ROUNDS; round++) {
+        // Round -1 is the warm-up.
+        const cpu0 = process.cpuUsage();
+        const t0 = performance.now();
+        for (let i = 0; i < IN_PROCESS_COUNT; i++) {
+          const s = v.telemetry.onRequestStart(HEAD);
+          const record = recordFor(i, s);
+          v.telemetry.onRequestDone(record);
+          v.after?.(record);
+          started += 1;
+          // Give the loop a turn as a server would between reads: the sink flushes, spans export.
+          if (i % BATCH === BATCH - 1) await new Promise((r) => setImmediate(r));
+        }
+        await new Promise((r) => setImmediate(r));
+        const wall = performance.now() - t0;
+        const cpu = process.cpuUsage(cpu0);
+        if (round >= 0) rounds.push({ us: (wall * 1000) / IN_PROCESS_COUNT, cpu: (cpu.user + cpu.system) / IN_PROCESS_COUNT });
+      }
+      let exported: number | undefined;
+      if (v.tracer && v.exported) {
+        await v.tracer.flush();
+        await sleep(200);
+        exported = (await v.exported()) - (v.name.includes("OTLP") ? 0 : exportedBefore);
+      }
+      const sorted = [...rounds].sort((a, b) => a.us - b.us);
+      const median = sorted[Math.floor(ROUNDS / 2)]!;
+      baseline ??= median.us;
+      rows.push({
+        "per request (in-process)": v.name,
+        "µs/req": fmt(median.us, 2),
+        "CPU µs/req": fmt(median.cpu, 2),
+        "+µs over nothing": v === variants[0] ? "baseline" : fmt(median.us - baseline, 2),
+        "spans exported": exported === undefined ? "-" : `${fmt(exported)} of ${fmt(started)}`,
+        "round spread": `${fmt(((sorted.at(-1)!.us - sorted[0]!.us) / median.us) * 100)}%`,
+      });
+    }
+    notes.push(`${IN_PROCESS_COUNT} requests per round, ${ROUNDS} rounds after a warm-up round, an event-loop turn every ${BATCH}; access log to /dev/null through the gateway's buffered sink; "all" = metrics + access log + tracer + mesh summary, as createProxyTelemetry wires them; BatchSpanProcessor defaults (queue 2048, batch 512)`);
+    return { rows, notes };
+  } finally {
+    for (const t of tracers) await t.shutdown().catch(() => undefined);
+    closeSync(devNull);
+    stopChild(sink.child);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end through the gateway process.
+
+const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim() || 100);
+
+/** CPU seconds (user + system) of a process and its descendants, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number {
+  const table = new Map<number, { ppid: number; cpu: number }>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      table.set(Number(name), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / CLK_TCK });
+    } catch {
+      // The process ended while the table was read.
+    }
+  }
+  let total = 0;
+  const queue = [pid];
+  while (queue.length > 0) {
+    const p = queue.pop()!;
+    total += table.get(p)?.cpu ?? 0;
+    for (const [child, s] of table) if (s.ppid === p) queue.push(child);
+  }
+  return total;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePort) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolvePort(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode})`);
+    const ok = await new Promise<boolean>((resolveOk) => {
+      const s = net.connect(port, "127.0.0.1", () => (s.destroy(), resolveOk(true)));
+      s.on("error", () => resolveOk(false));
+    });
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`${what} did not listen on ${port}`);
+}
+
+function stopChild(child: ChildProcess): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(child.pid, "SIGKILL");
+  } catch {
+    // Already gone.
+  }
+}
+
+interface WrkResult {
+  readonly rps: number;
+  readonly requests: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly errors: number;
+  readonly cpuUsPerRequest: number;
+}
+
+function parseMs(text: string): number {
+  const m = /([\d.]+)(us|ms|s)/.exec(text);
+  if (!m) return NaN;
+  const v = Number(m[1]);
+  return m[2] === "us" ? v / 1000 : m[2] === "s" ? v * 1000 : v;
+}
+
+async function wrk(port: number, seconds: number, pid: number, children: ChildProcess[]): Promise<WrkResult> {
+  const before = cpuSeconds(pid);
+  const out = await new Promise<string>((resolveOut, reject) => {
+    const child = spawn("taskset", ["-c", "0", "wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`], { stdio: ["ignore", "pipe", "ignore"] });
+    children.push(child);
+    let text = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (text += chunk));
+    child.on("error", reject);
+    child.on("close", () => resolveOut(text));
+  });
+  const after = cpuSeconds(pid);
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)?.slice(1).reduce((a, b) => a + Number(b), 0) ?? 0;
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+    requests,
+    p50Ms: parseMs(/50%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    p99Ms: parseMs(/99%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    errors: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) + socketErrors,
+    cpuUsPerRequest: requests > 0 ? ((after - before) * 1e6) / requests : NaN,
+  };
+}
+
+async function throughGateway(seconds: number, children: ChildProcess[]): Promise<{ rows: Row[]; notes: string[] }> {
+  for (const tool of ["wrk", "taskset"]) {
+    if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) throw new Error(`${tool} is needed: apt-get install -y wrk util-linux`);
+  }
+  const dir = mkdtempSync(join(tmpdir(), "weft-bench-telemetry-"));
+  try {
+    const upstreamPorts = [await freePort(), await freePort()];
+    const upstream = spawn("taskset", ["-c", "0", process.execPath, "--import", "tsx", "bench/upstream.ts", ...upstreamPorts.map(String)], { cwd: ROOT, stdio: "ignore" });
+    children.push(upstream);
+    await waitForPort(upstreamPorts[1]!, upstream, "upstream");
+    const sink = await startSink(0, children);
+
+    const gateway = async (name: string, tracing: { sampleRatio: number; otlpEndpoint?: string }) => {
+      const port = await freePort();
+      const config = join(dir, `${name}.json`);
+      writeFileSync(
+        config,
+        JSON.stringify({
+          accessLog: "json",
+          tracing,
+          services: { app: { endpoints: upstreamPorts.map((p) => ({ address: `127.0.0.1:${p}` })), traffic: { loadBalancer: "round_robin" } } },
+          gateways: {
+            bench: {
+              listeners: [{ port, address: "127.0.0.1" }],
+              routes: [{ name: "bench", match: { path: { prefix: "/bench" } }, forward: { to: [{ service: "app" }] } }],
+            },
+          },
+        }),
+      );
+      const out = openSync(join(dir, `${name}.out`), "a");
+      const err = openSync(join(dir, `${name}.err`), "a");
+      const child = spawn("taskset", ["-c", "1", process.execPath, "--import", "tsx", "gateway/main.ts", "--config", config, "--admin", "127.0.0.1:0"], { cwd: ROOT, stdio: ["ignore", out, err] });
+      children.push(child);
+      closeSync(out);
+      closeSync(err);
+      await waitForPort(port, child, `gateway (${name})`);
+      return { name, port, pid: child.pid!, child };
+    };
+    const untraced = await gateway("untraced", { sampleRatio: 0 });
+    const traced = await gateway("traced", { sampleRatio: 1, otlpEndpoint: sink.url });
+
+    let tracedServed = 0;
+    tracedServed += (await wrk(traced.port, 2, traced.pid, children)).requests;
+    await wrk(untraced.port, 2, untraced.pid, children);
+    const pairs: { off: WrkResult; on: WrkResult }[] = [];
+    for (let pair = 0; pair < 2; pair++) {
+      const off = await wrk(untraced.port, seconds, untraced.pid, children);
+      const on = await wrk(traced.port, seconds, traced.pid, children);
+      tracedServed += on.requests;
+      pairs.push({ off, on });
+    }
+    // Spans still queued (under one batch of 512) go out after the processor's 5 s delay; wait for most.
+    await sleep(1500);
+    const exported = await sink.count();
+
+    const rows: Row[] = [];
+    const row = (label: string, r: WrkResult, ratioRps?: number, ratioCpu?: number) =>
+      rows.push({
+        "through the gateway (wrk -c50)": label,
+        "req/s": fmt(r.rps),
+        "p50 ms": fmt(r.p50Ms, 2),
+        "p99 ms": fmt(r.p99Ms, 2),
+        "CPU µs/req": fmt(r.cpuUsPerRequest, 1),
+        "traced/untraced req/s": ratioRps === undefined ? "" : fmt(ratioRps, 2),
+        "traced/untraced CPU": ratioCpu === undefined ? "" : fmt(ratioCpu, 2),
+        errors: String(r.errors),
+      });
+    pairs.forEach(({ off, on }, i) => {
+      row(`pair ${i + 1}: tracing off (sampleRatio 0)`, off);
+      row(`pair ${i + 1}: tracing 1.0 → OTLP sink`, on, on.rps / off.rps, on.cpuUsPerRequest / off.cpuUsPerRequest);
+    });
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const notes = [
+      `mean of the pairs: traced/untraced req/s ${fmt(mean(pairs.map((p) => p.on.rps / p.off.rps)), 2)}, CPU/request ${fmt(mean(pairs.map((p) => p.on.cpuUsPerRequest / p.off.cpuUsPerRequest)), 2)} (${fmt(mean(pairs.map((p) => p.off.cpuUsPerRequest)), 1)} → ${fmt(mean(pairs.map((p) => p.on.cpuUsPerRequest)), 1)} µs)`,
+      `spans received by the sink: ${fmt(exported.spans)} for ${fmt(tracedServed)} traced requests (${fmt((exported.spans / tracedServed) * 100, 1)}%; up to 511 may still wait in the batch processor) in ${fmt(exported.posts)} POSTs, ${fmt(exported.bytes / Math.max(1, exported.spans))} bytes of OTLP JSON per span`,
+      `${seconds}s wrk runs (1 thread, 50 connections) after a 2 s warm-up each; gateway on core 1, wrk + upstream + sink on core 0; access log on (JSON, stdout to a file) in both`,
+    ];
+    stopChild(untraced.child);
+    stopChild(traced.child);
+    return { rows, notes };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * main measures telemetry's per-request cost in-process and through the gateway, with and without tracing, and prints tables.
+ * @example await main(["--duration", "5"]);
+ */
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { duration: { type: "string" }, only: { type: "string" }, "otlp-sink": { type: "boolean" } } });
+  if (values["otlp-sink"]) return runSink();
+  const seconds = Number(values.duration ?? 5);
+  if (!(seconds >= 1 && seconds <= 60)) throw new RangeError("--duration is seconds per wrk run, 1..60");
+  if (values.only !== undefined && values.only !== "in-process" && values.only !== "gateway") throw new RangeError("--only in-process or gateway");
+  const children: ChildProcess[] = [];
+  const cleanup = () => children.forEach(stopChild);
+  process.once("exit", cleanup);
+  try {
+    console.log(`Telemetry cost: node ${process.version}, load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`);
+    console.log(`command: node --import tsx bench/telemetry.ts ${argv.join(" ")}`.trimEnd() + "\n");
+    if (values.only !== "gateway") {
+      const r = await inProcess(children);
+      console.log(table(r.rows));
+      for (const n of r.notes) console.log(`\n${n}`);
+      console.log();
+    }
+    if (values.only !== "in-process") {
+      const r = await throughGateway(seconds, children);
+      console.log(table(r.rows));
+      for (const n of r.notes) console.log(`\n${n}`);
+    }
+  } finally {
+    cleanup();
+    process.off("exit", cleanup);
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const sinkMode = process.argv.includes("--otlp-sink");
+  await main(process.argv.slice(2));
+  // The exporter's keep-alive sockets would hold the loop open; the sink runs until it is killed.
+  if (!sinkMode) process.exit(0);
+}
