@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { Ajv2019 } from "ajv/dist/2019.js";
 import { parse } from "yaml";
 import { compileMesh, validateMesh } from "../../shared/config/index.ts";
+import { generateJoinTokenKey, verifyJoinToken } from "../../shared/identity/index.ts";
 import composeMesh from "../../deploy/compose/weft.config.ts";
 import { startNatsServer } from "../harness/nats-server.ts";
 import { freePort } from "../harness/ports.ts";
@@ -158,6 +159,45 @@ test("the gateway and every sidecar read the join token minted for their own ide
   const stateDir = flagValue(compose.services.tokens!.command!, "--state-dir")!;
   const controlState = (compose.services.control!.volumes ?? []).find((v) => v.endsWith(":/var/lib/weft"))!.split(":")[0];
   assert.equal(onVolume(compose.services.tokens!, `${stateDir}/join-token.key`), `${controlState}:control/join-token.key`);
+});
+
+test("weft token, as the tokens one-shot runs it: waits for the key, writes each token mode 0600 in place of an old file, and still prints a lone token", { timeout: 30_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), "weft-token-"));
+  const weft = (...args: string[]) =>
+    new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = spawn(process.execPath, ["scripts/weft.mjs", "token", ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? "" }, stdio: ["ignore", "pipe", "ignore"] });
+      let stdout = "";
+      child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+      child.once("exit", (code) => resolve({ code, stdout }));
+    });
+  try {
+    const state = join(dir, "control");
+    const key = generateJoinTokenKey();
+    const gatewayFile = join(dir, "gateway.token");
+    await writeFile(gatewayFile, "stale\n", { mode: 0o644 });
+    // The key appears while the command waits, as when the control plane starts beside it.
+    const waiting = weft("--state-dir", state, "--wait-ms", "10000", "--ns", "default", "--sa", "ingress", "-o", gatewayFile, "--ns", "shop", "--sa", "web", "--out", join(dir, "web.token"));
+    await mkdir(state, { recursive: true });
+    await writeFile(join(state, "join-token.key"), key, { mode: 0o600 });
+    const r = await waiting;
+    assert.equal(r.code, 0);
+    assert.equal(r.stdout, "");
+    for (const [file, ns, sa] of [[gatewayFile, "default", "ingress"], [join(dir, "web.token"), "shop", "web"]] as const) {
+      assert.equal((await stat(file)).mode & 0o777, 0o600);
+      const verified = await verifyJoinToken((await readFile(file, "utf8")).trim(), key, Date.now());
+      assert.ok(verified.ok);
+      assert.deepEqual([verified.namespace, verified.serviceAccount], [ns, sa]);
+    }
+    const printed = await weft("--state-dir", state, "--ns", "default", "--sa", "api");
+    assert.equal(printed.code, 0);
+    const verified = await verifyJoinToken(printed.stdout.trim(), key, Date.now());
+    assert.ok(verified.ok && verified.serviceAccount === "api");
+    // Several tokens each need their own file; a missing key is an error once the wait is over.
+    assert.equal((await weft("--state-dir", state, "--ns", "a", "--sa", "b", "--ns", "c", "--sa", "d")).code, 2);
+    assert.equal((await weft("--state-dir", join(dir, "none"), "--wait-ms", "300", "--ns", "a", "--sa", "b")).code, 1);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 /** Image defaults the Dockerfile sets; a service's own environment overrides them. */
