@@ -252,6 +252,7 @@ export async function main(argv: string[]): Promise<void> {
   const e2e = await endToEnd(seconds, [...new Set([1, clients])], csrs);
   console.log(table(e2e.rows));
   for (const n of e2e.notes) console.log(`\n${n}`);
+  console.log(`\nload average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")} (other work on this 2-core machine shows up here)`);
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -322,6 +322,7 @@ export async function main(argv: string[]): Promise<void> {
       maxRoundSeconds,
     ),
   );
+  console.log(`\nload average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")} (other work on this 2-core machine shows up here)`);
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {

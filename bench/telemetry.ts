@@ -1,4 +1,4 @@
-// `node --import tsx bench/telemetry.ts [--duration 5] [--only in-process|gateway]`: what telemetry
+// `node --import tsx bench/telemetry.ts [--duration 5] [--pairs 3] [--only in-process|gateway]`: what telemetry
 // costs per request, with and without tracing.
 //   in-process: the engine's two telemetry hooks (createRequestTelemetry, as createProxyTelemetry wires
 //               them) for one synthetic request: nothing, access log only, metrics only, everything
@@ -351,14 +351,15 @@ async function wrk(port: number, seconds: number, pid: number, children: ChildPr
   return {
     rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
     requests,
-    p50Ms: parseMs(/50%\s+(\S+)/.exec(out)?.[1] ?? ""),
-    p99Ms: parseMs(/99%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    // Anchored: the thread-stats lines end in percentages too ("75.50%").
+    p50Ms: parseMs(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? ""),
+    p99Ms: parseMs(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? ""),
     errors: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) + socketErrors,
     cpuUsPerRequest: requests > 0 ? ((after - before) * 1e6) / requests : NaN,
   };
 }
 
-async function throughGateway(seconds: number, children: ChildProcess[]): Promise<{ rows: Row[]; notes: string[] }> {
+async function throughGateway(seconds: number, pairCount: number, children: ChildProcess[]): Promise<{ rows: Row[]; notes: string[] }> {
   for (const tool of ["wrk", "taskset"]) {
     if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) throw new Error(`${tool} is needed: apt-get install -y wrk util-linux`);
   }
@@ -403,7 +404,7 @@ async function throughGateway(seconds: number, children: ChildProcess[]): Promis
     tracedServed += (await wrk(traced.port, 2, traced.pid, children)).requests;
     await wrk(untraced.port, 2, untraced.pid, children);
     const pairs: { off: WrkResult; on: WrkResult }[] = [];
-    for (let pair = 0; pair < 2; pair++) {
+    for (let pair = 0; pair < pairCount; pair++) {
       const off = await wrk(untraced.port, seconds, untraced.pid, children);
       const on = await wrk(traced.port, seconds, traced.pid, children);
       tracedServed += on.requests;
@@ -448,10 +449,12 @@ async function throughGateway(seconds: number, children: ChildProcess[]): Promis
  * @example await main(["--duration", "5"]);
  */
 export async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { duration: { type: "string" }, only: { type: "string" }, "otlp-sink": { type: "boolean" } } });
+  const { values } = parseArgs({ args: argv, options: { duration: { type: "string" }, pairs: { type: "string" }, only: { type: "string" }, "otlp-sink": { type: "boolean" } } });
   if (values["otlp-sink"]) return runSink();
   const seconds = Number(values.duration ?? 5);
+  const pairs = Number(values.pairs ?? 3);
   if (!(seconds >= 1 && seconds <= 60)) throw new RangeError("--duration is seconds per wrk run, 1..60");
+  if (!(Number.isInteger(pairs) && pairs >= 1 && pairs <= 10)) throw new RangeError("--pairs is 1..10");
   if (values.only !== undefined && values.only !== "in-process" && values.only !== "gateway") throw new RangeError("--only in-process or gateway");
   const children: ChildProcess[] = [];
   const cleanup = () => children.forEach(stopChild);
@@ -466,10 +469,11 @@ export async function main(argv: string[]): Promise<void> {
       console.log();
     }
     if (values.only !== "in-process") {
-      const r = await throughGateway(seconds, children);
+      const r = await throughGateway(seconds, pairs, children);
       console.log(table(r.rows));
       for (const n of r.notes) console.log(`\n${n}`);
     }
+    console.log(`\nload average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")} (other work on this 2-core machine shows up here)`);
   } finally {
     cleanup();
     process.off("exit", cleanup);
