@@ -28,6 +28,7 @@ export interface PolicyGate {
 export type PolicyVerdict =
   | {
       readonly ok: true;
+      /** The authenticated end user (JWT `iss/sub`), never the mTLS peer. */
       readonly principal?: string;
       readonly requestHeaders?: readonly (readonly [string, string])[];
       readonly removeHeaders?: readonly string[];
@@ -54,7 +55,10 @@ export interface RequestRecord {
   requestId: string;
   traceId?: string;
   spanId?: string;
+  /** The mTLS peer's SPIFFE ID (the calling workload). */
   sourcePrincipal?: string;
+  /** The JWT's `iss/sub` when the request carried a valid token (Istio's request principal). */
+  requestPrincipal?: string;
   clientIp: string;
   userAgent?: string;
   attempts: number;
@@ -212,7 +216,8 @@ export function createEngine(options: EngineOptions): Engine {
         return local(record, "denied");
       }
       if (!verdict.ok) return local(record, verdict.reason, verdict.headers);
-      if (verdict.principal) record.sourcePrincipal ??= verdict.principal;
+      // The end user stays apart from the calling workload: metrics label workloads only (bounded).
+      if (verdict.principal) record.requestPrincipal = verdict.principal;
     }
 
     const match = view.route(head);

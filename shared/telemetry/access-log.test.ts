@@ -50,6 +50,7 @@ test("a JSON line carries every field in order, absent ones as null, and parses 
     trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
     span_id: "00f067aa0ba902b7",
     source_principal: "spiffe://cluster.local/ns/default/sa/web",
+    request_principal: null,
     client_ip: "203.0.113.7",
     user_agent: "curl/8",
   });

@@ -28,6 +28,7 @@ export const ACCESS_LOG_FIELDS = [
   "trace_id",
   "span_id",
   "source_principal",
+  "request_principal",
   "client_ip",
   "user_agent",
 ] as const;
@@ -56,6 +57,7 @@ const READERS: Record<AccessLogField, (r: TelemetryRecord) => FieldValue> = {
   trace_id: (r) => r.traceId,
   span_id: (r) => r.spanId,
   source_principal: (r) => r.sourcePrincipal,
+  request_principal: (r) => r.requestPrincipal,
   client_ip: (r) => r.clientIp,
   user_agent: (r) => r.userAgent,
 };
@@ -113,6 +115,7 @@ export function formatJsonLine(r: TelemetryRecord): string {
     `,"trace_id":${jsonValue(r.traceId)}` +
     `,"span_id":${jsonValue(r.spanId)}` +
     `,"source_principal":${jsonValue(r.sourcePrincipal)}` +
+    `,"request_principal":${jsonValue(r.requestPrincipal)}` +
     `,"client_ip":${jsonString(r.clientIp)}` +
     `,"user_agent":${jsonValue(r.userAgent)}}`
   );

@@ -26,7 +26,10 @@ export interface TelemetryRecord {
   readonly requestId: string;
   readonly traceId?: string;
   readonly spanId?: string;
+  /** The mTLS peer's SPIFFE ID. */
   readonly sourcePrincipal?: string;
+  /** The JWT's `iss/sub` (end user); logged and traced, never a metric label. */
+  readonly requestPrincipal?: string;
   readonly clientIp: string;
   readonly userAgent?: string;
   readonly attempts: number;

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { formatTraceparent, parseTraceparent, parseTracestate, type TraceParentFailure } from "./trace-context.ts";
+import { formatTraceparent, parseB3, parseTraceparent, parseTracestate, type TraceParentFailure } from "./trace-context.ts";
 
 const TRACE = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SPAN = "00f067aa0ba902b7";
@@ -71,4 +71,31 @@ test("tracestate: valid lists are kept (joined across lines), invalid ones dropp
   assert.equal(parseTracestate("a= "), undefined);
   assert.equal(parseTracestate(Array.from({ length: 33 }, (_, i) => `k${i}=v`).join(",")), undefined);
   assert.equal(parseTracestate(Array.from({ length: 32 }, (_, i) => `k${i}=v`).join(","))?.split(",").length, 32);
+});
+
+test("B3: the single header and the multi headers parse; 64-bit trace ids are left-padded; debug means sampled", () => {
+  assert.deepEqual(parseB3({ b3: `${TRACE}-${SPAN}-1` }), { traceId: TRACE, parentId: SPAN, sampled: true });
+  assert.deepEqual(parseB3({ b3: `${TRACE}-${SPAN}-0-e457b5a2e4d86bd1` }), { traceId: TRACE, parentId: SPAN, sampled: false });
+  assert.deepEqual(parseB3({ b3: `${TRACE}-${SPAN}-d` }), { traceId: TRACE, parentId: SPAN, sampled: true });
+  assert.deepEqual(parseB3({ b3: `a3ce929d0e0e4736-${SPAN}` }), { traceId: "0000000000000000a3ce929d0e0e4736", parentId: SPAN, sampled: undefined });
+  assert.deepEqual(parseB3({ "x-b3-traceid": TRACE.toUpperCase(), "x-b3-spanid": SPAN, "x-b3-sampled": "1" }), { traceId: TRACE, parentId: SPAN, sampled: true });
+  assert.deepEqual(parseB3({ "x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-flags": "1", "x-b3-sampled": "0" }), { traceId: TRACE, parentId: SPAN, sampled: true });
+  assert.deepEqual(parseB3({ "x-b3-traceid": TRACE, "x-b3-spanid": SPAN }), { traceId: TRACE, parentId: SPAN, sampled: undefined });
+});
+
+test("B3: a lone sampling state, malformed ids, all-zero ids, bad sampling states and repeated headers are no parent", () => {
+  for (const headers of [
+    { b3: "0" },
+    { b3: "1" },
+    { b3: `${TRACE}-short` },
+    { b3: `${TRACE.slice(0, 20)}-${SPAN}-1` },
+    { b3: `${"0".repeat(32)}-${SPAN}-1` },
+    { b3: `${TRACE}-${"0".repeat(16)}-1` },
+    { b3: `${TRACE}-${SPAN}-yes` },
+    { "x-b3-traceid": TRACE },
+    { "x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": "maybe" },
+    { "x-b3-traceid": [TRACE, TRACE], "x-b3-spanid": SPAN },
+  ]) {
+    assert.equal(parseB3(headers), undefined, JSON.stringify(headers));
+  }
 });

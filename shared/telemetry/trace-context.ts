@@ -50,6 +50,58 @@ export function parseTraceparent(header: string | readonly string[] | undefined)
   return { ok: true, value: { version, traceId, parentId, flags, sampled: (flags & 1) === 1 } };
 }
 
+const B3_ID = /^(?:[0-9a-f]{16}|[0-9a-f]{32})$/;
+const B3_SPAN = /^[0-9a-f]{16}$/;
+
+/** A B3 context (https://github.com/openzipkin/b3-propagation) as the parent of a W3C trace. */
+export interface B3Parent {
+  /** 32 hex digits: a 64-bit B3 trace id is left-padded with zeros, as the W3C interop rule says. */
+  readonly traceId: string;
+  readonly parentId: string;
+  /** undefined: the caller deferred the decision (no sampling state sent). */
+  readonly sampled: boolean | undefined;
+}
+
+/** Request headers the B3 formats use; a proxy that turns B3 into traceparent removes them upstream. */
+export const B3_HEADERS = ["b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"] as const;
+
+/**
+ * parseB3 reads Zipkin's B3 trace context, the single `b3` header or the `x-b3-*` multi headers,
+ * for callers that do not send `traceparent`; anything malformed or all-zero is no parent.
+ * @example
+ * parseB3({ b3: "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1" }) // { traceId: "80f1…", parentId: "e457…", sampled: true }
+ */
+export function parseB3(headers: Readonly<Record<string, string | readonly string[] | undefined>>): B3Parent | undefined {
+  const single = one(headers.b3);
+  if (single !== undefined) {
+    // b3: {TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]; a lone sampling state carries no parent.
+    const [traceId, spanId, state] = single.toLowerCase().split("-");
+    if (spanId === undefined) return undefined;
+    return b3Parent(traceId!, spanId, state === undefined ? undefined : state === "1" || state === "d" ? true : state === "0" ? false : null);
+  }
+  const traceId = one(headers["x-b3-traceid"]);
+  const spanId = one(headers["x-b3-spanid"]);
+  if (traceId === undefined || spanId === undefined) return undefined;
+  const flags = one(headers["x-b3-flags"]);
+  const sampledHeader = one(headers["x-b3-sampled"])?.toLowerCase();
+  const sampled =
+    flags === "1" ? true : sampledHeader === undefined ? undefined : sampledHeader === "1" || sampledHeader === "true" ? true : sampledHeader === "0" || sampledHeader === "false" ? false : null;
+  return b3Parent(traceId.toLowerCase(), spanId.toLowerCase(), sampled);
+}
+
+function one(value: string | readonly string[] | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  const v = typeof value === "string" ? value : value.length === 1 ? value[0]! : undefined;
+  return v === undefined || v.trim() === "" ? undefined : v.trim();
+}
+
+function b3Parent(traceId: string, spanId: string, sampled: boolean | undefined | null): B3Parent | undefined {
+  if (sampled === null || !B3_ID.test(traceId) || !B3_SPAN.test(spanId)) return undefined;
+  const full = traceId.padStart(32, "0");
+  if (full === ZERO_TRACE || spanId === ZERO_SPAN) return undefined;
+  return { traceId: full, parentId: spanId, sampled };
+}
+
 /**
  * formatTraceparent writes a version-00 `traceparent` for a span.
  * @example

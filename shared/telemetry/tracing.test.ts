@@ -55,6 +55,32 @@ test("a sampled incoming traceparent is continued: same trace id, new span id, u
   await tracer.shutdown();
 });
 
+test("a B3 caller's trace is continued in W3C form upstream, its B3 headers removed; traceparent wins when both arrive", async () => {
+  const exporter = new InMemorySpanExporter();
+  const tracer = createTracer({ exporter, processing: "simple", sampleRatio: 0 });
+  const started = tracer.start({ method: "GET", headers: { b3: `${TRACE}-${PARENT}-1`, "x-b3-sampled": "1" } });
+  assert.equal(started.traceId, TRACE);
+  const out = parseTraceparent(started.upstreamHeaders.traceparent);
+  assert.ok(out.ok);
+  assert.deepEqual([out.value.traceId, out.value.parentId, out.value.sampled], [TRACE, started.spanId, true]);
+  for (const name of ["b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]) {
+    assert.ok(name in started.upstreamHeaders && started.upstreamHeaders[name] === undefined, `${name} removed upstream`);
+  }
+  tracer.end(record({ traceId: started.traceId, spanId: started.spanId }));
+  await tracer.flush();
+  const [span] = exporter.getFinishedSpans();
+  assert.equal(span?.parentSpanContext?.spanId, PARENT);
+
+  const multi = tracer.start({ method: "GET", headers: { "x-b3-traceid": TRACE, "x-b3-spanid": PARENT, "x-b3-sampled": "0" } });
+  assert.equal(multi.traceId, TRACE);
+  assert.equal(parseTraceparent(multi.upstreamHeaders.traceparent).ok && multi.upstreamHeaders.traceparent!.endsWith("-00"), true);
+
+  const both = tracer.start({ method: "GET", headers: { traceparent: `00-${TRACE}-${PARENT}-01`, b3: `${"1".repeat(32)}-${"2".repeat(16)}-1` } });
+  assert.equal(both.traceId, TRACE);
+  assert.equal("b3" in both.upstreamHeaders, false);
+  await tracer.shutdown();
+});
+
 test("an incoming unsampled traceparent is honoured even at ratio 1: propagated with flag 00, nothing exported", async () => {
   const exporter = new InMemorySpanExporter();
   const tracer = createTracer({ exporter, processing: "simple", sampleRatio: 1 });

@@ -4,6 +4,7 @@ import {
   BasicTracerProvider,
   BatchSpanProcessor,
   ParentBasedSampler,
+  SamplingDecision,
   SimpleSpanProcessor,
   TraceIdRatioBasedSampler,
   type Sampler,
@@ -11,7 +12,10 @@ import {
   type SpanExporter,
   type SpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
-import { formatTraceparent, parseTraceparent, parseTracestate } from "./trace-context.ts";
+import { B3_HEADERS, formatTraceparent, parseB3, parseTraceparent, parseTracestate } from "./trace-context.ts";
+
+// Upstream, a B3 caller's trace goes on as traceparent; its B3 headers would name a stale parent.
+const B3_REMOVED: Readonly<Record<string, undefined>> = Object.fromEntries(B3_HEADERS.map((name) => [name, undefined]));
 import type { TelemetryHead, TelemetryRecord } from "./record.ts";
 
 /** What a request's trace contributes to the engine: ids for the record, headers for the upstream request. */
@@ -51,16 +55,22 @@ export interface ProxyTracer {
 }
 
 /** A sampler whose ratio can change at run time: parent-based, ratio for roots. */
-function createSwappableSampler(ratio: number): Sampler & { set(ratio: number): void; readonly ratio: number } {
+function createSwappableSampler(ratio: number): Sampler & { set(ratio: number): void; decide(traceId: string): boolean; readonly ratio: number } {
   let current = ratio;
-  let inner: Sampler = new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
+  let root = new TraceIdRatioBasedSampler(ratio);
+  let inner: Sampler = new ParentBasedSampler({ root });
   return {
     shouldSample(context: Context, traceId: string, spanName: string, spanKind: SpanKind, attributes: Attributes, links: Link[]): SamplingResult {
       return inner.shouldSample(context, traceId, spanName, spanKind, attributes, links);
     },
+    /** The ratio's decision for a trace whose caller deferred it (B3 without a sampling state). */
+    decide(traceId: string) {
+      return root.shouldSample(ROOT_CONTEXT, traceId).decision === SamplingDecision.RECORD_AND_SAMPLED;
+    },
     set(next: number) {
       current = next;
-      inner = new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(next) });
+      root = new TraceIdRatioBasedSampler(next);
+      inner = new ParentBasedSampler({ root });
     },
     get ratio() {
       return current;
@@ -106,6 +116,7 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
       const incoming = parseTraceparent(head.headers.traceparent);
       let parent: Context = ROOT_CONTEXT;
       let tracestate: string | undefined;
+      let b3 = false;
       if (incoming.ok) {
         tracestate = parseTracestate(head.headers.tracestate);
         parent = trace.setSpanContext(ROOT_CONTEXT, {
@@ -115,6 +126,14 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
           isRemote: true,
           traceState: tracestate === undefined ? undefined : new TraceState(tracestate),
         });
+      } else if (head.headers.b3 !== undefined || head.headers["x-b3-traceid"] !== undefined) {
+        // A Zipkin caller: its trace continues in W3C form. A deferred sampling decision is ours to make.
+        const from = parseB3(head.headers);
+        b3 = true;
+        if (from !== undefined) {
+          const sampled = from.sampled ?? sampler.decide(from.traceId);
+          parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: from.traceId, spanId: from.parentId, traceFlags: sampled ? TraceFlags.SAMPLED : TraceFlags.NONE, isRemote: true });
+        }
       }
       const span = tracer.startSpan(head.method, { kind: SpanKind.SERVER }, parent);
       const ctx = span.spanContext();
@@ -127,7 +146,9 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
         traceId: ctx.traceId,
         spanId: ctx.spanId,
         // A tracestate travels only with the traceparent it belongs to (W3C §3.3).
-        upstreamHeaders: { traceparent: formatTraceparent(ctx.traceId, ctx.spanId, sampled), tracestate },
+        upstreamHeaders: b3
+          ? { traceparent: formatTraceparent(ctx.traceId, ctx.spanId, sampled), tracestate, ...B3_REMOVED }
+          : { traceparent: formatTraceparent(ctx.traceId, ctx.spanId, sampled), tracestate },
       };
     },
     end(record) {
@@ -154,6 +175,7 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
       if (record.service !== undefined) span.setAttribute("weft.upstream.service", record.service);
       if (record.upstream !== undefined) span.setAttribute("weft.upstream.host", record.upstream);
       if (record.sourcePrincipal !== undefined) span.setAttribute("weft.source.principal", record.sourcePrincipal);
+      if (record.requestPrincipal !== undefined) span.setAttribute("weft.request.principal", record.requestPrincipal);
       if (record.reason !== undefined) span.setAttribute("weft.reason", record.reason);
       // A server span is an error for 5xx only (OpenTelemetry HTTP semantic conventions).
       if (record.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: record.reason });

@@ -64,6 +64,22 @@ describe("gateway policy: JWT, authorization and local rate limits", () => {
     assert.deepEqual(JSON.parse(r.body), { user: "alice", auth: null });
   });
 
+  test("the token's iss/sub is logged as request_principal and never becomes a metric label (one series per end user would be unbounded)", async () => {
+    const token = await idp.mint({ sub: "carol" }, { audience: "shop" });
+    const r = await request(port, { path: "/me", headers: { authorization: `Bearer ${token}` } });
+    assert.equal(r.status, 200);
+    let line: Record<string, unknown> | undefined;
+    for (let i = 0; i < 50 && line === undefined; i++) {
+      line = gw.accessLog().find((l) => l.request_principal === `${idp.issuer}/carol`);
+      if (line === undefined) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.ok(line, "access log line with the request principal");
+    assert.equal(line.source_principal, null);
+    const metrics = await (await fetch(`http://127.0.0.1:${gw.adminPort}/stats/prometheus`)).text();
+    assert.doesNotMatch(metrics, /carol/);
+    assert.match(metrics, /weft_requests_total\{source="",route="all",service="app",code="200",reason=""\} [1-9]/);
+  });
+
   test("an expired token is refused with 401 jwt_invalid; a token for another audience with 403 (as Envoy's jwt_authn)", async () => {
     const expired = await idp.mint({ sub: "alice" }, { audience: "shop", expiresInSec: -600 });
     const r401 = await request(port, { path: "/me", headers: { authorization: `Bearer ${expired}` } });
