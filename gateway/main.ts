@@ -232,7 +232,13 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
   follow.watcher.then(startIdentity, () => {});
   const [adminHost, adminPort] = splitAddress(o.admin);
   const admin = await runtime.serveFetch(
-    createAdminApp({ log, waiting: () => (ingress.current ? [] : ["config"]), snapshot: () => ingress.snapshot, ...telemetry.admin }).fetch,
+    createAdminApp({
+      log,
+      // With an attestation the gateway is ready once it can also call mesh workloads over mTLS.
+      waiting: () => [...(ingress.current ? [] : ["config"]), ...(attestation && identity.current() === undefined ? ["certificate"] : [])],
+      snapshot: () => ingress.snapshot,
+      ...telemetry.admin,
+    }).fetch,
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
