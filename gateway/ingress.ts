@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import type { GatewaySnapshot, Snapshot } from "../shared/config/index.ts";
 import {
   createEngine,
+  type ClusterHealthReport,
   createGatewayView,
   type EngineOptions,
   type Listener,
@@ -33,6 +34,8 @@ export interface Ingress {
   readonly ports: ReadonlyMap<string, number>;
   readonly current: RouteView | undefined;
   readonly snapshot: Snapshot | undefined;
+  /** Outlier ejections and pool load per upstream service. */
+  health(): readonly ClusterHealthReport[];
   /** Stops accepting, lets in-flight requests finish (up to graceMs), closes upstream pools. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -118,6 +121,7 @@ export function createIngress(options: IngressOptions): Ingress {
     get snapshot() {
       return snapshot;
     },
+    health: () => engine.health(),
     async stop(graceMs = 10_000) {
       const closing = Promise.all([...listeners.values()].map((l) => l.listener.close()));
       let timer: ReturnType<typeof setTimeout> | undefined;

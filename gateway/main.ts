@@ -84,6 +84,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   const runtime = await detectRuntime();
   const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: `gateway-${name}`, role: "gateway", workload: name });
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps() });
+  telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
 
@@ -213,6 +214,7 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
     );
   };
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps(() => bus), meshIdentity: identity });
+  telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
   const follow = await followBus({
     connect: async () => {
       bus = await o.connect();

@@ -186,6 +186,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   const identity = createIdentitySlot();
   const telemetry = createProxyTelemetry(log, `weft-sidecar-${serviceName}`, { proxyId, role: "sidecar", workload: serviceName, inboundService: INBOUND_CLUSTER });
   const engine = createEngine({ client, edge: false, meshIdentity: identity, ...telemetry.hooks });
+  telemetry.observeClusters({ snapshot: () => views?.snapshot, health: () => engine.health() });
   const policyShared = createPolicyShared();
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
   let views: SidecarViews | undefined;

@@ -153,7 +153,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
   }
 
   return {
-    engine: { handle: (head, body) => handle(head, body) },
+    engine: { handle: (head, body) => handle(head, body), health: () => engine.health() },
     current: () => current()?.outbound as RouteView,
     onInternalError: options.onInternalError,
     applied() {

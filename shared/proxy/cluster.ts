@@ -43,6 +43,21 @@ export interface ClusterHealth {
 /** Finds the health state of a cluster; see createClusterHealth. */
 export interface ClusterHealthTable {
   of(cluster: Cluster): ClusterHealth;
+  /** The state of every service that has some (outlier detection or a connection pool), for /clusters and metrics. */
+  report(): readonly ClusterHealthReport[];
+}
+
+/** One service's live health as this proxy sees it. */
+export interface ClusterHealthReport {
+  readonly service: string;
+  /** Endpoints ejected now, with the time each returns (ms since the epoch). */
+  readonly ejected: readonly { readonly address: string; readonly untilMs: number }[];
+  /** Ejections since the service's outlier detection began; 0 without one. */
+  readonly ejectionsTotal: number;
+  /** Requests holding a slot of the connection pool, waiting for one, and retries in flight; 0 without a pool. */
+  readonly active: number;
+  readonly pending: number;
+  readonly retries: number;
 }
 
 const NO_HEALTH: ClusterHealth = { outlier: undefined, circuit: undefined };
@@ -78,6 +93,16 @@ export function createClusterHealth(now: () => number): ClusterHealthTable {
       } else byService.set(cluster.service.name, { outlierKey, circuitKey, health });
       byCluster.set(cluster, health);
       return health;
+    },
+    report() {
+      return [...byService].map(([service, { health: { outlier, circuit } }]) => ({
+        service,
+        ejected: outlier?.ejections() ?? [],
+        ejectionsTotal: outlier?.ejectionsTotal ?? 0,
+        active: circuit?.active ?? 0,
+        pending: circuit?.pending ?? 0,
+        retries: circuit?.retries ?? 0,
+      }));
     },
   };
 }

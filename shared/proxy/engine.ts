@@ -1,6 +1,6 @@
 import { TLS_MODE_LABEL, type FaultConfig, type MirrorConfig, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
 import type { CircuitBreaker } from "./circuit.ts";
-import { createClusterHealth, type Cluster } from "./cluster.ts";
+import { createClusterHealth, type Cluster, type ClusterHealthReport } from "./cluster.ts";
 import { chance, createFault, type Fault } from "./fault.ts";
 import { sendMirror, type MirrorCopy, type MirrorOutcome } from "./mirror.ts";
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
@@ -103,6 +103,8 @@ export interface EngineOptions {
 
 export interface Engine {
   handle(head: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange>;
+  /** Outlier ejections and connection-pool load per service (for /clusters and metrics). */
+  health(): readonly ClusterHealthReport[];
 }
 
 /** What the tries of one forwarded request share. */
@@ -474,5 +476,5 @@ export function createEngine(options: EngineOptions): Engine {
     return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };
   }
 
-  return { handle };
+  return { handle, health: () => health.report() };
 }

@@ -24,6 +24,8 @@ export interface OutlierDetector {
   isEjected(address: string): boolean;
   /** Addresses ejected now, with the time each returns. */
   ejections(): readonly { readonly address: string; readonly untilMs: number }[];
+  /** Ejections made since this detector began (Envoy's outlier_detection.ejections_enforced_total). */
+  readonly ejectionsTotal: number;
 }
 
 interface EndpointState {
@@ -53,6 +55,7 @@ export function createOutlierDetector(config: OutlierDetectionConfig, now: () =>
   // Changes whenever the ejected set does, so filtered pools are rebuilt only then.
   let generation = 0;
   let ejectedCount = 0;
+  let ejectionsTotal = 0;
   let nextReturnMs = Infinity;
   const filtered = new WeakMap<readonly Endpoint[], { generation: number; pool: readonly Endpoint[] }>();
 
@@ -90,11 +93,15 @@ export function createOutlierDetector(config: OutlierDetectionConfig, now: () =>
     state.consecutive5xx = 0;
     state.consecutiveGateway = 0;
     ejectedCount++;
+    ejectionsTotal++;
     generation++;
     nextReturnMs = Math.min(nextReturnMs, state.ejectedUntilMs);
   }
 
   return {
+    get ejectionsTotal() {
+      return ejectionsTotal;
+    },
     report(endpoint, outcome, population) {
       const at = now();
       returnExpired(at);

@@ -1,5 +1,6 @@
 import { Hono } from "hono";
 import type { Snapshot } from "../config/index.ts";
+import type { ClusterHealthReport } from "../proxy/index.ts";
 import type { Logger, LogLevel } from "../telemetry/index.ts";
 
 export interface AdminState {
@@ -11,6 +12,8 @@ export interface AdminState {
   metrics?(): string | Promise<string>;
   /** The same metrics as JSON, for /stats. */
   stats?(): unknown | Promise<unknown>;
+  /** Outlier ejections and pool load per service, for /clusters. */
+  health?(): readonly ClusterHealthReport[];
   /** POST /quitquitquit (Istio's): the proxy stops (drains) and exits 0; absent = not offered. */
   quit?(): void;
 }
@@ -38,11 +41,29 @@ export function createAdminApp(state: AdminState): Hono {
   });
   app.get("/clusters", (c) => {
     const snap = state.snapshot();
+    const health = new Map((state.health?.() ?? []).map((h) => [h.service, h]));
     const clusters = snap
-      ? [...snap.services.values()].map((s) => ({
-          service: s.name,
-          endpoints: s.endpoints.map((e) => ({ address: e.address, weight: e.weight, labels: e.labels, draining: e.draining, healthy: !e.draining })),
-        }))
+      ? [...snap.services.values()].map((s) => {
+          const h = health.get(s.name);
+          const ejected = new Map(h?.ejected.map((e) => [e.address, e.untilMs]));
+          return {
+            service: s.name,
+            endpoints: s.endpoints.map((e) => {
+              const until = ejected.get(e.address);
+              return {
+                address: e.address,
+                weight: e.weight,
+                labels: e.labels,
+                draining: e.draining,
+                healthy: !e.draining && until === undefined,
+                // Envoy's /clusters shows failed_outlier_check; here with the time the endpoint returns.
+                outlier: until === undefined ? null : { ejectedUntil: new Date(until).toISOString() },
+              };
+            }),
+            outlierEjectionsTotal: h?.ejectionsTotal ?? 0,
+            pool: h ? { active: h.active, pending: h.pending, retries: h.retries } : null,
+          };
+        })
       : [];
     return c.json({ clusters });
   });

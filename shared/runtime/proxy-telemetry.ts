@@ -1,7 +1,7 @@
 import process from "node:process";
 import { encodeJson, telemetrySubject, type Bus } from "../bus/index.ts";
 import type { Snapshot } from "../config/index.ts";
-import type { EngineOptions } from "../proxy/index.ts";
+import type { ClusterHealthReport, EngineOptions } from "../proxy/index.ts";
 import {
   createAccessLog,
   createBufferedSink,
@@ -11,16 +11,25 @@ import {
   createRequestTelemetry,
   createMeshSummary,
   createTracer,
+  type ClusterReading,
   type Logger,
   type MeshSummaryOptions,
 } from "../telemetry/index.ts";
+
+/** Where a proxy's upstream health is read from: its snapshot's endpoints and its engine's report. */
+export interface ClusterSource {
+  snapshot(): Snapshot | undefined;
+  health(): readonly ClusterHealthReport[];
+}
 
 /** A proxy's telemetry: access log on stdout, Prometheus metrics for the admin API, OTel spans. */
 export interface ProxyTelemetry {
   /** The engine's hooks: every request feeds the access log, the metrics and the tracer. */
   readonly hooks: Pick<EngineOptions, "onRequestStart" | "onRequestDone">;
   /** For the admin API's /stats/prometheus and /stats. */
-  readonly admin: { metrics(): Promise<string>; stats(): Promise<unknown> };
+  readonly admin: { metrics(): Promise<string>; stats(): Promise<unknown>; health(): readonly ClusterHealthReport[] };
+  /** Reads upstream health from here at each scrape (weft_upstream_endpoint_healthy, outlier and pool series). */
+  observeClusters(source: ClusterSource): void;
   /** A config was applied: access-log format, sampling and exporter follow it. */
   applied(snapshot: Snapshot): void;
   /** A config update was refused (counted in weft_config_rejected_total). */
@@ -58,6 +67,10 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
   const summary = createMeshSummary(summaryOptions);
   const request = createRequestTelemetry({ accessLog, metrics, tracer });
   let publishTimer: ReturnType<typeof setInterval> | undefined;
+  let clusters: ClusterSource | undefined;
+  const observe = () => {
+    if (clusters) metrics.clustersObserved(readClusters(clusters));
+  };
   const onExit = () => sink.flush();
   process.once("exit", onExit);
   return {
@@ -68,7 +81,14 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
         summary.record(record);
       },
     },
-    admin: { metrics: () => registry.expose(), stats: () => registry.toJson() },
+    admin: {
+      metrics: () => (observe(), registry.expose()),
+      stats: () => (observe(), registry.toJson()),
+      health: () => clusters?.health() ?? [],
+    },
+    observeClusters(source) {
+      clusters = source;
+    },
     applied(snapshot) {
       const format = accessLog.setFormat(snapshot.accessLog);
       if (!format.ok) log.error("access log format refused, keeping the previous one", { reason: format.reason, field: format.field });
@@ -114,4 +134,24 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
       await tracer.shutdown();
     },
   };
+}
+
+/** Every service of the snapshot with its endpoints, joined with what the engine knows of its health. */
+function readClusters(source: ClusterSource): ClusterReading[] {
+  const snapshot = source.snapshot();
+  if (!snapshot) return [];
+  const health = new Map(source.health().map((h) => [h.service, h]));
+  const readings: ClusterReading[] = [];
+  for (const service of snapshot.services.values()) {
+    const h = health.get(service.name);
+    readings.push({
+      service: service.name,
+      endpoints: service.endpoints.map((e) => ({ address: e.address, draining: e.draining === true })),
+      ejected: h ? h.ejected.map((e) => e.address) : [],
+      ejectionsTotal: h?.ejectionsTotal ?? 0,
+      active: h?.active ?? 0,
+      pending: h?.pending ?? 0,
+    });
+  }
+  return readings;
 }

@@ -24,6 +24,8 @@ export interface Family<S> {
   readonly labelNames: readonly string[];
   /** The series for these label values (in labelNames order), created on first use. */
   labels(...values: string[]): S;
+  /** Forgets every series, for a gauge rebuilt from live state at each scrape (gone endpoints vanish). */
+  clear(): void;
 }
 
 export interface FamilyOptions {
@@ -98,7 +100,7 @@ export function createMetricsRegistry(): MetricsRegistry {
   }
 
   /** Caches one child per label set (prom-client's labels() allocates) and caps how many exist. */
-  function family<S>(options: FamilyOptions, labelNames: readonly string[], child: (values: string[]) => S): Family<S> {
+  function family<S>(options: FamilyOptions, labelNames: readonly string[], child: (values: string[]) => S, reset: () => void): Family<S> {
     const { name, help } = options;
     const maxSeries = options.maxSeries ?? 2000;
     const series = new Map<string, S>();
@@ -117,6 +119,11 @@ export function createMetricsRegistry(): MetricsRegistry {
         series.set(key, created);
         return created;
       },
+      clear() {
+        series.clear();
+        overflow = undefined;
+        reset();
+      },
     };
   }
 
@@ -130,7 +137,7 @@ export function createMetricsRegistry(): MetricsRegistry {
         c.inc(0);
         // A counter only goes up (Prometheus); a negative or NaN increment is a caller bug, ignored.
         return { inc: (by = 1) => void (by > 0 && c.inc(by)) };
-      });
+      }, () => metric.reset());
     },
     gauge(options) {
       const labelNames = check("gauge", options);
@@ -139,7 +146,7 @@ export function createMetricsRegistry(): MetricsRegistry {
         const g = labelNames.length ? metric.labels(...values) : metric;
         g.set(0);
         return { set: (v) => g.set(v), inc: (by = 1) => g.inc(by), dec: (by = 1) => g.dec(by) };
-      });
+      }, () => metric.reset());
     },
     histogram(options) {
       const bounds = [...options.buckets];
@@ -153,7 +160,7 @@ export function createMetricsRegistry(): MetricsRegistry {
       return family<Histogram>(options, labelNames, (values) => {
         const h = labelNames.length ? metric.labels(...values) : metric;
         return { observe: (v) => void (!Number.isNaN(v) && h.observe(v)) };
-      });
+      }, () => metric.reset());
     },
     expose: () => registry.metrics(),
     async toJson() {

@@ -60,3 +60,30 @@ test("finished requests count by route, service, code and reason, with duration,
   assert.equal(slow.buckets!["1"], 0);
   assert.equal(slow.buckets!["2.5"], 1);
 });
+
+test("upstream health read at a scrape: endpoint health, active ejections, ejection counts across a detector restart, and gone endpoints vanish", async () => {
+  const registry = createMetricsRegistry();
+  const metrics = createProxyMetrics(registry);
+  const endpoints = [
+    { address: "10.0.0.1:80", draining: false },
+    { address: "10.0.0.2:80", draining: false },
+    { address: "10.0.0.3:80", draining: true },
+  ];
+  metrics.clustersObserved([{ service: "web", endpoints, ejected: ["10.0.0.2:80"], ejectionsTotal: 2, active: 3, pending: 1 }]);
+  let text = await registry.expose();
+  assert.match(text, /^weft_upstream_endpoint_healthy\{service="web",endpoint="10.0.0.1:80"\} 1$/m);
+  assert.match(text, /^weft_upstream_endpoint_healthy\{service="web",endpoint="10.0.0.2:80"\} 0$/m);
+  assert.match(text, /^weft_upstream_endpoint_healthy\{service="web",endpoint="10.0.0.3:80"\} 0$/m);
+  assert.match(text, /^weft_outlier_ejections_active\{service="web"\} 1$/m);
+  assert.match(text, /^weft_outlier_ejections_total\{service="web"\} 2$/m);
+  assert.match(text, /^weft_upstream_rq_active\{service="web"\} 3$/m);
+  assert.match(text, /^weft_upstream_rq_pending\{service="web"\} 1$/m);
+
+  // The same totals again add nothing; a detector rebuilt by a policy change counts from its own 0.
+  metrics.clustersObserved([{ service: "web", endpoints: endpoints.slice(0, 1), ejected: [], ejectionsTotal: 2, active: 0, pending: 0 }]);
+  metrics.clustersObserved([{ service: "web", endpoints: endpoints.slice(0, 1), ejected: [], ejectionsTotal: 1, active: 0, pending: 0 }]);
+  text = await registry.expose();
+  assert.match(text, /^weft_outlier_ejections_total\{service="web"\} 3$/m);
+  assert.match(text, /^weft_outlier_ejections_active\{service="web"\} 0$/m);
+  assert.doesNotMatch(text, /10\.0\.0\.2:80/, "an endpoint gone from the config leaves the health gauge");
+});

@@ -19,6 +19,20 @@ export interface ProxyMetrics {
   accessLogDropped(lines: number): void;
   /** The proxy holds a certificate valid until then (renewals move it). */
   certificateExpires(notAfter: Date): void;
+  /** Upstream health as of now (read at each scrape): endpoint health, outlier ejections, pool load. */
+  clustersObserved(clusters: readonly ClusterReading[]): void;
+}
+
+/** One upstream service as a proxy sees it (built from the snapshot and the engine's health report). */
+export interface ClusterReading {
+  readonly service: string;
+  readonly endpoints: readonly { readonly address: string; readonly draining: boolean }[];
+  /** Addresses ejected by outlier detection now. */
+  readonly ejected: readonly string[];
+  /** Ejections since the service's outlier detection began (it restarts at 0 when that policy changes). */
+  readonly ejectionsTotal: number;
+  readonly active: number;
+  readonly pending: number;
 }
 
 interface RouteSeries {
@@ -75,6 +89,34 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
     help: "Access-log lines dropped because the output could not keep up.",
   }).labels();
 
+  const endpointHealthy = registry.gauge({
+    name: "weft_upstream_endpoint_healthy",
+    help: "1 when an upstream endpoint takes traffic, 0 when it is ejected by outlier detection or draining.",
+    labelNames: ["service", "endpoint"],
+  });
+  const ejectionsActive = registry.gauge({
+    name: "weft_outlier_ejections_active",
+    help: "Endpoints of the service ejected by outlier detection right now.",
+    labelNames: ["service"],
+  });
+  const ejections = registry.counter({
+    name: "weft_outlier_ejections_total",
+    help: "Endpoints ejected by outlier detection (Envoy's ejections_enforced_total).",
+    labelNames: ["service"],
+  });
+  const poolActive = registry.gauge({
+    name: "weft_upstream_rq_active",
+    help: "Requests holding a connection-pool slot of the service (saturation; services with a connectionPool only).",
+    labelNames: ["service"],
+  });
+  const poolPending = registry.gauge({
+    name: "weft_upstream_rq_pending",
+    help: "Requests waiting for a connection-pool slot of the service.",
+    labelNames: ["service"],
+  });
+  // Last ejection count seen per service, to turn the detectors' totals into counter increments.
+  const ejectionsSeen = new Map<string, number>();
+
   const byRoute = new Map<string, RouteSeries>();
 
   function routeSeries(route: string, service: string): RouteSeries {
@@ -128,6 +170,23 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
     },
     certificateExpires(notAfter) {
       certificateExpiry.set(notAfter.getTime() / 1000);
+    },
+    clustersObserved(clusters) {
+      endpointHealthy.clear();
+      ejectionsActive.clear();
+      poolActive.clear();
+      poolPending.clear();
+      for (const c of clusters) {
+        const ejected = new Set(c.ejected);
+        for (const e of c.endpoints) endpointHealthy.labels(c.service, e.address).set(e.draining || ejected.has(e.address) ? 0 : 1);
+        ejectionsActive.labels(c.service).set(ejected.size);
+        poolActive.labels(c.service).set(c.active);
+        poolPending.labels(c.service).set(c.pending);
+        const seen = ejectionsSeen.get(c.service) ?? 0;
+        // A detector rebuilt by a policy change starts again at 0: count from there.
+        ejections.labels(c.service).inc(c.ejectionsTotal >= seen ? c.ejectionsTotal - seen : c.ejectionsTotal);
+        ejectionsSeen.set(c.service, c.ejectionsTotal);
+      }
     },
   };
 }

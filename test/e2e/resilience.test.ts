@@ -86,6 +86,23 @@ describe("gateway: outlier detection", () => {
       assert.ok(rate >= 0.999, `success rate ${(rate * 100).toFixed(2)}%`);
       assert.equal(bad.requests.length - before, 0, "the ejected endpoint got no requests");
       assert.equal(good1.requests.length + good2.requests.length, 25 + total);
+
+      // The ejection is visible to the operator: metrics and /clusters name the endpoint.
+      const admin = `http://127.0.0.1:${gw.adminPort}`;
+      const metrics = await (await fetch(`${admin}/stats/prometheus`)).text();
+      assert.match(metrics, /^weft_outlier_ejections_total\{service="web"\} 1$/m);
+      assert.match(metrics, /^weft_outlier_ejections_active\{service="web"\} 1$/m);
+      assert.match(metrics, new RegExp(`^weft_upstream_endpoint_healthy\\{service="web",endpoint="${bad.address}"\\} 0$`, "m"));
+      assert.match(metrics, new RegExp(`^weft_upstream_endpoint_healthy\\{service="web",endpoint="${good1.address}"\\} 1$`, "m"));
+      const clusters = (await (await fetch(`${admin}/clusters`)).json()) as {
+        clusters: { service: string; outlierEjectionsTotal: number; endpoints: { address: string; healthy: boolean; outlier: { ejectedUntil: string } | null }[] }[];
+      };
+      const web = clusters.clusters.find((c) => c.service === "web")!;
+      assert.equal(web.outlierEjectionsTotal, 1);
+      const badEntry = web.endpoints.find((e) => e.address === bad.address)!;
+      assert.equal(badEntry.healthy, false);
+      assert.ok(Date.parse(badEntry.outlier!.ejectedUntil) > Date.now());
+      assert.equal(web.endpoints.find((e) => e.address === good1.address)!.outlier, null);
     } finally {
       agent.destroy();
       await gw.stop();
