@@ -128,15 +128,15 @@ export async function main(argv: string[]): Promise<void> {
       child.on("close", () => resolveOut(out));
     });
 
-  const hey = async (port: number, seconds: number, host?: string): Promise<Run> => {
+  const hey = async (port: number, seconds: number, host?: string, load = { workers, perWorker: rate / workers }): Promise<Run> => {
     const out = await loadGenerator([
       "hey",
       "-z",
       `${seconds}s`,
       "-q",
-      String(rate / workers),
+      String(load.perWorker),
       "-c",
-      String(workers),
+      String(load.workers),
       ...(host ? ["-host", host] : []),
       `http://127.0.0.1:${port}/bench`,
     ]);
@@ -213,6 +213,10 @@ export async function main(argv: string[]): Promise<void> {
     // CPU ms per second while idle: the floor under the per-request numbers at a low rate.
     const idleCpuMsPerS = pids.map((p, i) => ((cpuSeconds(p, idleTable1) - idleCpu0[i]!) * 1000) / 3);
     const rssIdle = pids.map(rssMiB) as [number, number];
+    // Where the idle RSS sits (anonymous: heap, JIT code; file: node's binary and libraries, shared),
+    // and any helper processes under a sidecar (their RSS is not in the sidecar's VmRSS).
+    const idleSplit = pids.map((p) => ({ anon: statusKiB(p, "RssAnon") / 1024, file: statusKiB(p, "RssFile") / 1024 }));
+    const helpers = pids.map((p) => processTree(p, idleTable1).slice(1));
 
     // First request: sidecar A discovers bench-server on demand, then both hops are warm.
     const deadline = Date.now() + 20_000;
@@ -220,8 +224,12 @@ export async function main(argv: string[]): Promise<void> {
       if (Date.now() > deadline) throw new Error("no 200 through the sidecars within 20 s");
       await sleep(100);
     }
+    // Warm-up: a saturating wrk burst gets both sidecars' hot paths compiled (per-request CPU
+    // measured after a 2 s hey-only warm-up was ~1.7× that after this), then the fixed rate.
+    const warmWrk = await wrk(outbound, 3, SERVER);
     const warm = await hey(outbound, 2, SERVER);
-    if (warm.errors > 0) console.log(`warm-up: ${warm.errors} errors of ${warm.requests}`);
+    const warmErrors = warmWrk.errors + warm.errors;
+    if (warmErrors > 0) console.log(`warm-up: ${warmErrors} errors of ${warmWrk.requests + warm.requests}`);
 
     /** Runs `load` while sampling both sidecars' RSS every 200 ms and their CPU before and after. */
     const connections: { established: number; timeWait: number }[] = [];
@@ -244,6 +252,12 @@ export async function main(argv: string[]): Promise<void> {
     // Latency: the direct run right before the proxied one, so slow drift cancels out of the difference.
     const direct = await hey(appPort, duration);
     const proxied = await measured(() => hey(outbound, duration, SERVER));
+    // One request at a time (100 req/s, one worker): the hops' own latency, without requests
+    // queueing behind each other on the sidecars' core.
+    const serialSeconds = Math.min(5, duration);
+    const serial = { workers: 1, perWorker: 100 };
+    const directSerial = await hey(appPort, serialSeconds, undefined, serial);
+    const proxiedSerial = await hey(outbound, serialSeconds, SERVER, serial);
     // Throughput, the same pairing.
     const directWrk = await wrk(appPort, duration);
     const proxiedWrk = await measured(() => wrk(outbound, duration, SERVER));
@@ -251,7 +265,8 @@ export async function main(argv: string[]): Promise<void> {
     const rssAfter = pids.map(rssMiB) as [number, number];
     const hwm = pids.map((p) => statusKiB(p, "VmHWM") / 1024);
     const accessLines = ["sidecar-a", "sidecar-b"].map((s) => lineCount(join(dir, `${s}.out`)));
-    const served = warm.requests + proxied.run.requests + proxiedWrk.run.requests;
+    const problems = ["sidecar-a", "sidecar-b"].map((s) => logProblems(join(dir, `${s}.err`)));
+    const served = warmWrk.requests + warm.requests + proxiedSerial.requests + proxied.run.requests + proxiedWrk.run.requests;
 
     const f = (n: number, d = 2) => (Number.isNaN(n) ? "-" : n.toFixed(d));
     const pad = (s: string, n: number) => s.padEnd(n);
@@ -264,6 +279,11 @@ export async function main(argv: string[]): Promise<void> {
     const added = (k: "p50Ms" | "p90Ms" | "p99Ms") => proxied.run[k] - direct[k];
     console.log(`${pad("added (2 hops)", 26)} ${pad(f(added("p50Ms")), 7)} ${pad(f(added("p90Ms")), 7)} ${pad(f(added("p99Ms")), 7)}`);
     console.log(`${pad("per hop (added ÷ 2, rough)", 26)} ${pad(f(added("p50Ms") / 2), 7)} ${pad(f(added("p90Ms") / 2), 7)} ${pad(f(added("p99Ms") / 2), 7)}`);
+    console.log(`\none request at a time: hey -z ${serialSeconds}s -q 100 -c 1 (100 req/s)`);
+    row("direct", directSerial);
+    row("via sidecar A → B (mTLS)", proxiedSerial);
+    const addedSerial = (k: "p50Ms" | "p90Ms" | "p99Ms") => proxiedSerial[k] - directSerial[k];
+    console.log(`${pad("added (2 hops)", 26)} ${pad(f(addedSerial("p50Ms")), 7)} ${pad(f(addedSerial("p90Ms")), 7)} ${pad(f(addedSerial("p99Ms")), 7)}`);
     console.log(`\nthroughput, wrk -t1 -c20 -d${duration}s`);
     console.log(`${pad("", 26)} ${pad("req/s", 8)} ${pad("p50", 7)} ${pad("p90", 7)} ${pad("p99", 7)} errors`);
     const wrow = (name: string, r: Run) => console.log(`${pad(name, 26)} ${pad(f(r.rps, 0), 8)} ${pad(f(r.p50Ms), 7)} ${pad(f(r.p90Ms), 7)} ${pad(f(r.p99Ms), 7)} ${r.errors}`);
@@ -277,9 +297,17 @@ export async function main(argv: string[]): Promise<void> {
         `${pad(name, 12)} ${pad(f(rssIdle[i]!, 1), 6)} ${pad(f(proxied.usage.rssMaxMiB[i]!, 1), 10)} ${pad(f(proxied.usage.rssEndMiB[i]!, 1), 10)} ${pad(f(proxiedWrk.usage.rssMaxMiB[i]!, 1), 8)} ${pad(f(proxiedWrk.usage.rssEndMiB[i]!, 1), 8)} ${pad(f(rssAfter[i]!, 1), 9)} ${pad(f(hwm[i]!, 1), 6)} ${pad(f(proxied.usage.cpuUsPerRequest[i]!, 1), 18)} ${f(proxiedWrk.usage.cpuUsPerRequest[i]!, 1)}`,
       );
     }
+    for (const [i, name] of ["sidecar A", "sidecar B"].entries()) {
+      const kids = helpers[i]!.map((p) => `${readComm(p)} ${f(rssMiB(p), 1)} MiB`).join(", ");
+      console.log(`${name} idle RSS: ${f(idleSplit[i]!.anon, 1)} MiB anonymous + ${f(idleSplit[i]!.file, 1)} MiB file-backed; helper processes: ${kids || "none"}`);
+    }
     console.log(`idle CPU (ready, no traffic, 3 s): sidecar A ${f(idleCpuMsPerS[0]!, 1)} ms/s, sidecar B ${f(idleCpuMsPerS[1]!, 1)} ms/s (resolution ${f(1000 / clkTck / 3, 1)} ms/s: /proc counts ${clkTck} ticks/s)`);
     console.log(`A → B TCP connections at the end of each proxied run (established / TIME_WAIT): hey ${connections[0]!.established}/${connections[0]!.timeWait}, wrk ${connections[1]!.established}/${connections[1]!.timeWait}`);
     console.log(`\naccess log lines (JSON, stdout to a file): sidecar A ${accessLines[0]}, sidecar B ${accessLines[1]}, for ~${served} proxied requests counted by hey/wrk`);
+    for (const [i, name] of ["sidecar A", "sidecar B"].entries()) {
+      const p = problems[i]!;
+      console.log(`${name} log: ${p.count} warn/error lines${p.count > 0 ? ` (${[...p.messages].join("; ")})` : ""}`);
+    }
     console.log(`done in ${f((Date.now() - started) / 1000, 0)} s`);
   } finally {
     cleanup();
@@ -342,6 +370,14 @@ function statusKiB(pid: number, field: string): number {
   }
 }
 
+function readComm(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+  } catch {
+    return String(pid);
+  }
+}
+
 const rssMiB = (pid: number) => statusKiB(pid, "VmRSS") / 1024;
 
 /** The process table from /proc: parent and CPU seconds (user + system) of every process. */
@@ -389,6 +425,30 @@ function tcpTo(port: number): { established: number; timeWait: number } {
     if (state === "06" && (local.endsWith(`:${hex}`) || remote.endsWith(`:${hex}`))) timeWait += 1;
   }
   return { established, timeWait };
+}
+
+/** Warn and error lines in a JSON log file, with their distinct messages. */
+function logProblems(file: string): { count: number; messages: Set<string> } {
+  const messages = new Set<string>();
+  let count = 0;
+  let text = "";
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return { count, messages };
+  }
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      const l = JSON.parse(line) as { level?: string; msg?: string; reason?: string };
+      if (l.level !== "warn" && l.level !== "error") continue;
+      count += 1;
+      messages.add(`${l.level} ${l.msg}${l.reason ? ` ${l.reason}` : ""}`);
+    } catch {
+      // Not JSON (a runtime warning); not counted.
+    }
+  }
+  return { count, messages };
 }
 
 /** Lines in a file: a sidecar's stdout is its access log, one JSON line per request. */
