@@ -1,5 +1,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
@@ -98,7 +99,7 @@ describe("gateway telemetry: access log, Prometheus metrics and trace propagatio
     await beta?.close();
   });
 
-  test("counters by code, access-log lines and the traceparent upstream all match the traffic sent", async () => {
+  test("counters by code, access-log lines and the traceparent upstream all match the traffic sent", async (t) => {
     const port = gw.ports[0]!;
     // What each request should produce: [path, status, reason, route].
     const plan: [string, number, string | null, string | null][] = [
@@ -159,7 +160,12 @@ describe("gateway telemetry: access log, Prometheus metrics and trace propagatio
     // Prometheus: parses, and the counters agree with what was sent.
     const prom = await fetch(`http://127.0.0.1:${gw.adminPort}/stats/prometheus`);
     assert.equal(prom.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
-    const samples = parseProm(await prom.text());
+    const exposition = await prom.text();
+    // Prometheus' own parser and linter (promtool, from Debian's prometheus package; CI installs it).
+    const promtool = spawnSync("promtool", ["check", "metrics"], { input: exposition, encoding: "utf8" });
+    if (promtool.error) t.diagnostic("promtool not installed: only the test's own parser checked the exposition");
+    else assert.equal(promtool.status, 0, `promtool check metrics: ${promtool.stdout}${promtool.stderr}`);
+    const samples = parseProm(exposition);
     const byCode = new Map<string, number>();
     for (const s of samples.filter((s) => s.name === "weft_requests_total")) byCode.set(s.labels.code!, (byCode.get(s.labels.code!) ?? 0) + s.value);
     const expected = new Map<string, number>();
