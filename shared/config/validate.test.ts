@@ -114,6 +114,25 @@ test("cross-reference problems are listed even when the schema also refused othe
   );
 });
 
+test("a mirror's shadow service and version must be declared, like a forward destination", () => {
+  assert.deepEqual(
+    pathsOf({
+      services: { web: { versions: { v1: {} } }, shadow: {} },
+      gateways: {
+        g: {
+          listeners: [{ port: 80 }],
+          routes: [
+            { forward: { to: [{ service: "web" }], mirror: { service: "ghost" } } },
+            { forward: { to: [{ service: "web" }], mirror: { service: "web", subset: "v9" } } },
+            { forward: { to: [{ service: "web" }], mirror: { service: "shadow", percentage: 10 } } },
+          ],
+        },
+      },
+    }),
+    ["gateways.g.routes.0.forward.mirror.service", "gateways.g.routes.1.forward.mirror.subset"],
+  );
+});
+
 test("a wrongly shaped part does not hide cross-reference problems elsewhere", () => {
   const ghost = { forward: { to: [{ service: "ghost" }] } };
   assert.deepEqual(

@@ -76,6 +76,14 @@ function crossCheck(mesh: MeshConfig): ConfigIssue[] {
           issues.push({ path: `${at}.forward.to.${j}.port`, message: `service "${dest.service}" has no port ${dest.port}` });
         }
       });
+      const mirror = route.forward?.mirror;
+      if (isObject(mirror) && typeof mirror.service === "string") {
+        const svc = own(mesh.services, mirror.service);
+        if (!svc) issues.push({ path: `${at}.forward.mirror.service`, message: `service "${mirror.service}" is not declared` });
+        else if (mirror.subset && !own(svc.versions, mirror.subset)) {
+          issues.push({ path: `${at}.forward.mirror.subset`, message: `service "${mirror.service}" has no version "${mirror.subset}"` });
+        }
+      }
       const matches = route.match === undefined ? [] : Array.isArray(route.match) ? route.match : [route.match];
       if (route.forward?.rewrite?.pathPrefix !== undefined || route.redirect?.prefixRewrite !== undefined) {
         if (matches.length === 0 || matches.some((m) => !isObject(m) || !isObject(m.path) || !("prefix" in m.path))) {

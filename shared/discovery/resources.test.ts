@@ -155,6 +155,8 @@ test("serviceDependencies lists every route target, following each target's own 
   const lookup = (name: string): ServiceConfig | undefined => config.services[name];
   assert.deepEqual([...serviceDependencies(config.gateways.edge!.routes, lookup)].sort(), ["a", "b", "c"]);
   assert.deepEqual([...serviceDependencies([], lookup)], []);
+  // A mirror's shadow is a target too: the copies need its endpoints.
+  assert.deepEqual([...serviceDependencies([{ forward: { to: [{ service: "c" }], mirror: { service: "d" } } }], lookup)].sort(), ["c", "d"]);
   // A target the lookup does not know is still listed: the proxy must watch its key to learn it.
   assert.deepEqual([...serviceDependencies([{ forward: { to: [{ service: "ghost" }] } }], lookup)], ["ghost"]);
 });

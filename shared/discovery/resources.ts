@@ -196,13 +196,15 @@ export function assembleSnapshot(res: ProxyResources): Assembled {
  * serviceDependencies(gw.config.routes, (name) => services.get(name)?.config)
  */
 export function serviceDependencies(
-  routes: readonly { readonly forward?: { readonly to: readonly { readonly service: string }[] } }[],
+  routes: readonly { readonly forward?: { readonly to: readonly { readonly service: string }[]; readonly mirror?: { readonly service: string } } }[],
   lookup: (service: string) => ServiceConfig | undefined,
 ): Set<string> {
   const seen = new Set<string>();
   const visit = (rs: typeof routes) => {
     for (const r of rs) {
-      for (const d of r.forward?.to ?? []) {
+      // A mirror's shadow service is sent to as well: its endpoints must be known too.
+      const targets = r.forward?.mirror ? [...r.forward.to, r.forward.mirror] : (r.forward?.to ?? []);
+      for (const d of targets) {
         if (seen.has(d.service)) continue;
         seen.add(d.service);
         const svc = lookup(d.service);
