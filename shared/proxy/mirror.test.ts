@@ -2,7 +2,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { compileMesh, validateMesh } from "../config/index.ts";
 import { createEngine } from "./engine.ts";
-import { shadowHost, type MirrorOutcome } from "./mirror.ts";
+import { MIRROR_MAX_IN_FLIGHT, shadowHost, type MirrorOutcome } from "./mirror.ts";
 import type { RequestBody, RequestHead, UpstreamClient, UpstreamRequest, UpstreamResult } from "./types.ts";
 import { createGatewayView } from "./view.ts";
 
@@ -137,6 +137,51 @@ describe("the engine with a route mirror", () => {
     await ticks();
     assert.equal(up.toShadow().length, 1);
     assert.deepEqual(outcomes, [{ sent: false, reason: "overflow" }, { sent: false, reason: "overflow" }]);
+  });
+
+  test("a shadow that never answers holds at most MIRROR_MAX_IN_FLIGHT copies; further ones are dropped with overflow until one ends", async () => {
+    const answers: (() => void)[] = [];
+    let toShadow = 0;
+    const client: UpstreamClient = {
+      forward(req) {
+        const ok: UpstreamResult = { ok: true, response: { status: 200, headers: {}, discard() {} } };
+        if (req.endpoint.address === PRIMARY) return Promise.resolve(ok);
+        toShadow++;
+        return new Promise<UpstreamResult>((resolve) => answers.push(() => resolve(ok)));
+      },
+      async close() {},
+    };
+    const outcomes: MirrorOutcome[] = [];
+    const engine = createEngine({ client, edge: true, onMirrorDone: (_s, o) => outcomes.push(o) });
+    const v = view({ service: "shop-next" });
+    for (let n = 0; n < MIRROR_MAX_IN_FLIGHT + 5; n++) assert.equal((await engine.handle(head(), NO_BODY, v)).status, 200);
+    await ticks();
+    assert.equal(toShadow, MIRROR_MAX_IN_FLIGHT);
+    assert.deepEqual(outcomes, Array.from({ length: 5 }, () => ({ sent: false, reason: "overflow" })));
+
+    // The count is the proxy's, not the snapshot's: a config swap does not reset it.
+    const swapped = view({ service: "shop-next" });
+    await engine.handle(head(), NO_BODY, swapped);
+    await ticks();
+    assert.equal(toShadow, MIRROR_MAX_IN_FLIGHT);
+    assert.equal(outcomes.length, 6);
+
+    answers.shift()!();
+    await ticks();
+    await engine.handle(head(), NO_BODY, swapped);
+    await ticks();
+    assert.equal(toShadow, MIRROR_MAX_IN_FLIGHT + 1, "an answered copy gives its place back");
+    for (const answer of answers.splice(0)) answer();
+  });
+
+  test("a shadow whose connectionPool sets maxRequests is bounded by that, not by MIRROR_MAX_IN_FLIGHT", async () => {
+    const up = recording({ holdShadow: true });
+    const engine = createEngine({ client: up.client, edge: true });
+    const maxRequests = MIRROR_MAX_IN_FLIGHT + 100;
+    const v = view({ service: "shop-next" }, { connectionPool: { maxRequests } });
+    for (let n = 0; n < maxRequests + 3; n++) await engine.handle(head(), NO_BODY, v);
+    await ticks();
+    assert.equal(up.toShadow().length, maxRequests);
   });
 
   test("a mirror to a service the snapshot does not hold is skipped", async () => {

@@ -23,6 +23,17 @@ export type MirrorOutcome =
   | { readonly sent: false; readonly reason: "overflow" | "no_healthy_upstream" | "mtls_unavailable" | UpstreamFailure };
 
 /**
+ * Copies in flight from one proxy to one shadow service whose connectionPool sets no maxRequests
+ * (Envoy's default circuit-breaker threshold): beyond it a copy is dropped with `overflow`, so a
+ * shadow that hangs cannot pile up copies, each holding its headers and body for the shadow's timeout.
+ */
+export const MIRROR_MAX_IN_FLIGHT = 1024;
+
+// Copies in flight by upstream client (one per engine, so per proxy) and shadow service name: the
+// count outlives config swaps, which rebuild clusters but keep the client.
+const copiesInFlight = new WeakMap<UpstreamClient, Map<string, number>>();
+
+/**
  * shadowHost is the Host a mirrored request carries: the original host with `-shadow` appended
  * (Envoy's request_mirror_policies), before the port if there is one.
  * @example
@@ -36,7 +47,8 @@ export function shadowHost(authority: string): string {
 /**
  * sendMirror sends one copy of a request to a shadow cluster, once, and discards the answer. It
  * goes through the shadow's outlier detection and circuit breaker like any request (a full
- * circuit drops the copy) and never throws; callers do not await it on the request path.
+ * circuit drops the copy), at most MIRROR_MAX_IN_FLIGHT copies per shadow are in flight when its
+ * connectionPool sets no maxRequests, and it never throws; callers do not await it on the request path.
  * @example
  * void sendMirror(client, copy, { head, random });
  */
@@ -50,15 +62,25 @@ export async function sendMirror(client: UpstreamClient, copy: MirrorCopy, ctx: 
     if (copy.meshIdentity?.current() === undefined) return { sent: false, reason: "mtls_unavailable" };
     mesh = { identity: copy.meshIdentity, expectedId: cluster.service.spiffeId };
   }
+  const traffic = cluster.service.traffic;
+  const service = cluster.service.name;
+  let counts: Map<string, number> | undefined;
+  if (traffic.connectionPool?.maxRequests === undefined) {
+    counts = copiesInFlight.get(client);
+    if (!counts) copiesInFlight.set(client, (counts = new Map()));
+    const inFlight = counts.get(service) ?? 0;
+    if (inFlight >= MIRROR_MAX_IN_FLIGHT) return { sent: false, reason: "overflow" };
+    counts.set(service, inFlight + 1);
+  }
   if (health.circuit) {
     const entry = health.circuit.enter();
     if (entry !== "entered") {
       // A copy never waits for a slot: its place in the queue goes back at once.
       if (entry !== "overflow") entry.cancel();
+      if (counts) leaveCount(counts, service);
       return { sent: false, reason: "overflow" };
     }
   }
-  const traffic = cluster.service.traffic;
   const host = typeof copy.headers.host === "string" ? shadowHost(copy.headers.host) : undefined;
   cluster.balancer.start?.(endpoint);
   try {
@@ -85,5 +107,12 @@ export async function sendMirror(client: UpstreamClient, copy: MirrorCopy, ctx: 
   } finally {
     cluster.balancer.end?.(endpoint);
     health.circuit?.leave();
+    if (counts) leaveCount(counts, service);
   }
+}
+
+function leaveCount(counts: Map<string, number>, service: string): void {
+  const left = (counts.get(service) ?? 1) - 1;
+  if (left > 0) counts.set(service, left);
+  else counts.delete(service);
 }

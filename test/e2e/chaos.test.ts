@@ -6,6 +6,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { MIRROR_MAX_IN_FLIGHT } from "../../shared/proxy/index.ts";
 import { startGateway } from "../harness/gateway.ts";
 import { request } from "../harness/upstream.ts";
 
@@ -15,12 +16,18 @@ import { request } from "../harness/upstream.ts";
 // and time. resilience.test.ts covers 500-ejection, the retry budget, fault abort and mirror share.
 
 // An upstream process: `node upstream.mjs <port> <mode> <name> [log]`, mode "ok", "hang" (reads the
-// request, never answers) or "delay:<ms>". Prints "listening <port>", then with "log" a line
+// request, never answers), "hold" (answers nothing until SIGUSR1, then everything) or "delay:<ms>". Prints "listening <port>", then with "log" a line
 // "req <epoch ms>" per request so the test can count and time arrivals in another process.
 const UPSTREAM_SCRIPT = `
 import http from "node:http";
 const [port, mode, name, log] = process.argv.slice(2);
 const delay = mode.startsWith("delay:") ? Number(mode.slice(6)) : 0;
+let held = mode === "hold" ? [] : undefined;
+process.on("SIGUSR1", () => {
+  const answers = held ?? [];
+  held = undefined;
+  for (const answer of answers) answer();
+});
 const server = http.createServer((req, res) => {
   if (log === "log") process.stdout.write("req " + Date.now() + "\\n");
   req.resume();
@@ -29,7 +36,8 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { "content-type": "text/plain", "x-upstream": name });
     res.end(name);
   };
-  if (delay > 0) setTimeout(answer, delay);
+  if (held) held.push(answer);
+  else if (delay > 0) setTimeout(answer, delay);
   else answer();
 });
 server.keepAliveTimeout = 60000;
@@ -58,6 +66,8 @@ interface UpstreamProcess {
   readonly pid: number;
   /** Arrival time (epoch ms) of each request, when started with `log`. */
   readonly arrivals: number[];
+  /** Sends SIGUSR1: a "hold" upstream answers everything from then on. */
+  release(): void;
   /** SIGKILL, resolving once the process is gone. */
   kill(): Promise<void>;
 }
@@ -89,6 +99,7 @@ async function spawnUpstream(mode: string, name: string, o: { port?: number; log
     address: `127.0.0.1:${boundPort}`,
     pid: child.pid!,
     arrivals,
+    release: () => process.kill(child.pid!, "SIGUSR1"),
     async kill() {
       if (child.exitCode === null && child.signalCode === null) {
         process.kill(child.pid!, "SIGKILL");
@@ -366,10 +377,44 @@ describe("chaos: mirroring to a slow shadow", () => {
       assert.equal(plain.length, total);
       assert.equal(mirrored.length, total);
       assert.ok(mirrored.every((s) => s.status === 200 && s.headers["x-upstream"] === "primary"));
-      assert.ok(copies >= total * 0.99, `the shadow got ${copies} copies of ${total}`);
+      // The shadow takes 128 connections × 5 answers a second; copies beyond MIRROR_MAX_IN_FLIGHT waiting are dropped.
+      assert.ok(copies >= Math.min(total, MIRROR_MAX_IN_FLIGHT), `the shadow got ${copies} copies of ${total}`);
       // Were the primary waiting on its copy, every answer would take the shadow's 200 ms.
       assert.ok(percentile(mirrored, 99) < shadowDelayMs / 2, `mirrored p99 ${ms(percentile(mirrored, 99))}`);
       assert.ok(percentile(mirrored, 50) < shadowDelayMs / 4, `mirrored p50 ${ms(percentile(mirrored, 50))}`);
+    } finally {
+      await gw.stop();
+      await Promise.all([primary.kill(), shadow.kill()]);
+    }
+  });
+
+  test("a 100% mirror to a shadow that hangs holds at most MIRROR_MAX_IN_FLIGHT copies: the rest are dropped, not queued", async (t) => {
+    const primary = await spawnUpstream("ok", "primary");
+    const shadow = await spawnUpstream("hold", "shadow", { log: true });
+    const gw = await startGateway(
+      gatewayWith(
+        // The shadow's timeout outlasts the run: without a cap every copy would wait for a connection and arrive once it answers.
+        { shop: { endpoints: [{ address: primary.address }] }, "shop-next": { endpoints: [{ address: shadow.address }], traffic: { timeoutMs: 60_000 } } },
+        [{ name: "mirrored", forward: { to: [{ service: "shop" }], mirror: { service: "shop-next" } } }],
+      ),
+    );
+    try {
+      const total = 4000;
+      const rssBefore = gw.rss();
+      const samples = await load(gw.ports[0]!, "/", { total, concurrency: 20, durationMs: 40_000 });
+      const rssLoaded = gw.rss();
+      const whileHung = await settled(() => shadow.arrivals.length, 2000);
+      shadow.release();
+      const copies = await settled(() => shadow.arrivals.length);
+      t.diagnostic(
+        `${samples.length} requests, p50 ${ms(percentile(samples, 50))}, p99 ${ms(percentile(samples, 99))}; shadow got ${whileHung} copies while hung, ` +
+          `${copies} in all once it answered; gateway rss ${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssLoaded / 2 ** 20).toFixed(0)} MiB`,
+      );
+      assert.equal(samples.length, total);
+      assert.ok(samples.every((s) => s.status === 200 && s.headers["x-upstream"] === "primary"), "the primary answered every request");
+      assert.ok(whileHung > 0, "copies reached the shadow");
+      // The copies in flight when it answered (on its connections or waiting for one), and none of the others.
+      assert.ok(copies <= MIRROR_MAX_IN_FLIGHT, `the shadow got ${copies} copies of ${total}`);
     } finally {
       await gw.stop();
       await Promise.all([primary.kill(), shadow.kill()]);
