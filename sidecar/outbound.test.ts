@@ -6,7 +6,7 @@ import { compileMesh, parseEndpoint, validateMesh, type MeshInput, type Snapshot
 import { createPolicyGate } from "../shared/policy/index.ts";
 import { createEngine, createSidecarViews, type Exchange, type RequestHead, type SidecarViews } from "../shared/proxy/index.ts";
 import { createNodeUpstreamClient, listenNode } from "../shared/runtime/node/index.ts";
-import { createOutbound, serviceNameOf, toOriginForm, type Outbound } from "./outbound.ts";
+import { createOutbound, serviceNameOf, type Outbound } from "./outbound.ts";
 
 /** Serves the outbound side on 127.0.0.1 with the node adapter and sends one real request through it. */
 async function through(outbound: Outbound, path: string, headers: Record<string, string>): Promise<{ status: number; reason: unknown; body: string }> {
@@ -58,17 +58,6 @@ function settle(exchange: Exchange): { status: number; reason: unknown } {
   return { status: exchange.status, reason: exchange.headers["x-weft-reason"] };
 }
 
-test("toOriginForm: an absolute-form target becomes origin form with the target's authority; other schemes are refused", () => {
-  const abs = toOriginForm(head("ignored", "http://orders.shop:8080/a/b?c=1"))!;
-  assert.equal(abs.authority, "orders.shop:8080");
-  assert.equal(abs.path, "/a/b?c=1");
-  assert.equal(toOriginForm(head("x", "http://orders"))!.path, "/");
-  assert.equal(toOriginForm(head("x", "http://orders?q=1"))!.path, "/?q=1");
-  const origin = head("orders", "/x");
-  assert.equal(toOriginForm(origin), origin);
-  assert.equal(toOriginForm(head("x", "https://orders/x")), undefined);
-  assert.equal(toOriginForm(head("x", "*")), undefined);
-});
 
 test("serviceNameOf: only mesh-shaped hosts name a service to discover", () => {
   assert.equal(serviceNameOf("orders"), "orders");

@@ -3,6 +3,7 @@ import { DestinationPolicySchema, parseEndpoint, type PolicySetConfig, type Serv
 import {
   createCluster,
   createRouter,
+  toOriginForm,
   type Engine,
   type Exchange,
   type RequestBody,
@@ -163,22 +164,6 @@ export function createOutbound(options: OutboundOptions): Outbound {
       for (const name of [...notFound.keys()]) if (views.serviceOf(name) !== undefined) notFound.delete(name);
     },
   };
-}
-
-/**
- * toOriginForm turns an absolute-form request (`GET http://orders/x`, as an HTTP_PROXY client
- * sends it) into origin form with the target's authority (RFC 9112 §3.2.2: the target's host
- * replaces Host); origin-form requests pass unchanged; other schemes give undefined.
- * @example
- * toOriginForm({ ...head, path: "http://orders:8080/x?y" }) // authority "orders:8080", path "/x?y"
- */
-export function toOriginForm(head: RequestHead): RequestHead | undefined {
-  if (head.path.charCodeAt(0) === 47) return head;
-  const m = /^http:\/\/([^/?#]*)([^#]*)/i.exec(head.path);
-  if (!m || m[1] === "") return undefined;
-  const rest = m[2]!;
-  const path = rest === "" ? "/" : rest.startsWith("?") ? `/${rest}` : rest;
-  return { ...head, authority: m[1]!, path };
 }
 
 /**

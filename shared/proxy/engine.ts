@@ -8,6 +8,7 @@ import type { OutlierDetector } from "./outlier.ts";
 import { REASONS, type Reason } from "./reasons.ts";
 import { backoffMs, isIdempotent, shouldRetryFailure, shouldRetryStatus } from "./retry.ts";
 import { chooseWeighted, type RouteMatch } from "./router.ts";
+import { toOriginForm } from "./request-target.ts";
 import { applyHeaderOps, redirectLocation, rewritePath } from "./route-actions.ts";
 import type { Endpoint, MeshIdentity, RequestBody, RequestHead, UpstreamClient, UpstreamResponse, UpstreamResult } from "./types.ts";
 
@@ -180,8 +181,10 @@ export function createEngine(options: EngineOptions): Engine {
     };
   }
 
-  async function handle(head: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange> {
+  async function handle(incoming: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange> {
     const startTimeMs = now();
+    // Absolute form (`GET http://host/path`) names the authority in the target itself.
+    const head = toOriginForm(incoming, true) ?? incoming;
     const incomingId = edge ? undefined : firstValue(head.headers, "x-request-id");
     const requestId = incomingId && incomingId.length <= 128 ? incomingId : newRequestId();
     const record: RequestRecord = {
@@ -205,6 +208,8 @@ export function createEngine(options: EngineOptions): Engine {
       record.traceId = started.traceId;
       record.spanId = started.spanId;
     }
+    // Other forms than origin, absolute and `*` (OPTIONS, left to routing) are not request targets here.
+    if (head === incoming && head.path.charCodeAt(0) !== 47 && head.path !== "*") return local(record, "bad_request");
     if (!head.authority) return local(record, "missing_host");
     // A repeated Host arrives joined with "," from Web runtimes: as bad as two Host lines (RFC 9112 §3.2).
     if (!VALID_AUTHORITY.test(head.authority)) return local(record, "bad_request");

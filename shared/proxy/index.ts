@@ -12,3 +12,4 @@ export * from "./outlier.ts";
 export * from "./circuit.ts";
 export * from "./fault.ts";
 export * from "./mirror.ts";
+export * from "./request-target.ts";

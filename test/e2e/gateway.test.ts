@@ -141,6 +141,18 @@ describe("gateway on Node: routing, splitting, framing", () => {
     assert.equal(a.requests.length + b.requests.length, count);
   });
 
+  test("an absolute-form target is accepted: its authority replaces Host and the upstream gets origin form (RFC 9112 §3.2.2)", async () => {
+    const out = await rawExchange(port, "GET http://shop.test/a/abs?x=1 HTTP/1.1\r\nHost: elsewhere.test\r\nConnection: close\r\n\r\n");
+    assert.match(out, /^HTTP\/1\.1 200 /);
+    const body = JSON.parse(out.slice(out.indexOf("{"), out.lastIndexOf("}") + 1)) as { upstream: string; url: string; headers: Record<string, string> };
+    assert.equal(body.upstream, "alpha");
+    assert.equal(body.url, "/a/abs?x=1");
+    assert.equal(body.headers.host, "shop.test");
+    assert.equal(body.headers["x-forwarded-host"], "shop.test");
+    const other = await rawExchange(port, "GET ftp://shop.test/a HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
+    assert.match(other, /^HTTP\/1\.1 400 /);
+  });
+
   test("too many headers get 431", async () => {
     const headers: Record<string, string> = {};
     for (let i = 0; i < 80; i++) headers[`x-h${i}`] = "v";
