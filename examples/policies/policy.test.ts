@@ -1,4 +1,4 @@
-// Run with `node scripts/test.mjs examples/policies` (later: `weft test`). Every case here fails when
+// Run with `weft test examples/policies` (or `node scripts/test.mjs examples/policies`). Every case here fails when
 // the matching rule in policy.ts is weakened or removed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
