@@ -237,6 +237,11 @@ describe("chaos: a hanging upstream", () => {
       assert.ok(p99 < routeTimeoutMs, `p99 after ejection ${ms(p99)}`);
       // Before the ejection a request that met the hanging upstream was retried after its 50 ms try.
       assert.equal(okAll, total, "the per-try timeout and retry answered even the requests that met the hanging upstream");
+      const retries = await metric(gw.adminPort, /^weft_upstream_rq_retry_total\{.*service="web"/);
+      // Each try sent there timed out and was retried, counted: a try cut before the upstream read it is not among its arrivals.
+      assert.ok(retries.value >= hang.arrivals.length && retries.value <= 30, `${retries.value} retries counted, ${hang.arrivals.length} tries reached the hanging upstream`);
+      const outlierSeries = retries.text.split("\n").filter((l) => !l.startsWith("#") && /ejection|outlier|endpoint_healthy/.test(l));
+      t.diagnostic(`outlier metrics: ${outlierSeries.join("; ") || "none"}`);
     } finally {
       await gw.stop();
       await Promise.all([ok1.kill(), hang.kill(), ok2.kill()]);
@@ -340,6 +345,7 @@ describe("chaos: config reloads under load", () => {
       assert.ok(samples.every((s) => s.headers["x-config"] === "blue" || s.headers["x-config"] === "green"), "every answer carries one config's header");
       assert.ok(revisionAfter > revisionBefore, "the gateway's revision moved");
       assert.equal(revisionAfter - revisionBefore, reloadLogs, "each reload logged is a revision");
+      assert.equal((await metric(gw.adminPort, /^weft_config_revision /)).value, revisionAfter, "the revision metric follows");
       // Each write that was applied while requests ran shows up in some answer's header.
       assert.ok(tags.size >= 3, `clients saw ${tags.size} configs`);
     } finally {
