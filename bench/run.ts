@@ -1,21 +1,27 @@
-// `npm run bench [-- --duration 10 --rate-duration 10]`: one gateway hop on loopback, every proxy
-// measured in the same run against the same upstream, so the ratios mean something on a noisy
-// machine. Load generator and upstream share core 0, the proxy under test has core 1 (taskset).
+// `npm run bench [-- --suite gateway,sidecar,identity,policy,telemetry --duration 10 --rate-duration 10]`
+// runs every suite by default (about 7 minutes); results and how to read them: bench/RESULTS.md.
+// gateway: one gateway hop on loopback, every proxy measured in the same run against the same
+// upstream, so the ratios mean something on a noisy machine. Load generator and upstream share
+// core 0, the proxy under test has core 1 (taskset).
 //   throughput: wrk -t1 -c50 for --duration seconds → requests/s, p50, p99
 //   CPU:        the proxy's utime+stime from /proc/<pid>/stat before and after → µs per request
 //   latency:    hey at a fixed 1,000 req/s (10 workers × 100/s) → p50/p99 added over direct
-// Proxies: direct (no proxy), bench/raw-proxy.ts (the node:http ceiling), weft gateway on Node and
-// on Bun (routing, round-robin over two upstream ports, JSON access log to a file), and nginx with
-// one worker, upstream keep-alive and its access log on (when nginx is installed).
+// Proxies: direct (no proxy), bench/raw-proxy.ts (the node:http ceiling), weft gateway on Node (the
+// production bundle, and the sources through tsx) and on Bun (routing, round-robin over two upstream
+// ports, JSON access log to a file), and nginx with one worker, upstream keep-alive and its access
+// log on (when nginx is installed).
+// sidecar (bench/sidecar.ts), identity (bench/identity-sign.ts), policy (bench/policy.ts) and
+// telemetry (bench/telemetry.ts) each describe themselves.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { weftBundle } from "./weft-bundle.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
-const { values } = parseArgs({ options: { duration: { type: "string" }, "rate-duration": { type: "string" }, only: { type: "string" } } });
+const { values } = parseArgs({ options: { duration: { type: "string" }, "rate-duration": { type: "string" }, only: { type: "string" }, suite: { type: "string" } } });
 const DURATION = Number(values.duration ?? 10);
 const RATE_DURATION = Number(values["rate-duration"] ?? 10);
 const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim() || 100);
@@ -30,10 +36,10 @@ for (const tool of ["wrk", "hey", "taskset"]) {
 
 const children: ChildProcess[] = [];
 const dir = mkdtempSync(join(tmpdir(), "weft-bench-"));
-function cleanup() {
-  // Kill each child's whole tree by PID: killing only nginx's master would orphan its worker.
+/** Kills each child's whole tree by PID: killing only nginx's master would orphan its worker. */
+function stopChildren() {
   const stats = processTable();
-  for (const c of children) {
+  for (const c of children.splice(0)) {
     if (c.pid === undefined || c.exitCode !== null) continue;
     for (const pid of processTree(c.pid, stats)) {
       try {
@@ -43,6 +49,9 @@ function cleanup() {
       }
     }
   }
+}
+function cleanup() {
+  stopChildren();
   rmSync(dir, { recursive: true, force: true });
 }
 process.on("exit", cleanup);
@@ -166,156 +175,184 @@ async function heyAtRate(port: number, seconds: number): Promise<{ p50Ms: number
   return { p50Ms: pct(50), p99Ms: pct(99), errors, requests: codes.reduce((a, c) => a + Number(c[2]), 0), rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN) };
 }
 
-const upstreamPorts = [await freePort(), await freePort()];
-const upstream = start(0, process.execPath, ["--import", "tsx", "bench/upstream.ts", ...upstreamPorts.map(String)], "upstream");
-await waitForPort(upstreamPorts[1]!, upstream, "upstream");
+/** One gateway hop: throughput, CPU per request and added latency of every proxy, in one run. */
+async function gatewaySuite(): Promise<void> {
+  const upstreamPorts = [await freePort(), await freePort()];
+  const upstream = start(0, process.execPath, ["--import", "tsx", "bench/upstream.ts", ...upstreamPorts.map(String)], "upstream");
+  await waitForPort(upstreamPorts[1]!, upstream, "upstream");
 
-const logName = (name: string) => name.replace(/[^a-z0-9]+/gi, "-");
-/** Lines in a file: the weft gateway's stdout is its access log, one JSON line per request. */
-function lineCount(file: string): number {
-  try {
-    const text = readFileSync(file);
-    let n = 0;
-    for (const byte of text) if (byte === 10) n += 1;
-    return n;
-  } catch {
-    return 0;
+  const logName = (name: string) => name.replace(/[^a-z0-9]+/gi, "-");
+  /** Lines in a file: the weft gateway's stdout is its access log, one JSON line per request. */
+  function lineCount(file: string): number {
+    try {
+      const text = readFileSync(file);
+      let n = 0;
+      for (const byte of text) if (byte === 10) n += 1;
+      return n;
+    } catch {
+      return 0;
+    }
   }
-}
 
-interface Subject {
-  name: string;
-  port: number;
-  pid?: number;
-}
-const subjects: Subject[] = [{ name: "direct", port: upstreamPorts[0]! }];
+  interface Subject {
+    name: string;
+    port: number;
+    pid?: number;
+  }
+  const subjects: Subject[] = [{ name: "direct", port: upstreamPorts[0]! }];
 
-async function addProxy(name: string, cmd: string, args: (port: number) => string[]) {
-  if (values.only && !values.only.split(",").includes(name)) return;
-  const port = await freePort();
-  const child = start(1, cmd, args(port), logName(name));
-  await waitForPort(port, child, name);
-  subjects.push({ name, port, pid: child.pid });
-}
+  async function addProxy(name: string, cmd: string, args: (port: number) => string[]) {
+    if (values.only && !values.only.split(",").includes(name)) return;
+    const port = await freePort();
+    const child = start(1, cmd, args(port), logName(name));
+    await waitForPort(port, child, name);
+    subjects.push({ name, port, pid: child.pid });
+  }
 
-await addProxy("raw node:http", process.execPath, (port) => ["--import", "tsx", "bench/raw-proxy.ts", String(port), String(upstreamPorts[0])]);
+  await addProxy("raw node:http", process.execPath, (port) => ["--import", "tsx", "bench/raw-proxy.ts", String(port), String(upstreamPorts[0])]);
 
-function weftConfig(port: number): string {
-  const file = join(dir, `weft-${port}.json`);
-  writeFileSync(
-    file,
-    JSON.stringify({
-      accessLog: "json",
-      services: { app: { endpoints: upstreamPorts.map((p) => ({ address: `127.0.0.1:${p}` })), traffic: { loadBalancer: "round_robin" } } },
-      gateways: {
-        bench: {
-          listeners: [{ port, address: "127.0.0.1" }],
-          routes: [
-            { name: "health", match: { path: { exact: "/healthz" } }, directResponse: { status: 200, body: "ok" } },
-            { name: "bench", match: { path: { prefix: "/bench" } }, forward: { to: [{ service: "app" }] } },
-          ],
-        },
-      },
-    }),
-  );
-  return file;
-}
-await addProxy("weft (Node)", process.execPath, (port) => ["--import", "tsx", "gateway/main.ts", "--config", weftConfig(port), "--admin", "127.0.0.1:0"]);
-if (existsBun()) await addProxy("weft (Bun)", join(ROOT, "node_modules/.bin/bun"), (port) => ["gateway/main.ts", "--config", weftConfig(port), "--admin", "127.0.0.1:0"]);
-if (has("nginx")) {
-  await addProxy("nginx (1 worker)", "nginx", (port) => {
-    const conf = join(dir, `nginx-${port}.conf`);
+  function weftConfig(port: number): string {
+    const file = join(dir, `weft-${port}.json`);
     writeFileSync(
-      conf,
-      `worker_processes 1;
-daemon off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log ${dir}/nginx-access.log;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy_temp;
-  fastcgi_temp_path ${dir}/fastcgi_temp;
-  uwsgi_temp_path ${dir}/uwsgi_temp;
-  scgi_temp_path ${dir}/scgi_temp;
-  upstream app { server 127.0.0.1:${upstreamPorts[0]}; server 127.0.0.1:${upstreamPorts[1]}; keepalive 64; }
-  server {
-    listen 127.0.0.1:${port};
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-`,
+      file,
+      JSON.stringify({
+        accessLog: "json",
+        services: { app: { endpoints: upstreamPorts.map((p) => ({ address: `127.0.0.1:${p}` })), traffic: { loadBalancer: "round_robin" } } },
+        gateways: {
+          bench: {
+            listeners: [{ port, address: "127.0.0.1" }],
+            routes: [
+              { name: "health", match: { path: { exact: "/healthz" } }, directResponse: { status: 200, body: "ok" } },
+              { name: "bench", match: { path: { prefix: "/bench" } }, forward: { to: [{ service: "app" }] } },
+            ],
+          },
+        },
+      }),
     );
-    return ["-c", conf, "-e", join(dir, "nginx-error.log")];
-  });
+    return file;
+  }
+  // weft on Node as the image runs it (scripts/build.mjs's bundle), and from the sources through tsx
+  // (as `npm start` and the tests do), which costs more per request.
+  await addProxy("weft (Node)", process.execPath, (port) => [weftBundle(), "gateway", "--config", weftConfig(port), "--admin", "127.0.0.1:0"]);
+  await addProxy("weft (Node+tsx)", process.execPath, (port) => ["--import", "tsx", "gateway/main.ts", "--config", weftConfig(port), "--admin", "127.0.0.1:0"]);
+  if (existsBun()) await addProxy("weft (Bun)", join(ROOT, "node_modules/.bin/bun"), (port) => ["gateway/main.ts", "--config", weftConfig(port), "--admin", "127.0.0.1:0"]);
+  if (has("nginx")) {
+    await addProxy("nginx (1 worker)", "nginx", (port) => {
+      const conf = join(dir, `nginx-${port}.conf`);
+      writeFileSync(
+        conf,
+        `worker_processes 1;
+  daemon off;
+  pid ${dir}/nginx.pid;
+  error_log ${dir}/nginx-error.log warn;
+  events { worker_connections 1024; }
+  http {
+    access_log ${dir}/nginx-access.log;
+    client_body_temp_path ${dir}/client_body;
+    proxy_temp_path ${dir}/proxy_temp;
+    fastcgi_temp_path ${dir}/fastcgi_temp;
+    uwsgi_temp_path ${dir}/uwsgi_temp;
+    scgi_temp_path ${dir}/scgi_temp;
+    upstream app { server 127.0.0.1:${upstreamPorts[0]}; server 127.0.0.1:${upstreamPorts[1]}; keepalive 64; }
+    server {
+      listen 127.0.0.1:${port};
+      location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+  }
+  `,
+      );
+      return ["-c", conf, "-e", join(dir, "nginx-error.log")];
+    });
+  }
+
+  function existsBun(): boolean {
+    try {
+      readFileSync(join(ROOT, "node_modules/.bin/bun"));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  console.log(`weft bench: ${DURATION}s wrk runs (1 thread, 50 connections), ${RATE_DURATION}s at 1,000 req/s; node ${process.version}`);
+  console.log(`load generator + upstream on core 0, proxy on core 1; numbers are from this run only\n`);
+
+  // Warm every proxy (JIT, pools) before measuring.
+  // served counts every request a subject answered, to check its access log kept a line for each.
+  const served = new Map<string, number>();
+  const count = (name: string, n: number) => served.set(name, (served.get(name) ?? 0) + n);
+  for (const s of subjects) count(s.name, (await wrk(s.port, 2)).requests);
+  const results = new Map<string, Throughput>();
+  for (const s of subjects) {
+    const r = await wrk(s.port, DURATION, s.pid);
+    count(s.name, r.requests);
+    results.set(s.name, r);
+  }
+  // Each proxy's latency run is paired with a direct run just before it, and the added latency is
+  // the difference within the pair: the machine's noise drifts over minutes, not over 20 seconds.
+  const latency = new Map<string, { proxied: Awaited<ReturnType<typeof heyAtRate>>; direct: Awaited<ReturnType<typeof heyAtRate>> }>();
+  for (const s of subjects.slice(1)) {
+    const direct = await heyAtRate(subjects[0]!.port, RATE_DURATION);
+    count("direct", direct.requests);
+    const proxied = await heyAtRate(s.port, RATE_DURATION);
+    count(s.name, proxied.requests);
+    latency.set(s.name, { proxied, direct });
+  }
+
+  const nginx = results.get("nginx (1 worker)");
+  const raw = results.get("raw node:http");
+  const pad = (s: string, n: number) => s.padEnd(n);
+  const num = (n: number | undefined, d = 0) => (n === undefined || Number.isNaN(n) ? "-" : n.toFixed(d));
+  console.log(`${pad("proxy", 18)} ${pad("req/s", 9)} ${pad("p50 ms", 8)} ${pad("p99 ms", 8)} ${pad("errors", 7)} ${pad("CPU µs/req", 11)} ${pad("× nginx", 8)} ${pad("× raw", 7)} ${pad("CPU × nginx", 11)}`);
+  for (const s of subjects) {
+    const r = results.get(s.name)!;
+    console.log(
+      `${pad(s.name, 18)} ${pad(num(r.rps), 9)} ${pad(num(r.p50Ms, 2), 8)} ${pad(num(r.p99Ms, 2), 8)} ${pad(String(r.errors), 7)} ${pad(num(r.cpuUsPerRequest, 1), 11)} ${pad(nginx ? num(r.rps / nginx.rps, 2) : "-", 8)} ${pad(raw ? num(r.rps / raw.rps, 2) : "-", 7)} ${pad(nginx?.cpuUsPerRequest && r.cpuUsPerRequest ? num(r.cpuUsPerRequest / nginx.cpuUsPerRequest, 2) : "-", 11)}`,
+    );
+  }
+  console.log(`\nadded latency of one hop at 1,000 req/s (hey -q 100 -c 10, ${RATE_DURATION}s; each run paired with a direct run just before it)`);
+  for (const s of subjects.slice(1)) {
+    const { proxied: l, direct } = latency.get(s.name)!;
+    console.log(
+      `${pad(s.name, 18)} added p50 ${pad(num(l.p50Ms - direct.p50Ms, 2), 6)} ms   added p99 ${pad(num(l.p99Ms - direct.p99Ms, 2), 6)} ms   (direct ${num(direct.p50Ms, 2)}/${num(direct.p99Ms, 2)}, proxied ${num(l.p50Ms, 2)}/${num(l.p99Ms, 2)} ms)   achieved ${num(l.rps)} req/s   errors ${l.errors}`,
+    );
+  }
+  for (const name of ["weft (Node)", "weft (Node+tsx)", "weft (Bun)"]) {
+    if (subjects.some((s) => s.name === name)) console.log(`${name} access log: ${lineCount(join(dir, `${logName(name)}.out`))} JSON lines for ${served.get(name)} requests (stdout to a file)`);
+  }
+  if (subjects.some((s) => s.name === "nginx (1 worker)")) console.log(`nginx access log: ${lineCount(join(dir, "nginx-access.log"))} lines for ${served.get("nginx (1 worker)")} requests (to a file)`);
+
+  const node = results.get("weft (Node)");
+  const bun = results.get("weft (Bun)");
+  const nodeLatency = latency.get("weft (Node)");
+  const verdict = (ok: boolean | undefined) => (ok === undefined ? "n/a " : ok ? "PASS" : "MISS");
+  console.log("\ntargets");
+  console.log(`${verdict(node && nginx ? node.rps >= 0.3 * nginx.rps : undefined)} weft (Node) ≥ 0.30× nginx req/s`);
+  console.log(`${verdict(node && raw ? node.rps >= 0.75 * raw.rps : undefined)} weft (Node) ≥ 0.75× raw node:http req/s`);
+  console.log(`${verdict(bun && nginx ? bun.rps >= 0.5 * nginx.rps : undefined)} weft (Bun) ≥ 0.5× nginx req/s`);
+  console.log(`${verdict(nodeLatency ? nodeLatency.proxied.p99Ms - nodeLatency.direct.p99Ms <= 2 : undefined)} weft (Node) added p99 at 1,000 req/s ≤ 2 ms`);
+  stopChildren();
 }
 
-function existsBun(): boolean {
-  try {
-    readFileSync(join(ROOT, "node_modules/.bin/bun"));
-    return true;
-  } catch {
-    return false;
+// Every suite, in the order `npm run bench` runs them; `--suite a,b` picks some.
+const SUITES: Record<string, () => Promise<void>> = {
+  gateway: gatewaySuite,
+  sidecar: async () => (await import("./sidecar.ts")).main(values.duration ? ["--duration", values.duration] : []),
+  identity: async () => (await import("./identity-sign.ts")).main([]),
+  policy: async () => (await import("./policy.ts")).main([]),
+  telemetry: async () => (await import("./telemetry.ts")).main([]),
+};
+const selected = (values.suite ?? Object.keys(SUITES).join(",")).split(",");
+for (const name of selected) {
+  const suite = SUITES[name];
+  if (!suite) {
+    console.error(`unknown suite ${name}: one of ${Object.keys(SUITES).join(", ")}`);
+    process.exit(2);
   }
 }
-
-console.log(`weft bench: ${DURATION}s wrk runs (1 thread, 50 connections), ${RATE_DURATION}s at 1,000 req/s; node ${process.version}`);
-console.log(`load generator + upstream on core 0, proxy on core 1; numbers are from this run only\n`);
-
-// Warm every proxy (JIT, pools) before measuring.
-// served counts every request a subject answered, to check its access log kept a line for each.
-const served = new Map<string, number>();
-const count = (name: string, n: number) => served.set(name, (served.get(name) ?? 0) + n);
-for (const s of subjects) count(s.name, (await wrk(s.port, 2)).requests);
-const results = new Map<string, Throughput>();
-for (const s of subjects) {
-  const r = await wrk(s.port, DURATION, s.pid);
-  count(s.name, r.requests);
-  results.set(s.name, r);
+for (const name of selected) {
+  console.log(`\n## ${name}\n`);
+  await SUITES[name]!();
 }
-// Each proxy's latency run is paired with a direct run just before it, and the added latency is
-// the difference within the pair: the machine's noise drifts over minutes, not over 20 seconds.
-const latency = new Map<string, { proxied: Awaited<ReturnType<typeof heyAtRate>>; direct: Awaited<ReturnType<typeof heyAtRate>> }>();
-for (const s of subjects.slice(1)) {
-  const direct = await heyAtRate(subjects[0]!.port, RATE_DURATION);
-  count("direct", direct.requests);
-  const proxied = await heyAtRate(s.port, RATE_DURATION);
-  count(s.name, proxied.requests);
-  latency.set(s.name, { proxied, direct });
-}
-
-const nginx = results.get("nginx (1 worker)");
-const raw = results.get("raw node:http");
-const pad = (s: string, n: number) => s.padEnd(n);
-const num = (n: number | undefined, d = 0) => (n === undefined || Number.isNaN(n) ? "-" : n.toFixed(d));
-console.log(`${pad("proxy", 18)} ${pad("req/s", 9)} ${pad("p50 ms", 8)} ${pad("p99 ms", 8)} ${pad("errors", 7)} ${pad("CPU µs/req", 11)} ${pad("× nginx", 8)} ${pad("× raw", 7)} ${pad("CPU × nginx", 11)}`);
-for (const s of subjects) {
-  const r = results.get(s.name)!;
-  console.log(
-    `${pad(s.name, 18)} ${pad(num(r.rps), 9)} ${pad(num(r.p50Ms, 2), 8)} ${pad(num(r.p99Ms, 2), 8)} ${pad(String(r.errors), 7)} ${pad(num(r.cpuUsPerRequest, 1), 11)} ${pad(nginx ? num(r.rps / nginx.rps, 2) : "-", 8)} ${pad(raw ? num(r.rps / raw.rps, 2) : "-", 7)} ${pad(nginx?.cpuUsPerRequest && r.cpuUsPerRequest ? num(r.cpuUsPerRequest / nginx.cpuUsPerRequest, 2) : "-", 11)}`,
-  );
-}
-console.log(`\nadded latency of one hop at 1,000 req/s (hey -q 100 -c 10, ${RATE_DURATION}s; each run paired with a direct run just before it)`);
-for (const s of subjects.slice(1)) {
-  const { proxied: l, direct } = latency.get(s.name)!;
-  console.log(
-    `${pad(s.name, 18)} added p50 ${pad(num(l.p50Ms - direct.p50Ms, 2), 6)} ms   added p99 ${pad(num(l.p99Ms - direct.p99Ms, 2), 6)} ms   (direct ${num(direct.p50Ms, 2)}/${num(direct.p99Ms, 2)}, proxied ${num(l.p50Ms, 2)}/${num(l.p99Ms, 2)} ms)   achieved ${num(l.rps)} req/s   errors ${l.errors}`,
-  );
-}
-for (const name of ["weft (Node)", "weft (Bun)"]) {
-  if (subjects.some((s) => s.name === name)) console.log(`${name} access log: ${lineCount(join(dir, `${logName(name)}.out`))} JSON lines for ${served.get(name)} requests (stdout to a file)`);
-}
-if (subjects.some((s) => s.name === "nginx (1 worker)")) console.log(`nginx access log: ${lineCount(join(dir, "nginx-access.log"))} lines for ${served.get("nginx (1 worker)")} requests (to a file)`);
-
-const node = results.get("weft (Node)");
-const bun = results.get("weft (Bun)");
-const nodeLatency = latency.get("weft (Node)");
-const verdict = (ok: boolean | undefined) => (ok === undefined ? "n/a " : ok ? "PASS" : "MISS");
-console.log("\ntargets");
-console.log(`${verdict(node && nginx ? node.rps >= 0.3 * nginx.rps : undefined)} weft (Node) ≥ 0.30× nginx req/s`);
-console.log(`${verdict(node && raw ? node.rps >= 0.75 * raw.rps : undefined)} weft (Node) ≥ 0.75× raw node:http req/s`);
-console.log(`${verdict(bun && nginx ? bun.rps >= 0.5 * nginx.rps : undefined)} weft (Bun) ≥ 0.5× nginx req/s`);
-console.log(`${verdict(nodeLatency ? nodeLatency.proxied.p99Ms - nodeLatency.direct.p99Ms <= 2 : undefined)} weft (Node) added p99 at 1,000 req/s ≤ 2 ms`);
 // The children's handles keep the event loop alive: exit, which kills them (see cleanup).
 process.exit(0);

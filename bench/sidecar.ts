@@ -19,6 +19,7 @@ import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { mintJoinToken } from "../shared/identity/index.ts";
+import { weftBundle } from "./weft-bundle.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const SERVER = "bench-server";
@@ -179,7 +180,8 @@ export async function main(argv: string[]): Promise<void> {
     await waitForPort(natsPort, nats, "nats-server");
     const natsUrl = `nats://127.0.0.1:${natsPort}`;
     const env = { WEFT_STATE_DIR: join(dir, "state") };
-    const weft = join(ROOT, "scripts/weft.mjs");
+    // The weft command as the image runs it (the bundle), so RSS and CPU are those of what ships.
+    const weft = weftBundle();
     const control = start(0, process.execPath, [weft, "control", "--nats", natsUrl, "--id", "control-bench", "--state-dir", join(dir, "control")], "control", env);
     await waitForLog(control, "control", (l) => l.msg === "control plane ready");
     const configFile = join(dir, "weft.config.ts");

@@ -19,6 +19,7 @@ import { parseAllDocuments, stringify as stringifyYaml } from "yaml";
 import { injectManifest } from "./inject.ts";
 import { GET_KINDS, type ApplyReply, type GetKind } from "./plane.ts";
 import type { ProxyStatusRow } from "./status.ts";
+import pkg from "../package.json" with { type: "json" };
 
 const NATS_HELP = "  --nats URL     NATS server(s), comma-separated; env WEFT_NATS_URL (default nats://127.0.0.1:4222)";
 
@@ -265,7 +266,7 @@ export async function inject(argv: string[]): Promise<number> {
     console.log(INJECT_USAGE);
     return values.help ? 0 : 2;
   }
-  const version = JSON.parse(await readFile(new URL("../package.json", import.meta.url), "utf8")).version as string;
+  const version = pkg.version;
   const options = {
     image: values.image ?? process.env.WEFT_IMAGE ?? `weft:${version}`,
     natsUrl: values.nats ?? "nats://nats.weft-system.svc:4222",

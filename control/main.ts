@@ -115,8 +115,9 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 }
 
 function isEntry(): boolean {
-  const meta = import.meta as ImportMeta & { main?: boolean };
-  if (meta.main !== undefined) return meta.main;
+  // Bun and Deno say so; the bundle (scripts/build.mjs) defines it false, since every module shares its URL.
+  const main = (import.meta as ImportMeta & { main?: boolean }).main;
+  if (main !== undefined) return main;
   return process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
 }
 

@@ -3,8 +3,9 @@
 // code imports no dev dependency, and the healthcheck probe really tells a healthy admin port apart.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, relative } from "node:path";
@@ -23,12 +24,18 @@ test("every path the Dockerfile copies from the build context exists in the repo
   for (const src of copiedSources) assert.ok(existsSync(join(ROOT, src)), `COPY ${src}: missing`);
 });
 
-test("the programs the image links and runs (weft, weft-probe) come from copied files", () => {
+// Files the build stage makes with `node scripts/build.mjs OUT`: the bundle of scripts/weft.mjs.
+const built = [...dockerfile.matchAll(/node scripts\/build\.mjs (\S+)/g)].map((m) => m[1]!);
+
+test("the programs the image links and runs (weft, weft-probe) come from copied or built files", () => {
   const links = [...dockerfile.matchAll(/ln -s \/app\/(\S+) \/usr\/local\/bin\/(\S+)/g)].map((m) => ({ file: m[1]!, name: m[2]! }));
   assert.deepEqual(links.map((l) => l.name).sort(), ["weft", "weft-probe"]);
+  assert.ok(isCopied("scripts/build.mjs"), "the build script is copied");
   for (const { file } of links) {
-    assert.ok(isCopied(file), `${file} is linked but not copied`);
-    assert.ok(readFileSync(join(ROOT, file), "utf8").startsWith("#!/usr/bin/env node"), `${file} has no node shebang`);
+    // A built file's shebang is its entry's (scripts/weft.mjs), which esbuild keeps.
+    const source = built.includes(file) ? "scripts/weft.mjs" : file;
+    assert.ok(isCopied(source), `${file} is linked but neither copied nor built`);
+    assert.ok(readFileSync(join(ROOT, source), "utf8").startsWith("#!/usr/bin/env node"), `${file} has no node shebang`);
   }
   assert.match(dockerfile, /ENTRYPOINT \["weft"\]/);
   assert.match(dockerfile, /HEALTHCHECK .*CMD \["weft-probe"\]/);
@@ -37,9 +44,10 @@ test("the programs the image links and runs (weft, weft-probe) come from copied 
 });
 
 test("every module a weft subcommand loads is copied into the image", () => {
-  const weft = readFileSync(join(ROOT, "scripts/weft.mjs"), "utf8");
-  const modules = [...weft.matchAll(/\["\.\.\/([^"]+)", "/g)].map((m) => m[1]!);
-  assert.ok(modules.length >= 4);
+  const cli = readFileSync(join(ROOT, "scripts/cli.ts"), "utf8");
+  const modules = [...cli.matchAll(/import\("(\.\.?\/[^"]+)"\)/g)].map((m) => relative(ROOT, join(ROOT, "scripts", m[1]!)));
+  assert.ok(modules.length >= 6);
+  assert.ok(isCopied("scripts/cli.ts") && isCopied("scripts/weft.mjs"));
   for (const mod of modules) assert.ok(isCopied(mod), `weft loads ${mod}, which the Dockerfile does not copy`);
   assert.ok(isCopied("examples/apps/sample-app.ts"));
 });
@@ -94,3 +102,48 @@ test("weft-probe exits 0 for a 2xx admin answer and 1 for a 503 or a closed port
   }
   assert.equal(await probe({ WEFT_ADMIN_ADDRESS: `127.0.0.1:${port}` }), 1);
 });
+
+test("the production bundle (scripts/build.mjs) runs a gateway from a TypeScript config: one main, config loaded through tsx", async () => {
+  // Inside node_modules so the bundle resolves its external dependencies as it does in the image.
+  const out = join(ROOT, "node_modules/.cache/weft-test", `weft-${process.pid}.mjs`);
+  const dir = mkdtempSync(join(tmpdir(), "weft-bundle-"));
+  try {
+    const built = spawnSync(process.execPath, ["scripts/build.mjs", out], { cwd: ROOT, encoding: "utf8" });
+    assert.equal(built.status, 0, built.stderr);
+    assert.doesNotMatch(readFileSync(out, "utf8"), /__name\(/, "no keepNames wrappers in the bundle");
+    const port = await freePort();
+    const config = join(dir, "weft.config.ts");
+    writeFileSync(
+      config,
+      `const port: number = ${port};\nexport default { gateways: { edge: { listeners: [{ port, address: "127.0.0.1" }], routes: [{ name: "hi", directResponse: { status: 200, body: "from the bundle" } }] } } };\n`,
+    );
+    const child = spawn(process.execPath, [out, "gateway", "--config", config, "--admin", "127.0.0.1:0"], { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+    try {
+      let log = "";
+      child.stderr!.on("data", (c: Buffer) => (log += c));
+      const deadline = Date.now() + 20_000;
+      while (!log.includes('"msg":"listening"') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+      assert.match(log, /"msg":"listening"/, log);
+      const r = await fetch(`http://127.0.0.1:${port}/`);
+      assert.equal(r.status, 200);
+      assert.equal(await r.text(), "from the bundle");
+      assert.equal(log.match(/"msg":"listening"/g)!.length, 1, "the gateway's main ran once");
+    } finally {
+      child.kill("SIGTERM");
+      await new Promise((r) => child.once("exit", r));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(out, { force: true });
+    rmSync(`${out}.map`, { force: true });
+  }
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = http.createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
