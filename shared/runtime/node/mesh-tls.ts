@@ -70,7 +70,8 @@ export function createMeshFront(mesh: MeshListen, http: EventEmitter): MeshFront
   secure.on("tlsClientError", (_err: Error, socket: tls.TLSSocket) => refuse(socket, "tls_handshake_failed"));
   const unsubscribe = mesh.identity.onUpdate((next) => secure.setSecureContext(meshTlsOptions(next)));
 
-  const server = net.createServer((socket) => {
+  // noDelay as node:http sets it on its own sockets: a streamed response must not wait on Nagle.
+  const server = net.createServer({ noDelay: true }, (socket) => {
     socket.on("error", () => socket.destroy());
     // Look at the first byte, put it back, and hand the socket to TLS or (PERMISSIVE only) plain HTTP.
     socket.once("data", (chunk: Buffer) => {
