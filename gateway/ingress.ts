@@ -77,7 +77,7 @@ export function createIngress(options: IngressOptions): Ingress {
     for (const [index, spec] of gateway.listeners.entries()) {
       // Port 0 ("any free port") may repeat on one address: each such listener is its own socket.
       const key = spec.port === 0 ? `${spec.address}:0#${index}` : `${spec.address}:${spec.port}`;
-      const signature = JSON.stringify([spec.protocol, spec.tls, gateway.maxHeaderBytes, gateway.maxHeaderCount]);
+      const signature = JSON.stringify([spec.protocol, spec.tls, spec.http2 === true, gateway.maxHeaderBytes, gateway.maxHeaderCount]);
       wanted.set(key, { signature, spec });
     }
     for (const [key, open] of listeners) {
@@ -95,7 +95,7 @@ export function createIngress(options: IngressOptions): Ingress {
         ? { cert: await readFile(spec.tls.certFile, "utf8"), key: await readFile(spec.tls.keyFile, "utf8") }
         : undefined;
       const listener = await runtime.listen(
-        { port: spec.port, address: spec.address, tls, maxHeaderCount: gateway.maxHeaderCount, maxHeaderBytes: gateway.maxHeaderBytes },
+        { port: spec.port, address: spec.address, tls, http2: spec.http2, maxHeaderCount: gateway.maxHeaderCount, maxHeaderBytes: gateway.maxHeaderBytes },
         target,
       );
       listeners.set(key, { listener, signature });

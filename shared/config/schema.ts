@@ -366,6 +366,11 @@ const Listener = v.pipe(
     address: v.optional(v.string(), "0.0.0.0"),
     protocol: v.optional(v.picklist(["http", "https"]), "http"),
     tls: v.optional(v.strictObject({ certFile: v.string(), keyFile: v.string() })),
+    /**
+     * Also serve HTTP/2 (default false: HTTP/1.1 only). On http, h2c with prior knowledge beside
+     * HTTP/1.1 on the same port; on https, ALPN offers h2 and http/1.1.
+     */
+    http2: v.optional(v.boolean()),
   }),
   v.check((l) => l.protocol !== "https" || l.tls !== undefined, "an https listener needs tls.certFile and tls.keyFile"),
 );

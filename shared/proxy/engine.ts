@@ -3,6 +3,7 @@ import type { CircuitBreaker } from "./circuit.ts";
 import { createClusterHealth, type Cluster, type ClusterHealthReport } from "./cluster.ts";
 import { chance, createFault, type Fault } from "./fault.ts";
 import { sendMirror, type MirrorCopy, type MirrorOutcome } from "./mirror.ts";
+import { grpcLocalHeaders, isGrpcRequest, parseGrpcTimeout } from "./grpc.ts";
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
 import type { OutlierDetector } from "./outlier.ts";
 import { REASONS, type Reason } from "./reasons.ts";
@@ -156,6 +157,8 @@ export function createEngine(options: EngineOptions): Engine {
   const health = createClusterHealth(now);
   // Route configs are frozen per snapshot: each fault block is compiled once.
   const faults = new WeakMap<FaultConfig, Fault>();
+  // Records of gRPC requests: their local failures are answered the gRPC way (see grpc.ts).
+  const grpcCalls = new WeakSet<RequestRecord>();
 
   function local(
     record: RequestRecord,
@@ -165,6 +168,14 @@ export function createEngine(options: EngineOptions): Engine {
   ): Exchange {
     const headers: OutgoingHeaders = { "content-type": "text/plain; charset=utf-8", "x-weft-reason": reason, "x-request-id": record.requestId };
     if (extra) for (const [name, value] of extra) headers[name] = value;
+    if (grpcCalls.has(record)) {
+      // gRPC clients read failures from grpc-status, never from the HTTP status (trailers-only answer).
+      const grpc = grpcLocalHeaders(reason, status);
+      for (const name in grpc) headers[name] = grpc[name]!;
+      record.status = 200;
+      record.reason = reason;
+      return { kind: "local", status: 200, headers, body: "", finish: finisher(record) };
+    }
     record.status = status;
     record.reason = reason;
     return { kind: "local", status, headers, body: `${reason}\n`, finish: finisher(record) };
@@ -193,7 +204,7 @@ export function createEngine(options: EngineOptions): Engine {
       method: head.method,
       authority: head.authority,
       path: head.path,
-      protocol: "HTTP/1.1",
+      protocol: head.protocol ?? "HTTP/1.1",
       status: 0,
       bytesIn: 0,
       bytesOut: 0,
@@ -203,6 +214,7 @@ export function createEngine(options: EngineOptions): Engine {
       attempts: 0,
       sourcePrincipal: head.peer?.spiffeId,
     };
+    if (isGrpcRequest(head.headers)) grpcCalls.add(record);
     const started = onRequestStart?.(head);
     if (started) {
       record.traceId = started.traceId;
@@ -284,6 +296,9 @@ export function createEngine(options: EngineOptions): Engine {
     if (maxBody !== undefined && body.length !== undefined && body.length > maxBody) return local(record, "body_too_large");
 
     const headers = copyForwardable(head.headers, edge);
+    const grpc = grpcCalls.has(record);
+    // gRPC needs `te: trailers` end to end (its servers refuse calls without it); other TE values stay hop-by-hop.
+    if (grpc) headers.te = "trailers";
     const xff = firstValue(head.headers, "x-forwarded-for");
     headers["x-forwarded-for"] = appendForwardedFor(edge && view.xffTrustedHops === 0 ? undefined : xff, head.clientIp);
     if (edge || headers["x-forwarded-proto"] === undefined) headers["x-forwarded-proto"] = head.scheme;
@@ -311,7 +326,10 @@ export function createEngine(options: EngineOptions): Engine {
         : match.path;
 
     const retry = fwd.retries ?? cluster.retries ?? DEFAULT_RETRIES;
-    const timeoutMs = fwd.timeoutMs ?? traffic.timeoutMs;
+    const routeTimeoutMs = fwd.timeoutMs ?? traffic.timeoutMs;
+    // The caller's gRPC deadline caps the route timeout: nothing waits past the point the client gave up.
+    const grpcTimeoutMs = grpc ? parseGrpcTimeout(firstValue(head.headers, "grpc-timeout")) : undefined;
+    const timeoutMs = grpcTimeoutMs === undefined ? routeTimeoutMs : Math.min(routeTimeoutMs, grpcTimeoutMs);
     const deadline = startedAt + timeoutMs;
     const { outlier, circuit } = health.of(cluster);
     const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit };

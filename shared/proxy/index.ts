@@ -13,3 +13,4 @@ export * from "./circuit.ts";
 export * from "./fault.ts";
 export * from "./mirror.ts";
 export * from "./request-target.ts";
+export * from "./grpc.ts";

@@ -25,6 +25,8 @@ export interface RequestHead {
   /** Local port the request arrived on. */
   readonly localPort: number;
   readonly peer?: PeerIdentity;
+  /** Protocol the request arrived over, as the access log names it (default "HTTP/1.1"). */
+  readonly protocol?: "HTTP/1.1" | "HTTP/2";
 }
 
 export type { Endpoint };
@@ -133,6 +135,8 @@ export interface ListenOptions {
   readonly tls?: { readonly cert: string; readonly key: string };
   /** Terminate mesh mTLS (a sidecar's inbound port); the peer's SPIFFE ID reaches the engine as `peer`. */
   readonly mesh?: MeshListen;
+  /** Also serve HTTP/2: h2c with prior knowledge on plain ports, ALPN h2 with `tls` (not with `mesh`). */
+  readonly http2?: boolean;
   /** Headers beyond these limits are answered with 431. */
   readonly maxHeaderCount: number;
   readonly maxHeaderBytes: number;

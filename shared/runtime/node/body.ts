@@ -1,5 +1,5 @@
 import type { IncomingMessage } from "node:http";
-import type { Writable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import type { RequestBody } from "../../proxy/index.ts";
 
 /** A request body read from node:http, streamed to one upstream at a time and kept for a replay up to a bound. */
@@ -24,10 +24,14 @@ const EMPTY: NodeRequestBody = {
  * const body = createNodeBody(req);
  * body.sendTo(upstreamRequest, undefined, 65536, () => upstreamRequest.destroy());
  */
-export function createNodeBody(source: IncomingMessage): NodeRequestBody {
+export function createNodeBody(
+  source: Readable & Pick<IncomingMessage, "headers">,
+  /** The body's length when the framing is not HTTP/1.1's (an HTTP/2 stream); default: from the headers. */
+  framing?: { readonly length: number | undefined },
+): NodeRequestBody {
   const declared = source.headers["content-length"];
   const chunked = source.headers["transfer-encoding"] !== undefined;
-  const length = chunked ? undefined : declared === undefined ? 0 : Number(declared);
+  const length = framing ? framing.length : chunked ? undefined : declared === undefined ? 0 : Number(declared);
   if (length === 0) {
     // Nothing to stream: let node finish reading the (empty) request.
     source.resume();

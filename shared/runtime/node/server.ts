@@ -4,6 +4,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Exchange, Listener, ListenOptions, RequestHead, ServeTarget } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
+import { createHttp2Front } from "./h2-server.ts";
 import { createMeshFront, type MeshFront } from "./mesh-tls.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
 
@@ -32,10 +33,13 @@ export async function listenNode(
     // Whole-request timeouts would cut long uploads; the route timeout and idle timeouts bound them instead.
     requestTimeout: 0,
   };
-  const server = options.tls
+  // With http2 the front terminates TLS (ALPN picks h2 or http/1.1), so node:http sees plain sockets.
+  const h2 = options.http2 === true && !options.mesh;
+  const server = options.tls && !h2
     ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key })
     : http.createServer(serverOptions);
-  const front: MeshFront | undefined = options.mesh ? createMeshFront(options.mesh, server) : undefined;
+  const h2Front = h2 ? createHttp2Front(options, target, server) : undefined;
+  const front: MeshFront | undefined = options.mesh ? createMeshFront(options.mesh, server) : h2Front;
   const accepting = front?.server ?? server;
   let closing = false;
 
@@ -95,6 +99,7 @@ export async function listenNode(
     close: () =>
       new Promise<void>((resolve) => {
         closing = true;
+        h2Front?.beginClose();
         accepting.close(() => {
           front?.dispose();
           resolve();
@@ -103,6 +108,7 @@ export async function listenNode(
       }),
     setTls(tls) {
       if (server instanceof https.Server) server.setSecureContext({ cert: tls.cert, key: tls.key });
+      h2Front?.setTls(tls);
     },
   };
 }

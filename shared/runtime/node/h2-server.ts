@@ -1,0 +1,252 @@
+import http2 from "node:http2";
+import net from "node:net";
+import tls from "node:tls";
+import type { EventEmitter } from "node:events";
+import type { Exchange, HeaderMap, ListenOptions, PeerIdentity, RequestHead, ServeTarget } from "../../proxy/index.ts";
+import { createNodeBody, type NodeRequestBody } from "./body.ts";
+import type { NodeUpstreamResponse } from "./upstream.ts";
+
+/** RFC 9113 §3.4: every HTTP/2 connection starts with this preface; "PRI" is no HTTP/1.1 method anyone uses. */
+const PREFACE_START = "PRI";
+
+// RFC 9113 §8.2.2: connection-specific fields must not appear in HTTP/2 (node refuses to send them).
+const CONNECTION_SPECIFIC = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"]);
+
+/** The TCP (or TLS) front of a listener that speaks HTTP/2 and HTTP/1.1 on one port. */
+export interface Http2Front {
+  /** The socket server to listen on. */
+  readonly server: net.Server;
+  /** No peer identity on these listeners (mesh mTLS ports stay HTTP/1.1). */
+  peerOf(socket: object): PeerIdentity | undefined;
+  dispose(): void;
+  /** Sends GOAWAY on every open HTTP/2 session: in-flight streams finish, then the connections close. */
+  beginClose(): void;
+  /** Replaces the TLS certificate for new connections. */
+  setTls(tls: { readonly cert: string; readonly key: string }): void;
+}
+
+/**
+ * createHttp2Front serves HTTP/2 beside HTTP/1.1 on one port: on a plain port a connection that opens
+ * with the HTTP/2 preface (h2c, prior knowledge) goes to node:http2, any other to `http1` (a node:http
+ * server that never listens itself); with `tls`, ALPN picks h2 or http/1.1. HTTP/2 requests reach the
+ * engine like HTTP/1.1 ones, with `protocol: "HTTP/2"`, and their answers keep upstream trailers.
+ * @example
+ * const front = createHttp2Front({ port: 8080, http2: true, maxHeaderCount: 100, maxHeaderBytes: 16384 }, target, httpServer);
+ * front.server.listen(8080);
+ */
+export function createHttp2Front(options: ListenOptions, target: ServeTarget, http1: EventEmitter): Http2Front {
+  const sessions = new Set<http2.ServerHttp2Session>();
+  const h2 = http2.createServer({
+    // nghttp2 refuses header blocks beyond this (the HTTP/1.1 side answers 431 at the same size).
+    maxHeaderListPairs: options.maxHeaderCount + 8,
+    settings: { maxHeaderListSize: options.maxHeaderBytes, maxConcurrentStreams: 1000 },
+  });
+  h2.on("session", (session: http2.ServerHttp2Session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+    session.on("error", () => session.destroy());
+    // As the HTTP/1.1 side's keep-alive timeout: an idle connection is told to go away.
+    session.setTimeout(60_000, () => session.close());
+  });
+  h2.on("request", (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => onRequest(req, res, options, target));
+
+  let secure: tls.Server | undefined;
+  let server: net.Server;
+  if (options.tls) {
+    const tlsServer = tls.createServer(
+      { cert: options.tls.cert, key: options.tls.key, minVersion: "TLSv1.2", ALPNProtocols: ["h2", "http/1.1"] },
+      (socket) => {
+        if (socket.alpnProtocol === "h2") h2.emit("connection", socket);
+        else http1.emit("connection", socket);
+      },
+    );
+    tlsServer.on("tlsClientError", (_err: Error, socket: tls.TLSSocket) => socket.destroy());
+    secure = tlsServer;
+    server = tlsServer;
+  } else {
+    server = net.createServer({ noDelay: true }, (socket) => {
+      socket.on("error", () => socket.destroy());
+      sniff(socket, Buffer.alloc(0), h2, http1);
+    });
+  }
+  // node:http tracks connections (closeIdleConnections, header timeouts) from its 'listening' event on.
+  server.once("listening", () => http1.emit("listening"));
+
+  return {
+    server,
+    peerOf: () => undefined,
+    dispose() {
+      for (const session of sessions) session.destroy();
+    },
+    beginClose() {
+      for (const session of sessions) session.close();
+    },
+    setTls(next) {
+      secure?.setSecureContext({ cert: next.cert, key: next.key });
+    },
+  };
+}
+
+/** Reads until the first bytes tell HTTP/2's preface from an HTTP/1.1 request line, puts them back, hands the socket on. */
+function sniff(socket: net.Socket, seen: Buffer, h2: EventEmitter, http1: EventEmitter): void {
+  socket.once("data", (chunk: Buffer) => {
+    socket.pause();
+    const bytes = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+    const prefix = bytes.toString("latin1", 0, PREFACE_START.length);
+    if (bytes.length < PREFACE_START.length && PREFACE_START.startsWith(prefix)) {
+      socket.resume();
+      sniff(socket, bytes, h2, http1);
+      return;
+    }
+    socket.unshift(bytes);
+    if (prefix === PREFACE_START) h2.emit("connection", socket);
+    else {
+      http1.emit("connection", socket);
+      process.nextTick(() => socket.resume());
+    }
+  });
+}
+
+function onRequest(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, options: ListenOptions, target: ServeTarget): void {
+  const raw = req.headers;
+  const headers: Record<string, string | string[]> = {};
+  let count = 0;
+  for (const name in raw) {
+    if (name.charCodeAt(0) === 0x3a) continue;
+    const value = raw[name];
+    if (value === undefined) continue;
+    headers[name] = value;
+    count++;
+  }
+  if (count > options.maxHeaderCount) return refuse(res, 431, "headers_too_large");
+  const method = raw[":method"];
+  const path = raw[":path"];
+  // Extended CONNECT and plain CONNECT carry no :path: nothing weft can route (RFC 9113 §8.5).
+  if (method === undefined || path === undefined || method === "CONNECT") return refuse(res, 400, "bad_request");
+  // RFC 9113 §8.3.1: :authority is the host; a Host header is only a fallback.
+  const authority = raw[":authority"] ?? (typeof raw.host === "string" ? raw.host : "");
+  if (authority) headers.host = authority;
+  const stream = req.stream;
+  const socket = stream.session?.socket;
+  const head: RequestHead = {
+    method,
+    scheme: socket !== undefined && (socket as tls.TLSSocket).encrypted ? "https" : "http",
+    authority,
+    path,
+    headers,
+    clientIp: socket?.remoteAddress ?? "",
+    localPort: socket?.localPort ?? 0,
+    protocol: "HTTP/2",
+  };
+  const body = createNodeBody(req, { length: stream.endAfterHeaders ? 0 : declaredLength(raw["content-length"]) });
+  target.engine.handle(head, body, target.current()).then(
+    (exchange) => respond(exchange, res, body),
+    (err) => {
+      target.onInternalError?.(err);
+      if (!res.headersSent) refuse(res, 500, "internal");
+      else res.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    },
+  );
+}
+
+function declaredLength(value: string | undefined): number | undefined {
+  return value !== undefined && /^[0-9]{1,15}$/.test(value) ? Number(value) : undefined;
+}
+
+function refuse(res: http2.Http2ServerResponse, status: number, reason: string): void {
+  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "x-weft-reason": reason });
+  res.end(`${reason}\n`);
+}
+
+/** Copies headers minus pseudo-headers and the fields HTTP/2 forbids. */
+function h2Fields(headers: HeaderMap): http2.OutgoingHttpHeaders {
+  const out: http2.OutgoingHttpHeaders = {};
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || name.charCodeAt(0) === 0x3a || CONNECTION_SPECIFIC.has(name)) continue;
+    if (name === "te" && value !== "trailers") continue;
+    out[name] = value as string | string[];
+  }
+  return out;
+}
+
+function respond(exchange: Exchange, res: http2.Http2ServerResponse, body: NodeRequestBody): void {
+  const stream = res.stream;
+  if (stream.destroyed || stream.closed) {
+    // The client reset the stream while the engine worked.
+    if (exchange.kind === "upstream") (exchange.response as NodeUpstreamResponse).request.destroy();
+    exchange.finish(body.bytesRead, 0, "downstream_disconnect");
+    return;
+  }
+  if (exchange.kind === "local") {
+    const text = exchange.body;
+    if (text.length === 0) {
+      // A single HEADERS frame with END_STREAM: what gRPC calls a trailers-only response.
+      stream.respond({ ...h2Fields(exchange.headers), ":status": exchange.status }, { endStream: true });
+      exchange.finish(body.bytesRead, 0);
+      return;
+    }
+    const length = Buffer.byteLength(text);
+    const headers = h2Fields(exchange.headers);
+    headers["content-length"] = String(length);
+    res.writeHead(exchange.status, headers);
+    res.end(text);
+    exchange.finish(body.bytesRead, length);
+    return;
+  }
+  const upstream = exchange.response as NodeUpstreamResponse;
+  res.writeHead(exchange.status, h2Fields(exchange.headers));
+  new H2Relay(exchange, res, body, upstream).start();
+}
+
+/** Copies one upstream response body (and its trailers) onto an HTTP/2 stream. */
+class H2Relay {
+  readonly exchange: Exchange;
+  readonly res: http2.Http2ServerResponse;
+  readonly body: NodeRequestBody;
+  readonly upstream: NodeUpstreamResponse;
+  bytesOut = 0;
+  done = false;
+  ended = false;
+  constructor(exchange: Exchange, res: http2.Http2ServerResponse, body: NodeRequestBody, upstream: NodeUpstreamResponse) {
+    this.exchange = exchange;
+    this.res = res;
+    this.body = body;
+    this.upstream = upstream;
+  }
+
+  start(): void {
+    const message = this.upstream.message;
+    message.on("data", (chunk: Buffer) => {
+      this.bytesOut += chunk.length;
+      if (!this.res.write(chunk)) {
+        message.pause();
+        this.res.once("drain", () => message.resume());
+      }
+    });
+    message.once("end", () => {
+      this.ended = true;
+      // node:http fills `trailers` at the end of the body; the HTTP/2 upstream client sets them as they arrive.
+      const trailers = h2Fields(message.trailers);
+      if (Object.keys(trailers).length > 0) this.res.addTrailers(trailers);
+      this.res.end();
+      this.finish();
+    });
+    message.once("aborted", () => {
+      // The upstream went away mid-body: the client cannot get a complete response, so reset the stream too.
+      this.res.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      this.finish("upstream_reset");
+    });
+    this.res.once("close", () => {
+      if (this.ended) return;
+      this.upstream.request.destroy();
+      this.finish("downstream_disconnect");
+    });
+  }
+
+  finish(error?: string): void {
+    if (this.done) return;
+    this.done = true;
+    this.exchange.finish(this.body.bytesRead, this.bytesOut, error);
+  }
+}
