@@ -94,7 +94,19 @@ export const RouteMatchSchema = v.strictObject({
   query: v.optional(v.record(v.pipe(v.string(), v.minLength(1)), v.union([StringMatch, v.strictObject({ present: v.literal(true) })]))),
 });
 
-const RetryOn = v.picklist(["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes"]);
+// The gRPC ones (Envoy's retry_grpc_on) retry a trailers-only answer with that grpc-status, POST or not.
+const RetryOn = v.picklist([
+  "connect-failure",
+  "reset",
+  "5xx",
+  "gateway-error",
+  "retriable-status-codes",
+  "cancelled",
+  "deadline-exceeded",
+  "internal",
+  "resource-exhausted",
+  "unavailable",
+]);
 
 /** Retry policy; by default a request is tried once more on connect failure only. */
 export const RetryPolicySchema = v.strictObject({

@@ -3,7 +3,7 @@ import type { CircuitBreaker } from "./circuit.ts";
 import { createClusterHealth, type Cluster, type ClusterHealthReport } from "./cluster.ts";
 import { chance, createFault, type Fault } from "./fault.ts";
 import { sendMirror, type MirrorCopy, type MirrorOutcome } from "./mirror.ts";
-import { grpcLocalHeaders, isGrpcRequest, parseGrpcTimeout } from "./grpc.ts";
+import { grpcLocalHeaders, grpcStatusOfResponse, isGrpcRequest, parseGrpcTimeout, shouldRetryGrpcStatus, speaksHttp2 } from "./grpc.ts";
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
 import type { OutlierDetector } from "./outlier.ts";
 import { REASONS, type Reason } from "./reasons.ts";
@@ -124,6 +124,10 @@ interface ForwardPlan {
   readonly deadline: number;
   readonly outlier: OutlierDetector | undefined;
   readonly circuit: CircuitBreaker | undefined;
+  /** The destination is reached over HTTP/2 (its port speaks http2 or grpc). */
+  readonly http2: boolean;
+  /** The request is gRPC: a trailers-only grpc-status may be retried (see grpc.ts). */
+  readonly grpc: boolean;
 }
 
 const VALID_AUTHORITY = /^[^\s,/\\@]+$/;
@@ -332,7 +336,8 @@ export function createEngine(options: EngineOptions): Engine {
     const timeoutMs = grpcTimeoutMs === undefined ? routeTimeoutMs : Math.min(routeTimeoutMs, grpcTimeoutMs);
     const deadline = startedAt + timeoutMs;
     const { outlier, circuit } = health.of(cluster);
-    const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit };
+    const http2 = speaksHttp2(cluster.service.ports, destination.port);
+    const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit, http2, grpc };
 
     const mirror = fwd.mirror && chance(fwd.mirror.percentage, random) ? mirrorCopy(fwd.mirror, view, plan) : undefined;
     if (!mirror) return circuit ? throughCircuit(circuit, plan) : tryUpstream(plan);
@@ -453,6 +458,7 @@ export function createEngine(options: EngineOptions): Engine {
             maxReplayBytes: retry.maxReplayBytes,
             maxConnections: traffic.maxConnectionsPerEndpoint,
             mesh,
+            http2: plan.http2,
           });
         } finally {
           cluster.balancer.end?.(endpoint);
@@ -467,8 +473,11 @@ export function createEngine(options: EngineOptions): Engine {
         const canRetry = attempt < retry.attempts && body.replayable && now() < deadline;
         if (last.ok) {
           const status = last.response.status;
+          // A trailers-only gRPC failure listed in retryOn is retried whatever the method: listing it is the opt-in.
+          const grpcStatus = plan.grpc ? grpcStatusOfResponse(last.response.headers) : undefined;
+          const retryGrpc = grpcStatus !== undefined && shouldRetryGrpcStatus(retry, grpcStatus);
           // Beyond the retry budget the request ends with the answer it has (Envoy's retry overflow).
-          if (canRetry && mayReplayMethod && shouldRetryStatus(retry, status) && (circuit === undefined || (retrying = circuit.tryRetry()))) {
+          if (canRetry && (retryGrpc || (mayReplayMethod && shouldRetryStatus(retry, status))) && (circuit === undefined || (retrying = circuit.tryRetry()))) {
             last.response.discard();
             await sleep(backoffMs(retry, attempt, random));
             continue;

@@ -1,6 +1,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { GRPC_STATUS, grpcLocalHeaders, grpcStatusFromHttp, grpcStatusOf, grpcStatusOfResponse, isGrpcRequest, parseGrpcTimeout } from "./grpc.ts";
+import {
+  GRPC_STATUS,
+  grpcLocalHeaders,
+  grpcStatusFromHttp,
+  grpcStatusOf,
+  grpcStatusOfResponse,
+  isGrpcRequest,
+  parseGrpcTimeout,
+  shouldRetryGrpcStatus,
+  speaksHttp2,
+} from "./grpc.ts";
 
 test("gRPC is recognised by content-type application/grpc with or without a subtype or parameters", () => {
   assert.equal(isGrpcRequest({ "content-type": "application/grpc" }), true);
@@ -75,4 +85,28 @@ test("grpc-status is read from response headers only when it is a small number",
   assert.equal(grpcStatusOfResponse({ "grpc-status": "0" }), 0);
   assert.equal(grpcStatusOfResponse({ "grpc-status": "x" }), undefined);
   assert.equal(grpcStatusOfResponse({}), undefined);
+});
+
+test("gRPC retry conditions match the grpc-status they name and nothing else", () => {
+  assert.equal(shouldRetryGrpcStatus({ retryOn: ["unavailable"] }, GRPC_STATUS.UNAVAILABLE), true);
+  assert.equal(shouldRetryGrpcStatus({ retryOn: ["unavailable"] }, GRPC_STATUS.RESOURCE_EXHAUSTED), false);
+  assert.equal(shouldRetryGrpcStatus({ retryOn: ["resource-exhausted", "cancelled"] }, GRPC_STATUS.RESOURCE_EXHAUSTED), true);
+  assert.equal(shouldRetryGrpcStatus({ retryOn: ["deadline-exceeded"] }, GRPC_STATUS.DEADLINE_EXCEEDED), true);
+  assert.equal(shouldRetryGrpcStatus({ retryOn: ["internal"] }, GRPC_STATUS.INTERNAL), true);
+  // HTTP conditions never retry on a grpc-status, and OK is never retried.
+  assert.equal(shouldRetryGrpcStatus({ retryOn: ["5xx", "gateway-error", "reset"] }, GRPC_STATUS.UNAVAILABLE), false);
+  assert.equal(shouldRetryGrpcStatus({ retryOn: ["unavailable"] }, GRPC_STATUS.OK), false);
+});
+
+test("a service is reached over HTTP/2 when the destination port (default the first) speaks http2 or grpc", () => {
+  const ports = [
+    { port: 8080, protocol: "http" },
+    { port: 50051, protocol: "grpc" },
+    { port: 8443, protocol: "http2" },
+  ];
+  assert.equal(speaksHttp2(ports, undefined), false);
+  assert.equal(speaksHttp2(ports, 50051), true);
+  assert.equal(speaksHttp2(ports, 8443), true);
+  assert.equal(speaksHttp2([{ port: 9000, protocol: "grpc" }], undefined), true);
+  assert.equal(speaksHttp2([], undefined), false);
 });

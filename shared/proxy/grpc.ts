@@ -1,3 +1,4 @@
+import type { RetryPolicyConfig } from "../config/index.ts";
 import type { OutgoingHeaders } from "./headers.ts";
 import type { Reason } from "./reasons.ts";
 import type { HeaderMap } from "./types.ts";
@@ -140,4 +141,34 @@ export function grpcStatusOfResponse(headers: HeaderMap): number | undefined {
   const text = typeof value === "string" ? value : value?.[0];
   if (text === undefined || !/^[0-9]{1,2}$/.test(text)) return undefined;
   return Number(text);
+}
+
+const RETRY_ON_GRPC: Readonly<Record<string, number>> = {
+  cancelled: GRPC_STATUS.CANCELLED,
+  "deadline-exceeded": GRPC_STATUS.DEADLINE_EXCEEDED,
+  internal: GRPC_STATUS.INTERNAL,
+  "resource-exhausted": GRPC_STATUS.RESOURCE_EXHAUSTED,
+  unavailable: GRPC_STATUS.UNAVAILABLE,
+};
+
+/**
+ * shouldRetryGrpcStatus tells whether a gRPC answer's grpc-status triggers a retry under a policy
+ * (Envoy's retry_grpc_on: `unavailable`, `resource-exhausted`, `deadline-exceeded`, `cancelled`, `internal`).
+ * @example
+ * shouldRetryGrpcStatus({ ...policy, retryOn: ["unavailable"] }, 14) // true
+ */
+export function shouldRetryGrpcStatus(policy: Pick<RetryPolicyConfig, "retryOn">, status: number): boolean {
+  for (const on of policy.retryOn) if (RETRY_ON_GRPC[on] === status) return true;
+  return false;
+}
+
+/**
+ * speaksHttp2 tells whether a service is reached over HTTP/2: the destination port (default: the
+ * service's first) has protocol http2 or grpc.
+ * @example
+ * speaksHttp2([{ port: 50051, protocol: "grpc" }], undefined) // true
+ */
+export function speaksHttp2(ports: readonly { readonly port: number; readonly protocol: string }[], port: number | undefined): boolean {
+  const chosen = port === undefined ? ports[0] : (ports.find((p) => p.port === port) ?? ports[0]);
+  return chosen !== undefined && (chosen.protocol === "http2" || chosen.protocol === "grpc");
 }

@@ -93,6 +93,8 @@ export interface UpstreamRequest {
   readonly maxConnections: number;
   /** Originate mesh mTLS with this identity; the server must present `expectedId`. */
   readonly mesh?: { readonly identity: MeshIdentity; readonly expectedId: string };
+  /** Speak HTTP/2 (h2c) to the endpoint: the destination port's protocol is http2 or grpc. */
+  readonly http2?: boolean;
 }
 
 /** The head of an upstream response; its body stays with the adapter until written or discarded. */

@@ -7,7 +7,7 @@ import http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
-import { deadAddress, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { deadAddress, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 
 interface H2Answer {
   status: number;
@@ -230,7 +230,7 @@ describe("gateway on Node: HTTP/2 listeners (h2c prior knowledge and TLS ALPN)",
     } finally {
       session.close();
     }
-    const h1 = await new Promise<{ status: number; alpn: string | false; body: string }>((resolve, reject) => {
+    const h1 = await new Promise<{ status: number; alpn: string | false | null; body: string }>((resolve, reject) => {
       const req = https.get({ host: "127.0.0.1", port: tlsPort, path: "/a/secure1", ca: cert, servername: "localhost", agent: false, headers: { host: "shop.test" } }, (res) => {
         let body = "";
         res.on("data", (c: Buffer) => (body += c.toString()));

@@ -195,6 +195,13 @@ function respond(exchange: Exchange, res: http2.Http2ServerResponse, body: NodeR
     return;
   }
   const upstream = exchange.response as NodeUpstreamResponse;
+  if ((upstream.message as { headersOnly?: boolean }).headersOnly === true) {
+    // An HTTP/2 upstream answered with HEADERS alone (gRPC trailers-only): pass it on as one frame too.
+    stream.respond({ ...h2Fields(exchange.headers), ":status": exchange.status }, { endStream: true });
+    upstream.message.resume();
+    exchange.finish(body.bytesRead, 0);
+    return;
+  }
   res.writeHead(exchange.status, h2Fields(exchange.headers));
   new H2Relay(exchange, res, body, upstream).start();
 }

@@ -2,6 +2,7 @@ import { serve } from "@hono/node-server";
 import type { AddressInfo } from "node:net";
 import type { ProxyRuntime } from "../../proxy/index.ts";
 import { listenNode } from "./server.ts";
+import { withHttp2Upstreams } from "./h2-upstream.ts";
 import { createNodeUpstreamClient } from "./upstream.ts";
 
 export * from "./body.ts";
@@ -11,7 +12,7 @@ export * from "./server.ts";
 /** The Node.js runtime: node:http listeners and upstreams on the hot path, @hono/node-server for small apps. */
 export const nodeRuntime: ProxyRuntime = {
   name: "node",
-  createUpstreamClient: () => createNodeUpstreamClient(),
+  createUpstreamClient: () => withHttp2Upstreams(createNodeUpstreamClient()),
   listen: listenNode,
   serveFetch(handler, { port, address }) {
     return new Promise((resolve, reject) => {

@@ -1,0 +1,248 @@
+import type http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { HeaderMap, UpstreamClient, UpstreamFailure, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
+import type { NodeRequestBody } from "./body.ts";
+import type { NodeUpstreamResponse } from "./upstream.ts";
+
+const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
+
+// RFC 9113 §8.2.2: connection-specific fields never go on an HTTP/2 request; `te` only as "trailers".
+const NOT_SENT = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "http2-settings"]);
+
+/** Streams opened on one session before another connection is made (gRPC servers commonly allow 100). */
+const DEFAULT_MAX_STREAMS = 100;
+
+export interface NodeH2UpstreamOptions {
+  /** Streams per connection before the next request opens another connection (default 100, or less if the server says so). */
+  readonly maxConcurrentStreams?: number;
+}
+
+interface PooledSession {
+  readonly session: http2.ClientHttp2Session;
+  active: number;
+  /** The connection was made (a failure before that is a connect failure). */
+  connected: boolean;
+  /** Why the session failed, if it did. */
+  error: string | undefined;
+}
+
+/**
+ * createNodeH2UpstreamClient reaches upstreams over HTTP/2 cleartext (h2c, prior knowledge), as gRPC
+ * servers expect: requests to one endpoint share a multiplexed session, a second connection opens only
+ * when every session has its streams' worth in flight (up to `maxConnections`), and response trailers
+ * (grpc-status, grpc-message) come back on the response's `message.trailers`.
+ * @example
+ * const client = createNodeH2UpstreamClient({ maxConcurrentStreams: 100 });
+ * const result = await client.forward({ ...request, http2: true });
+ */
+export function createNodeH2UpstreamClient(options: NodeH2UpstreamOptions = {}): UpstreamClient {
+  const pools = new Map<string, PooledSession[]>();
+  const maxStreams = options.maxConcurrentStreams ?? DEFAULT_MAX_STREAMS;
+
+  function drop(address: string, pooled: PooledSession): void {
+    const pool = pools.get(address);
+    if (pool === undefined) return;
+    const index = pool.indexOf(pooled);
+    if (index >= 0) pool.splice(index, 1);
+    if (pool.length === 0) pools.delete(address);
+  }
+
+  function connect(req: UpstreamRequest): PooledSession {
+    const ep = req.endpoint;
+    const authority = ep.socketPath ? "http://localhost" : `http://${ep.host.includes(":") ? `[${ep.host}]` : ep.host}:${ep.port}`;
+    const session = http2.connect(authority, {
+      createConnection: () => (ep.socketPath ? net.connect(ep.socketPath) : net.connect({ host: ep.host, port: ep.port, noDelay: true })),
+    });
+    const pooled: PooledSession = { session, active: 0, connected: false, error: undefined };
+    let pool = pools.get(ep.address);
+    if (pool === undefined) pools.set(ep.address, (pool = []));
+    pool.push(pooled);
+    // Errors reach the streams; the session only leaves the pool. GOAWAY: finish what runs, take no more.
+    session.on("error", (err: NodeJS.ErrnoException) => {
+      pooled.error = err.code ?? err.message;
+      drop(ep.address, pooled);
+    });
+    session.once("goaway", () => drop(ep.address, pooled));
+    session.once("close", () => drop(ep.address, pooled));
+    session.setTimeout(req.idleTimeoutMs, () => {
+      if (pooled.active === 0) {
+        drop(ep.address, pooled);
+        session.close();
+      }
+    });
+    const timer = setTimeout(() => {
+      if (session.connecting) session.destroy(Object.assign(new Error("connect timeout"), { code: "ETIMEDOUT_CONNECT" }));
+    }, req.connectTimeoutMs);
+    session.once("connect", () => {
+      pooled.connected = true;
+      clearTimeout(timer);
+    });
+    session.once("close", () => clearTimeout(timer));
+    return pooled;
+  }
+
+  function sessionFor(req: UpstreamRequest): PooledSession {
+    const pool = pools.get(req.endpoint.address);
+    let least: PooledSession | undefined;
+    if (pool !== undefined) {
+      for (const pooled of pool) {
+        const s = pooled.session;
+        if (s.closed || s.destroyed) continue;
+        const limit = Math.min(maxStreams, s.remoteSettings.maxConcurrentStreams ?? maxStreams);
+        if (pooled.active < limit) return pooled;
+        if (least === undefined || pooled.active < least.active) least = pooled;
+      }
+    }
+    // Every session is full: another connection if allowed, else queue on the least busy (nghttp2 holds the stream).
+    if (least !== undefined && (pool?.length ?? 0) >= req.maxConnections) return least;
+    return connect(req);
+  }
+
+  function forward(req: UpstreamRequest): Promise<UpstreamResult> {
+    return new Promise((resolve) => {
+      const pooled = sessionFor(req);
+      const headers: http2.OutgoingHttpHeaders = {
+        ":method": req.method,
+        ":path": req.path,
+        ":scheme": "http",
+        ":authority": typeof req.headers.host === "string" ? req.headers.host : req.endpoint.address,
+      };
+      for (const name in req.headers) {
+        if (NOT_SENT.has(name)) continue;
+        const value = req.headers[name]!;
+        if (name === "te" && value !== "trailers") continue;
+        headers[name] = value;
+      }
+      const body = req.body as NodeRequestBody;
+      let stream: http2.ClientHttp2Stream;
+      try {
+        stream = pooled.session.request(headers, { endStream: body.length === 0 });
+      } catch (err) {
+        resolve({ ok: false, reason: "upstream_connect_failure", detail: (err as NodeJS.ErrnoException).code });
+        return;
+      }
+      pooled.active++;
+      new H2Call(req, pooled, stream, resolve).start(body);
+    });
+  }
+
+  return {
+    forward,
+    async close() {
+      for (const pool of pools.values()) for (const pooled of pool) pooled.session.destroy();
+      pools.clear();
+    },
+  };
+}
+
+/**
+ * withHttp2Upstreams sends requests marked `http2` (services whose port speaks http2 or grpc) over
+ * HTTP/2 and every other request through `http1`. Mesh (mTLS) endpoints stay on `http1` for now.
+ * @example
+ * const client = withHttp2Upstreams(createNodeUpstreamClient());
+ */
+export function withHttp2Upstreams(http1: UpstreamClient, h2: UpstreamClient = createNodeH2UpstreamClient()): UpstreamClient {
+  return {
+    forward: (req) => (req.http2 === true && req.mesh === undefined ? h2.forward(req) : http1.forward(req)),
+    async close() {
+      await Promise.all([http1.close(), h2.close()]);
+    },
+  };
+}
+
+/**
+ * The stream as the node relays read an upstream body: data, end, aborted, trailers once they came,
+ * and `headersOnly` when the response HEADERS frame ended the stream (node's endAfterHeaders stays
+ * false on client streams).
+ */
+export type RelayedStream = http2.ClientHttp2Stream & { trailers?: HeaderMap; headersOnly?: boolean };
+
+/** One try on an HTTP/2 stream. */
+class H2Call {
+  readonly req: UpstreamRequest;
+  readonly pooled: PooledSession;
+  readonly stream: RelayedStream;
+  readonly resolve: (result: UpstreamResult) => void;
+  readonly timer: ReturnType<typeof setTimeout>;
+  settled = false;
+  responded = false;
+  released = false;
+
+  constructor(req: UpstreamRequest, pooled: PooledSession, stream: http2.ClientHttp2Stream, resolve: (result: UpstreamResult) => void) {
+    this.req = req;
+    this.pooled = pooled;
+    this.stream = stream;
+    this.resolve = resolve;
+    this.timer = setTimeout(() => this.fail("timeout"), req.timeoutMs);
+  }
+
+  start(body: NodeRequestBody): void {
+    const stream = this.stream;
+    stream.on("response", (raw: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, flags: number) => {
+      stream.headersOnly = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
+      this.onResponse(raw);
+    });
+    stream.on("trailers", (raw: http2.IncomingHttpHeaders) => (stream.trailers = withoutPseudo(raw)));
+    // A stream error is reported through `close` below; without a listener it would throw.
+    stream.on("error", () => {});
+    stream.once("close", () => this.onClose());
+    if (body.length !== 0) body.sendTo(stream, this.req.maxBodyBytes, this.req.maxReplayBytes, () => this.fail("body_too_large"));
+  }
+
+  onResponse(raw: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.responded = true;
+    clearTimeout(this.timer);
+    const response: NodeUpstreamResponse = {
+      status: Number(raw[":status"] ?? 502),
+      headers: withoutPseudo(raw),
+      // The relays use only the stream calls an IncomingMessage and a ClientRequest share with it.
+      message: this.stream as unknown as http.IncomingMessage,
+      request: this.stream as unknown as http.ClientRequest,
+      discard: () => this.stream.close(NGHTTP2_CANCEL),
+    };
+    this.resolve({ ok: true, response });
+  }
+
+  onClose(): void {
+    this.release();
+    const stream = this.stream;
+    if (!this.settled) {
+      // Closed before any response: refused streams never reached the application (RFC 9113 §8.7).
+      const code = stream.rstCode;
+      if (!this.pooled.connected) this.fail("upstream_connect_failure", this.pooled.error);
+      else if (code === NGHTTP2_REFUSED_STREAM) this.fail("upstream_reset", "refused_stream");
+      else this.fail("upstream_reset", this.pooled.error ?? `rst_stream ${code}`);
+      return;
+    }
+    // The upstream reset the stream mid-body: tell the relay as node:http does.
+    if (this.responded && !stream.readableEnded) stream.emit("aborted");
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.pooled.active--;
+  }
+
+  fail(reason: UpstreamFailure, detail?: string): void {
+    if (this.settled) return;
+    this.settled = true;
+    clearTimeout(this.timer);
+    if (!this.stream.closed) this.stream.close(NGHTTP2_CANCEL);
+    this.resolve({ ok: false, reason, detail });
+  }
+}
+
+function withoutPseudo(raw: http2.IncomingHttpHeaders): HeaderMap {
+  const out: Record<string, string | string[]> = {};
+  for (const name in raw) {
+    if (name.charCodeAt(0) === 0x3a) continue;
+    const value = raw[name];
+    if (value !== undefined) out[name] = value;
+  }
+  return out;
+}
+
