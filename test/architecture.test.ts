@@ -20,9 +20,10 @@ const ALLOWED: Record<string, readonly string[]> = {
   "shared/discovery": ["shared/config", "shared/bus", "shared/identity"],
   "shared/proxy": ["shared/config", "shared/policy", "shared/identity", "shared/telemetry"],
   "shared/runtime": ["shared/config", "shared/bus", "shared/proxy", "shared/discovery", "shared/telemetry", "shared/identity"],
-  gateway: ["shared"],
-  sidecar: ["shared"],
-  control: ["shared"],
+  // The roles may read the package manifest (the version they report).
+  gateway: ["shared", "package.json"],
+  sidecar: ["shared", "package.json"],
+  control: ["shared", "package.json"],
 };
 
 /** Folders that must stay runtime-neutral: no node:*, Bun or Deno imports (the engine runs in-process anywhere). */
