@@ -144,18 +144,22 @@ export function createPolicyGate(policySet: PolicySetConfig, options: PolicyGate
       requestHeaders = r.requestHeaders;
       removeHeaders = r.removeHeaders;
     }
-    const full: AuthzRequest = { ...req, requestPrincipal, claims };
-    const base = { audited: [] as readonly string[], requestPrincipal, claims, requestHeaders, removeHeaders };
+    // Plain literals, not spreads: object spread costs microseconds per request on V8 here.
+    const full: AuthzRequest = requestPrincipal === undefined && claims === undefined ? req : withIdentity(req, requestPrincipal, claims);
     const z = authz.evaluate(full);
     if (!z.allowed) {
-      return { ...base, allowed: false, status: 403, reason: "denied", detail: z.reason, stage: "authz", policy: z.policy, rule: z.rule, audited: z.audited, normalizedPath: z.normalizedPath, headers: [] };
+      return decision(false, 403, "denied", z.reason, "authz", z.policy, z.rule, z.audited, z.normalizedPath, [], requestPrincipal, claims, requestHeaders, removeHeaders);
     }
-    const trail = { policy: z.policy, rule: z.rule, audited: z.audited, normalizedPath: z.normalizedPath };
     const l = local.check(full);
-    if (!l.allowed) return { ...base, ...trail, allowed: false, status: 429, reason: "rate_limited", detail: l.detail, stage: "ratelimit", policy: l.limit, rule: undefined, headers: l.headers };
+    if (!l.allowed) {
+      return decision(false, 429, "rate_limited", l.detail, "ratelimit", l.limit, undefined, z.audited, z.normalizedPath, l.headers, requestPrincipal, claims, requestHeaders, removeHeaders);
+    }
     const g = await global.check(full);
-    if (!g.allowed) return { ...base, ...trail, allowed: false, status: 429, reason: "rate_limited", detail: g.detail, stage: "ratelimit", policy: g.limit, rule: undefined, headers: g.headers };
-    return { ...base, ...trail, allowed: true, status: 200, reason: "allowed", detail: "allowed", stage: "ratelimit", headers: g.headers.length ? g.headers : l.headers };
+    if (!g.allowed) {
+      return decision(false, 429, "rate_limited", g.detail, "ratelimit", g.limit, undefined, z.audited, z.normalizedPath, g.headers, requestPrincipal, claims, requestHeaders, removeHeaders);
+    }
+    const headers = g.headers.length ? g.headers : l.headers;
+    return decision(true, 200, "allowed", "allowed", "ratelimit", z.policy, z.rule, z.audited, z.normalizedPath, headers, requestPrincipal, claims, requestHeaders, removeHeaders);
   }
 
   const pass: Promise<PolicyVerdict> = Promise.resolve({ ok: true });
@@ -195,6 +199,41 @@ export function policyRequestOf(head: PolicyHead, xffTrustedHops: number): Polic
     remoteIp: xffTrustedHops > 0 ? remoteIpOf(head.headers["x-forwarded-for"], head.clientIp, xffTrustedHops) : head.clientIp,
     sourcePrincipal: head.peer?.spiffeId,
   };
+}
+
+/** The request with the identity authentication established (every AuthzRequest field listed: no spread on the request path). */
+function withIdentity(req: PolicyRequest, requestPrincipal: string | undefined, claims: Readonly<JWTPayload> | undefined): AuthzRequest {
+  return {
+    method: req.method,
+    authority: req.authority,
+    path: req.path,
+    headers: req.headers,
+    port: req.port,
+    sourceIp: req.sourceIp,
+    remoteIp: req.remoteIp,
+    sourcePrincipal: req.sourcePrincipal,
+    requestPrincipal,
+    claims,
+  };
+}
+
+function decision(
+  allowed: boolean,
+  status: PolicyDecision["status"],
+  reason: PolicyDecision["reason"],
+  detail: PolicyDecision["detail"],
+  stage: PolicyDecision["stage"],
+  policy: string | undefined,
+  rule: number | undefined,
+  audited: readonly string[],
+  normalizedPath: string | undefined,
+  headers: PolicyDecision["headers"],
+  requestPrincipal: string | undefined,
+  claims: Readonly<JWTPayload> | undefined,
+  requestHeaders: PolicyDecision["requestHeaders"],
+  removeHeaders: readonly string[],
+): PolicyDecision {
+  return { allowed, status, reason, detail, stage, policy, rule, audited, requestPrincipal, claims, normalizedPath, headers, requestHeaders, removeHeaders };
 }
 
 function toVerdict(d: PolicyDecision): PolicyVerdict {
