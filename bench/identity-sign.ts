@@ -28,6 +28,7 @@ import {
   verifyJoinToken,
 } from "../shared/identity/index.ts";
 import { startNatsServer, type NatsServer } from "../test/harness/nats-server.ts";
+import { markdownTable } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const TRUST_DOMAIN = "cluster.local";
@@ -41,13 +42,6 @@ const MAX_OPS = 200_000;
 
 interface Row {
   readonly [column: string]: string;
-}
-
-function table(rows: readonly Row[]): string {
-  const columns = Object.keys(rows[0] ?? {});
-  const width = columns.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? "").length)));
-  const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(width[i]!) : c.padStart(width[i]!))).join(" | ")} |`;
-  return [line(columns), `|${width.map((w, i) => (i === 0 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`, ...rows.map((r) => line(columns.map((c) => r[c] ?? "")))].join("\n");
 }
 
 const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "-");
@@ -245,12 +239,12 @@ export async function main(argv: string[]): Promise<void> {
   console.log(`command: node --import tsx bench/identity-sign.ts ${argv.join(" ")}`.trimEnd() + "\n");
 
   console.log("proxy side (per SVID, in the proxy, not the CA)\n");
-  console.log(table(await proxySide(seconds)) + "\n");
+  console.log(markdownTable(await proxySide(seconds)) + "\n");
   const csrs = await csrPool();
   console.log(`CA side, in-process (ECDSA P-256 root, leaf TTL 1 h, join-token attestation, ${CSR_POOL} distinct CSRs cycled)\n`);
-  console.log(table(await inProcess(seconds, concurrency, csrs)) + "\n");
+  console.log(markdownTable(await inProcess(seconds, concurrency, csrs)) + "\n");
   const e2e = await endToEnd(seconds, [...new Set([1, clients])], csrs);
-  console.log(table(e2e.rows));
+  console.log(markdownTable(e2e.rows));
   for (const n of e2e.notes) console.log(`\n${n}`);
   console.log(`\nload average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")} (other work on this 2-core machine shows up here)`);
 }

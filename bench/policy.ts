@@ -14,23 +14,13 @@ import { parseArgs } from "node:util";
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from "jose";
 import { validatePolicySet, type AuthzPolicyConfig, type PolicySetConfig, type PolicySetInput } from "../shared/config/index.ts";
 import { compileAuthz, createJwtAuthenticator, createPolicyGate, normalizeAuthzPath, type AuthzRequest, type PolicyHead } from "../shared/policy/index.ts";
+import { markdownTable } from "./measure.ts";
 
 type AuthzPolicyInput = NonNullable<PolicySetInput["authz"]>[number];
 
 const ISSUER = "https://issuer.bench.test";
 const ROUNDS = 5;
 const PATHS = { encodedSlashes: "keep", caseInsensitive: false } as const;
-
-interface Row {
-  readonly [column: string]: string;
-}
-
-function table(rows: readonly Row[]): string {
-  const columns = Object.keys(rows[0] ?? {});
-  const width = columns.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? "").length)));
-  const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(width[i]!) : c.padStart(width[i]!))).join(" | ")} |`;
-  return [line(columns), `|${width.map((w, i) => (i === 0 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`, ...rows.map((r) => line(columns.map((c) => r[c] ?? "")))].join("\n");
-}
 
 const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "-");
 
@@ -93,7 +83,7 @@ async function group(title: string, cases: readonly Case[], maxRoundSeconds: num
     "ops/round": fmt(r.count),
     "round spread": `${fmt(r.spreadPct)}%`,
   }));
-  return table(rows);
+  return markdownTable(rows);
 }
 
 function policySet(input: PolicySetInput): PolicySetConfig {

@@ -13,18 +13,17 @@
 // sidecar (bench/sidecar.ts), identity (bench/identity-sign.ts), policy (bench/policy.ts) and
 // telemetry (bench/telemetry.ts) each describe themselves.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import net from "node:net";
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { weftBundle } from "./weft-bundle.ts";
+import { cpuSeconds, freePort, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const { values } = parseArgs({ options: { duration: { type: "string" }, "rate-duration": { type: "string" }, only: { type: "string" }, suite: { type: "string" } } });
 const DURATION = Number(values.duration ?? 10);
 const RATE_DURATION = Number(values["rate-duration"] ?? 10);
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim() || 100);
 const has = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
 
 for (const tool of ["wrk", "hey", "taskset"]) {
@@ -57,29 +56,6 @@ function cleanup() {
 process.on("exit", cleanup);
 for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(130));
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode})`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, "127.0.0.1", () => (s.destroy(), resolve(true)));
-      s.on("error", () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what} did not listen on ${port}`);
-}
-
 /** Starts a process pinned to one core; its output goes to a file so it never blocks on a full pipe. */
 function start(core: number, cmd: string, args: string[], log: string): ChildProcess {
   const out = openSync(join(dir, `${log}.out`), "a");
@@ -89,40 +65,6 @@ function start(core: number, cmd: string, args: string[], log: string): ChildPro
   return child;
 }
 
-/** The process table from /proc: parent and CPU seconds (user + system) of every process. */
-function processTable(): Map<number, { ppid: number; cpu: number }> {
-  const stats = new Map<number, { ppid: number; cpu: number }>();
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      stats.set(Number(name), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / CLK_TCK });
-    } catch {
-      // The process ended while the table was read.
-    }
-  }
-  return stats;
-}
-
-/** A process and all its descendants (nginx's worker, a runtime's helpers). */
-function processTree(pid: number, stats = processTable()): number[] {
-  const tree: number[] = [];
-  const queue = [pid];
-  while (queue.length > 0) {
-    const p = queue.pop()!;
-    tree.push(p);
-    for (const [child, s] of stats) if (s.ppid === p) queue.push(child);
-  }
-  return tree;
-}
-
-/** CPU seconds (user + system) of a process and its descendants, from /proc/<pid>/stat. */
-function cpuSeconds(pid: number): number {
-  const stats = processTable();
-  return processTree(pid, stats).reduce((total, p) => total + (stats.get(p)?.cpu ?? 0), 0);
-}
-
 interface Throughput {
   rps: number;
   requests: number;
@@ -130,13 +72,6 @@ interface Throughput {
   p99Ms: number;
   errors: number;
   cpuUsPerRequest?: number;
-}
-
-function parseMs(text: string): number {
-  const m = /([\d.]+)(us|ms|s)/.exec(text);
-  if (!m) return NaN;
-  const v = Number(m[1]);
-  return m[2] === "us" ? v / 1000 : m[2] === "s" ? v * 1000 : v;
 }
 
 /** Runs a load generator on core 0 and resolves with its stdout; async so SIGINT can stop the bench. */
@@ -155,13 +90,12 @@ async function wrk(port: number, seconds: number, pid?: number): Promise<Through
   const before = pid ? cpuSeconds(pid) : 0;
   const out = await loadGenerator(["wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`]);
   const after = pid ? cpuSeconds(pid) : 0;
-  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
-  const errors = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) + Number(/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)?.slice(1).reduce((a, b) => a + Number(b), 0) ?? 0);
+  const { rps, requests, p50Ms, p99Ms, errors } = parseWrk(out);
   return {
-    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+    rps,
     requests,
-    p50Ms: parseMs(/50%\s+(\S+)/.exec(out)?.[1] ?? ""),
-    p99Ms: parseMs(/99%\s+(\S+)/.exec(out)?.[1] ?? ""),
+    p50Ms,
+    p99Ms,
     errors,
     cpuUsPerRequest: pid && requests > 0 ? ((after - before) * 1e6) / requests : undefined,
   };

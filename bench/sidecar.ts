@@ -11,15 +11,15 @@
 //   CPU:        each sidecar's utime+stime from /proc/<pid>/stat around a run → µs per request
 //   throughput: wrk -t1 -c20 for --duration s, direct vs through both sidecars
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { weftBundle } from "./weft-bundle.ts";
+import { cpuSeconds, freePort, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const SERVER = "bench-server";
@@ -64,7 +64,7 @@ export async function main(argv: string[]): Promise<void> {
   const children: ChildProcess[] = [];
   const cleanup = () => {
     // Kill each child's whole tree by PID, then drop the temp dir (NATS store, CA state, logs).
-    const table = processTable(clkTck);
+    const table = processTable();
     for (const c of children) {
       if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) continue;
       for (const pid of processTree(c.pid, table)) {
@@ -156,15 +156,7 @@ export async function main(argv: string[]): Promise<void> {
 
   const wrk = async (port: number, seconds: number, host?: string): Promise<Run> => {
     const out = await loadGenerator(["wrk", "-t1", "-c20", `-d${seconds}s`, "--latency", ...(host ? ["-H", `Host: ${host}`] : []), `http://127.0.0.1:${port}/bench`]);
-    const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
-    return {
-      rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
-      requests: Number(/(\d+) requests in/.exec(out)?.[1] ?? 0),
-      p50Ms: parseMs(/50%\s+(\S+)/.exec(out)?.[1] ?? ""),
-      p90Ms: parseMs(/90%\s+(\S+)/.exec(out)?.[1] ?? ""),
-      p99Ms: parseMs(/99%\s+(\S+)/.exec(out)?.[1] ?? ""),
-      errors: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) + (socket ? socket.slice(1).reduce((a, b) => a + Number(b), 0) : 0),
-    };
+    return parseWrk(out);
   };
 
   try {
@@ -208,10 +200,10 @@ export async function main(argv: string[]): Promise<void> {
 
     // Idle: both ready (certificate and config held), then left alone to settle.
     await sleep(1000);
-    const idleTable0 = processTable(clkTck);
+    const idleTable0 = processTable();
     const idleCpu0 = pids.map((p) => cpuSeconds(p, idleTable0));
     await sleep(3000);
-    const idleTable1 = processTable(clkTck);
+    const idleTable1 = processTable();
     // CPU ms per second while idle: the floor under the per-request numbers at a low rate.
     const idleCpuMsPerS = pids.map((p, i) => ((cpuSeconds(p, idleTable1) - idleCpu0[i]!) * 1000) / 3);
     const rssIdle = pids.map(rssMiB) as [number, number];
@@ -236,7 +228,7 @@ export async function main(argv: string[]): Promise<void> {
     /** Runs `load` while sampling both sidecars' RSS every 200 ms and their CPU before and after. */
     const connections: { established: number; timeWait: number }[] = [];
     const measured = async (load: () => Promise<Run>): Promise<{ run: Run; usage: Usage }> => {
-      const table0 = processTable(clkTck);
+      const table0 = processTable();
       const cpu0 = pids.map((p) => cpuSeconds(p, table0));
       const max: [number, number] = [0, 0];
       const sample = () => pids.forEach((p, i) => (max[i] = Math.max(max[i]!, rssMiB(p))));
@@ -245,7 +237,7 @@ export async function main(argv: string[]): Promise<void> {
       clearInterval(timer);
       connections.push(tcpTo(inbound));
       sample();
-      const table1 = processTable(clkTck);
+      const table1 = processTable();
       const cpu1 = pids.map((p) => cpuSeconds(p, table1));
       const perRequest = (i: number) => (run.requests > 0 ? ((cpu1[i]! - cpu0[i]!) * 1e6) / run.requests : NaN);
       return { run, usage: { cpuUsPerRequest: [perRequest(0), perRequest(1)], rssMaxMiB: max, rssEndMiB: pids.map(rssMiB) as [number, number] } };
@@ -321,36 +313,6 @@ export async function main(argv: string[]): Promise<void> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function parseMs(text: string): number {
-  const m = /([\d.]+)(us|ms|s)/.exec(text);
-  if (!m) return NaN;
-  const v = Number(m[1]);
-  return m[2] === "us" ? v / 1000 : m[2] === "s" ? v * 1000 : v;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((done) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => done(port));
-    });
-  });
-}
-
-async function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode})`);
-    const ok = await new Promise<boolean>((done) => {
-      const s = net.connect(port, "127.0.0.1", () => (s.destroy(), done(true)));
-      s.on("error", () => done(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`${what} did not listen on ${port}`);
-}
-
 /** One GET through a port with the given Host; resolves with the status (0 when the connection failed). */
 function status(port: number, host: string): Promise<number> {
   return new Promise((done) => {
@@ -381,39 +343,6 @@ function readComm(pid: number): string {
 }
 
 const rssMiB = (pid: number) => statusKiB(pid, "VmRSS") / 1024;
-
-/** The process table from /proc: parent and CPU seconds (user + system) of every process. */
-function processTable(clkTck: number): Map<number, { ppid: number; cpu: number }> {
-  const stats = new Map<number, { ppid: number; cpu: number }>();
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      stats.set(Number(name), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / clkTck });
-    } catch {
-      // The process ended while the table was read.
-    }
-  }
-  return stats;
-}
-
-/** A process and all its descendants. */
-function processTree(pid: number, table: Map<number, { ppid: number; cpu: number }>): number[] {
-  const tree: number[] = [];
-  const queue = [pid];
-  while (queue.length > 0) {
-    const p = queue.pop()!;
-    tree.push(p);
-    for (const [child, s] of table) if (s.ppid === p) queue.push(child);
-  }
-  return tree;
-}
-
-/** CPU seconds (user + system) of a process and its descendants. */
-function cpuSeconds(pid: number, table: Map<number, { ppid: number; cpu: number }>): number {
-  return processTree(pid, table).reduce((total, p) => total + (table.get(p)?.cpu ?? 0), 0);
-}
 
 /** Loopback TCP connections to a port from /proc/net/tcp: established (server side) and in TIME_WAIT (either side). */
 function tcpTo(port: number): { established: number; timeWait: number } {

@@ -11,7 +11,7 @@
 //               /proc/<pid>/stat, and the traced/untraced ratio, in alternating pairs.
 // Bounded loops, children ended by PID, temp dir removed.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -35,6 +35,7 @@ import {
   type TelemetryHead,
   type TelemetryRecord,
 } from "../shared/telemetry/index.ts";
+import { cpuSeconds, freePort, markdownTable, parseWrk, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const ROUNDS = 5;
@@ -44,13 +45,6 @@ const BATCH = 200;
 
 interface Row {
   readonly [column: string]: string;
-}
-
-function table(rows: readonly Row[]): string {
-  const columns = Object.keys(rows[0] ?? {});
-  const width = columns.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? "").length)));
-  const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(width[i]!) : c.padStart(width[i]!))).join(" | ")} |`;
-  return [line(columns), `|${width.map((w, i) => (i === 0 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`, ...rows.map((r) => line(columns.map((c) => r[c] ?? "")))].join("\n");
 }
 
 const fmt = (n: number | undefined, digits = 0) => (n !== undefined && Number.isFinite(n) ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "-");
@@ -262,53 +256,6 @@ async function inProcess(children: ChildProcess[]): Promise<{ rows: Row[]; notes
 // ---------------------------------------------------------------------------------------------
 // End to end through the gateway process.
 
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim() || 100);
-
-/** CPU seconds (user + system) of a process and its descendants, from /proc/<pid>/stat. */
-function cpuSeconds(pid: number): number {
-  const table = new Map<number, { ppid: number; cpu: number }>();
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      table.set(Number(name), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / CLK_TCK });
-    } catch {
-      // The process ended while the table was read.
-    }
-  }
-  let total = 0;
-  const queue = [pid];
-  while (queue.length > 0) {
-    const p = queue.pop()!;
-    total += table.get(p)?.cpu ?? 0;
-    for (const [child, s] of table) if (s.ppid === p) queue.push(child);
-  }
-  return total;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolvePort) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolvePort(port));
-    });
-  });
-}
-
-async function waitForPort(port: number, child: ChildProcess, what: string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode})`);
-    const ok = await new Promise<boolean>((resolveOk) => {
-      const s = net.connect(port, "127.0.0.1", () => (s.destroy(), resolveOk(true)));
-      s.on("error", () => resolveOk(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`${what} did not listen on ${port}`);
-}
 
 function stopChild(child: ChildProcess): void {
   if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
@@ -328,13 +275,6 @@ interface WrkResult {
   readonly cpuUsPerRequest: number;
 }
 
-function parseMs(text: string): number {
-  const m = /([\d.]+)(us|ms|s)/.exec(text);
-  if (!m) return NaN;
-  const v = Number(m[1]);
-  return m[2] === "us" ? v / 1000 : m[2] === "s" ? v * 1000 : v;
-}
-
 async function wrk(port: number, seconds: number, pid: number, children: ChildProcess[]): Promise<WrkResult> {
   const before = cpuSeconds(pid);
   const out = await new Promise<string>((resolveOut, reject) => {
@@ -346,15 +286,13 @@ async function wrk(port: number, seconds: number, pid: number, children: ChildPr
     child.on("close", () => resolveOut(text));
   });
   const after = cpuSeconds(pid);
-  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
-  const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)?.slice(1).reduce((a, b) => a + Number(b), 0) ?? 0;
+  const { rps, requests, p50Ms, p99Ms, errors } = parseWrk(out);
   return {
-    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+    rps,
     requests,
-    // Anchored: the thread-stats lines end in percentages too ("75.50%").
-    p50Ms: parseMs(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? ""),
-    p99Ms: parseMs(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? ""),
-    errors: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0) + socketErrors,
+    p50Ms,
+    p99Ms,
+    errors,
     cpuUsPerRequest: requests > 0 ? ((after - before) * 1e6) / requests : NaN,
   };
 }
@@ -464,13 +402,13 @@ export async function main(argv: string[]): Promise<void> {
     console.log(`command: node --import tsx bench/telemetry.ts ${argv.join(" ")}`.trimEnd() + "\n");
     if (values.only !== "gateway") {
       const r = await inProcess(children);
-      console.log(table(r.rows));
+      console.log(markdownTable(r.rows));
       for (const n of r.notes) console.log(`\n${n}`);
       console.log();
     }
     if (values.only !== "in-process") {
       const r = await throughGateway(seconds, pairs, children);
-      console.log(table(r.rows));
+      console.log(markdownTable(r.rows));
       for (const n of r.notes) console.log(`\n${n}`);
     }
     console.log(`\nload average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")} (other work on this 2-core machine shows up here)`);
