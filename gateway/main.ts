@@ -95,30 +95,39 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
 
-  // Editors often replace a file instead of writing it: watch the folder and filter by name.
+  // Editors often replace a file instead of writing it: watch the folder and filter by name. A load
+  // starts 100 ms after the first change (a fixed delay: edits every few ms still reload), and a
+  // refusal is reported only when no newer change came during the load (it read a half-written file).
   let reloadTimer: ReturnType<typeof setTimeout> | undefined;
+  let changes = 0;
   let reloading = Promise.resolve();
+  const reload = async (seen: number) => {
+    const next = await loadMeshModule(url);
+    if (!next.ok) {
+      if (changes !== seen) return;
+      telemetry.rejected();
+      log.error("config refused, still serving the last good one", { file, revision });
+      reportIssues(next.issues);
+      return;
+    }
+    if (!next.value.gateways[name]) {
+      if (changes !== seen) return;
+      telemetry.rejected();
+      log.error("config refused: gateway missing, still serving the last good one", { file, gateway: name });
+      return;
+    }
+    revision += 1;
+    await applyWithTelemetry(ingress, telemetry, compileMesh(next.value, revision));
+    log.info("config reloaded", { file, revision });
+  };
   const watcher = watch(dirname(file), (_event, changed) => {
     if (changed !== null && changed !== basename(file)) return;
-    clearTimeout(reloadTimer);
+    changes += 1;
+    if (reloadTimer !== undefined) return;
     reloadTimer = setTimeout(() => {
-      reloading = reloading.then(async () => {
-        const next = await loadMeshModule(url);
-        if (!next.ok) {
-          telemetry.rejected();
-          log.error("config refused, still serving the last good one", { file, revision });
-          reportIssues(next.issues);
-          return;
-        }
-        if (!next.value.gateways[name]) {
-          telemetry.rejected();
-          log.error("config refused: gateway missing, still serving the last good one", { file, gateway: name });
-          return;
-        }
-        revision += 1;
-        await applyWithTelemetry(ingress, telemetry, compileMesh(next.value, revision));
-        log.info("config reloaded", { file, revision });
-      });
+      reloadTimer = undefined;
+      const seen = changes;
+      reloading = reloading.then(() => reload(seen));
     }, 100);
   });
 

@@ -189,6 +189,29 @@ describe("gateway on Node: live reload", () => {
       await b.close();
     }
   });
+
+  test("edits arriving faster than the reload delay still reload while they go on", async () => {
+    const a = await startUpstream(replyAs("alpha"));
+    const b = await startUpstream(replyAs("beta"));
+    const config = mesh(a, b);
+    const gw = await startGateway(config);
+    try {
+      const rerouted = structuredClone(config);
+      (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
+      // 40 writes 30 ms apart: a reload delay restarted by every change would never fire during them.
+      for (let i = 0; i < 40; i++) {
+        await gw.writeConfig(i % 2 === 0 ? rerouted : config);
+        await new Promise((r) => setTimeout(r, 30));
+      }
+      const during = gw.logs().filter((l) => l.msg === "config reloaded").length;
+      assert.ok(during >= 2, `reloads during the edits: ${during}`);
+      assert.equal(gw.logs().filter((l) => l.msg === "invalid config").length, 0);
+    } finally {
+      await gw.stop();
+      await a.close();
+      await b.close();
+    }
+  });
 });
 
 async function waitFor(check: () => Promise<boolean>, timeoutMs = 10_000) {
