@@ -81,7 +81,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     process.exit(1);
   }
 
-  const runtime = await detectRuntime();
+  const runtime = await detectRuntime(log);
   const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: `gateway-${name}`, role: "gateway", workload: name });
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps() });
   telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
@@ -165,7 +165,7 @@ async function serveFromBus(
     store: fileStore(env.stateDir, proxyId),
     attestation,
     log,
-    runtime: await detectRuntime(),
+    runtime: await detectRuntime(log),
     admin: values.admin ?? env.adminAddress,
     graceMs: Number(values["grace-ms"] ?? 10_000),
   });

@@ -64,6 +64,28 @@ function createBunUpstreamClient(): UpstreamClient {
   };
 }
 
+/** Concurrent fetches a Bun process allows when BUN_CONFIG_MAX_HTTP_REQUESTS is not set. */
+const BUN_DEFAULT_MAX_HTTP_REQUESTS = 256;
+
+/**
+ * bunWarnings says what this Bun process's settings limit: Bun's fetch keeps at most
+ * BUN_CONFIG_MAX_HTTP_REQUESTS requests in flight (256 unless set when the process starts), and
+ * every plain upstream request of the gateway goes through fetch.
+ * @example
+ * for (const w of bunWarnings()) log.warn(w.msg, w.fields);
+ */
+export function bunWarnings(): { msg: string; fields: Record<string, unknown> }[] {
+  const env = (globalThis as unknown as { process?: { env: Record<string, string | undefined> } }).process?.env ?? {};
+  const set = Number(env.BUN_CONFIG_MAX_HTTP_REQUESTS);
+  if (Number.isFinite(set) && set > BUN_DEFAULT_MAX_HTTP_REQUESTS) return [];
+  return [
+    {
+      msg: "Bun queues upstream requests beyond BUN_CONFIG_MAX_HTTP_REQUESTS in flight; set it (e.g. 4096) in the environment that starts the proxy",
+      fields: { limit: Number.isFinite(set) && set > 0 ? set : BUN_DEFAULT_MAX_HTTP_REQUESTS },
+    },
+  ];
+}
+
 /** The Bun runtime: Bun.serve listeners and Bun's fetch (which keeps Host and, told so, compressed bodies). */
 export const bunRuntime: ProxyRuntime = {
   name: "bun",
