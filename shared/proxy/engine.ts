@@ -157,6 +157,17 @@ export function createEngine(options: EngineOptions): Engine {
   const onMirrorDone = options.onMirrorDone;
   const newRequestId = options.newRequestId ?? (() => crypto.randomUUID());
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  /** True once `granted` settles (its timer cleared: an injected sleep cannot be), false after `ms`. */
+  const grantedWithin = (granted: Promise<void>, ms: number): Promise<boolean> => {
+    if (options.sleep) return Promise.race([granted.then(() => true), options.sleep(ms).then(() => false)]);
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(resolve, ms, false);
+      granted.then(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  };
   // Outlier and circuit state per service, kept across config swaps.
   const health = createClusterHealth(now);
   // Route configs are frozen per snapshot: each fault block is compiled once.
@@ -377,7 +388,7 @@ export function createEngine(options: EngineOptions): Engine {
     if (entry === "overflow") return local(plan.record, "overflow");
     if (entry !== "entered") {
       const wait = plan.deadline - now();
-      const granted = wait > 0 && (await Promise.race([entry.granted.then(() => true), sleep(wait).then(() => false)]));
+      const granted = wait > 0 && (await grantedWithin(entry.granted, wait));
       if (!granted) {
         entry.cancel();
         return local(plan.record, "timeout");
