@@ -230,7 +230,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
       inbound,
     );
     const outboundListener = await runtime.listen(
-      { port: o.outbound.port, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 },
+      // The app's gRPC clients speak h2c (prior knowledge) to the outbound port, beside HTTP/1.1.
+      { port: o.outbound.port, address: "127.0.0.1", http2: true, maxHeaderCount: 100, maxHeaderBytes: 16384 },
       outbound,
     );
     if (o.outbound.socket) bridge = await bridgeUnixSocket(o.outbound.socket, outboundListener.port);

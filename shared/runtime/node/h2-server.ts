@@ -4,38 +4,35 @@ import tls from "node:tls";
 import type { EventEmitter } from "node:events";
 import type { Exchange, HeaderMap, ListenOptions, PeerIdentity, RequestHead, ServeTarget } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
+import { sniffPreface } from "./h2-preface.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
-
-/** RFC 9113 §3.4: every HTTP/2 connection starts with this preface; "PRI" is no HTTP/1.1 method anyone uses. */
-const PREFACE_START = "PRI";
 
 // RFC 9113 §8.2.2: connection-specific fields must not appear in HTTP/2 (node refuses to send them).
 const CONNECTION_SPECIFIC = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"]);
 
-/** The TCP (or TLS) front of a listener that speaks HTTP/2 and HTTP/1.1 on one port. */
-export interface Http2Front {
-  /** The socket server to listen on. */
-  readonly server: net.Server;
-  /** No peer identity on these listeners (mesh mTLS ports stay HTTP/1.1). */
-  peerOf(socket: object): PeerIdentity | undefined;
-  dispose(): void;
-  /** Sends GOAWAY on every open HTTP/2 session: in-flight streams finish, then the connections close. */
+/** The HTTP/2 side of a listener: takes connections a front hands it and serves their streams to the engine. */
+export interface H2Sessions {
+  /** Serves one connection (h2c or TLS with ALPN h2); `peer` is the mesh identity verified behind it, if any. */
+  accept(socket: net.Socket, peer?: PeerIdentity): void;
+  /** Sends GOAWAY on every open session: in-flight streams finish, then the connections close. */
   beginClose(): void;
-  /** Replaces the TLS certificate for new connections. */
-  setTls(tls: { readonly cert: string; readonly key: string }): void;
+  /** Ends every open session at once. */
+  dispose(): void;
 }
 
 /**
- * createHttp2Front serves HTTP/2 beside HTTP/1.1 on one port: on a plain port a connection that opens
- * with the HTTP/2 preface (h2c, prior knowledge) goes to node:http2, any other to `http1` (a node:http
- * server that never listens itself); with `tls`, ALPN picks h2 or http/1.1. HTTP/2 requests reach the
- * engine like HTTP/1.1 ones, with `protocol: "HTTP/2"`, and their answers keep upstream trailers.
+ * createH2Sessions serves HTTP/2 connections to the engine: requests reach it like HTTP/1.1 ones,
+ * with `protocol: "HTTP/2"` and the connection's peer identity, and their answers keep upstream
+ * trailers (and trailers-only answers stay one HEADERS frame).
  * @example
- * const front = createHttp2Front({ port: 8080, http2: true, maxHeaderCount: 100, maxHeaderBytes: 16384 }, target, httpServer);
- * front.server.listen(8080);
+ * const sessions = createH2Sessions({ port: 0, maxHeaderCount: 100, maxHeaderBytes: 16384 }, target);
+ * tlsServer.on("secureConnection", (socket) => sessions.accept(socket, peerOf(socket)));
  */
-export function createHttp2Front(options: ListenOptions, target: ServeTarget, http1: EventEmitter): Http2Front {
+export function createH2Sessions(options: ListenOptions, target: ServeTarget): H2Sessions {
   const sessions = new Set<http2.ServerHttp2Session>();
+  const peers = new WeakMap<object, PeerIdentity>();
+  // node:http2 makes the session synchronously inside emit("connection"): this is its peer.
+  let accepting: PeerIdentity | undefined;
   const h2 = http2.createServer({
     // nghttp2 refuses header blocks beyond this (the HTTP/1.1 side answers 431 at the same size).
     maxHeaderListPairs: options.maxHeaderCount + 8,
@@ -43,20 +40,61 @@ export function createHttp2Front(options: ListenOptions, target: ServeTarget, ht
   });
   h2.on("session", (session: http2.ServerHttp2Session) => {
     sessions.add(session);
+    if (accepting) peers.set(session, accepting);
     session.once("close", () => sessions.delete(session));
     session.on("error", () => session.destroy());
     // As the HTTP/1.1 side's keep-alive timeout: an idle connection is told to go away.
     session.setTimeout(60_000, () => session.close());
   });
-  h2.on("request", (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => onRequest(req, res, options, target));
+  h2.on("request", (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
+    const session = req.stream.session;
+    onRequest(req, res, options, target, session ? peers.get(session) : undefined);
+  });
+  return {
+    accept(socket, peer) {
+      accepting = peer;
+      try {
+        h2.emit("connection", socket);
+      } finally {
+        accepting = undefined;
+      }
+    },
+    beginClose() {
+      for (const session of sessions) session.close();
+    },
+    dispose() {
+      for (const session of sessions) session.destroy();
+    },
+  };
+}
 
+/** The TCP (or TLS) front of a listener that speaks HTTP/2 and HTTP/1.1 on one port. */
+export interface Http2Front {
+  /** The socket server to listen on. */
+  readonly server: net.Server;
+  /** No peer identity on these listeners (mesh ports have their own front, mesh-tls.ts). */
+  peerOf(socket: object): PeerIdentity | undefined;
+  /** Replaces the TLS certificate for new connections. */
+  setTls(tls: { readonly cert: string; readonly key: string }): void;
+}
+
+/**
+ * createHttp2Front serves HTTP/2 beside HTTP/1.1 on one port: on a plain port a connection that opens
+ * with the HTTP/2 preface (h2c, prior knowledge) goes to `sessions`, any other to `http1` (a node:http
+ * server that never listens itself); with `tls`, ALPN picks h2 or http/1.1.
+ * @example
+ * const front = createHttp2Front({ port: 8080, http2: true, maxHeaderCount: 100, maxHeaderBytes: 16384 }, httpServer, createH2Sessions(options, target));
+ * front.server.listen(8080);
+ */
+export function createHttp2Front(options: ListenOptions, http1: EventEmitter, sessions: H2Sessions): Http2Front {
+  const toH2 = (socket: net.Socket) => sessions.accept(socket);
   let secure: tls.Server | undefined;
   let server: net.Server;
   if (options.tls) {
     const tlsServer = tls.createServer(
       { cert: options.tls.cert, key: options.tls.key, minVersion: "TLSv1.2", ALPNProtocols: ["h2", "http/1.1"] },
       (socket) => {
-        if (socket.alpnProtocol === "h2") h2.emit("connection", socket);
+        if (socket.alpnProtocol === "h2") toH2(socket);
         else http1.emit("connection", socket);
       },
     );
@@ -66,7 +104,7 @@ export function createHttp2Front(options: ListenOptions, target: ServeTarget, ht
   } else {
     server = net.createServer({ noDelay: true }, (socket) => {
       socket.on("error", () => socket.destroy());
-      sniff(socket, Buffer.alloc(0), h2, http1);
+      sniffPreface(socket, toH2, http1);
     });
   }
   // node:http tracks connections (closeIdleConnections, header timeouts) from its 'listening' event on.
@@ -75,39 +113,19 @@ export function createHttp2Front(options: ListenOptions, target: ServeTarget, ht
   return {
     server,
     peerOf: () => undefined,
-    dispose() {
-      for (const session of sessions) session.destroy();
-    },
-    beginClose() {
-      for (const session of sessions) session.close();
-    },
     setTls(next) {
       secure?.setSecureContext({ cert: next.cert, key: next.key });
     },
   };
 }
 
-/** Reads until the first bytes tell HTTP/2's preface from an HTTP/1.1 request line, puts them back, hands the socket on. */
-function sniff(socket: net.Socket, seen: Buffer, h2: EventEmitter, http1: EventEmitter): void {
-  socket.once("data", (chunk: Buffer) => {
-    socket.pause();
-    const bytes = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
-    const prefix = bytes.toString("latin1", 0, PREFACE_START.length);
-    if (bytes.length < PREFACE_START.length && PREFACE_START.startsWith(prefix)) {
-      socket.resume();
-      sniff(socket, bytes, h2, http1);
-      return;
-    }
-    socket.unshift(bytes);
-    if (prefix === PREFACE_START) h2.emit("connection", socket);
-    else {
-      http1.emit("connection", socket);
-      process.nextTick(() => socket.resume());
-    }
-  });
-}
-
-function onRequest(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, options: ListenOptions, target: ServeTarget): void {
+function onRequest(
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+  options: ListenOptions,
+  target: ServeTarget,
+  peer: PeerIdentity | undefined,
+): void {
   const raw = req.headers;
   const headers: Record<string, string | string[]> = {};
   let count = 0;
@@ -137,6 +155,7 @@ function onRequest(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse
     clientIp: socket?.remoteAddress ?? "",
     localPort: socket?.localPort ?? 0,
     protocol: "HTTP/2",
+    peer,
   };
   const body = createNodeBody(req, { length: stream.endAfterHeaders ? 0 : declaredLength(raw["content-length"]) });
   target.engine.handle(head, body, target.current()).then(

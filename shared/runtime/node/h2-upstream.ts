@@ -1,8 +1,10 @@
 import type http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import tls from "node:tls";
 import type { HeaderMap, UpstreamClient, UpstreamFailure, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
 import type { NodeRequestBody } from "./body.ts";
+import { meshClientTlsOptions } from "./mesh-tls.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
@@ -13,6 +15,12 @@ const NOT_SENT = new Set(["connection", "keep-alive", "proxy-connection", "trans
 /** Streams opened on one session before another connection is made (gRPC servers commonly allow 100). */
 const DEFAULT_MAX_STREAMS = 100;
 
+/** The failure detail of a mesh connection whose server chose HTTP/1.1 over ALPN (a peer without h2). */
+export const ALPN_HTTP1 = "alpn_http1";
+
+/** How long a mesh peer that chose HTTP/1.1 is called over HTTP/1.1 before h2 is offered again. */
+const HTTP1_PEER_MS = 60_000;
+
 export interface NodeH2UpstreamOptions {
   /** Streams per connection before the next request opens another connection (default 100, or less if the server says so). */
   readonly maxConcurrentStreams?: number;
@@ -20,6 +28,10 @@ export interface NodeH2UpstreamOptions {
 
 interface PooledSession {
   readonly session: http2.ClientHttp2Session;
+  /** Pool key: the endpoint, and for mesh calls the expected peer. */
+  readonly key: string;
+  /** The mesh identity generation the connection was made with (0 for plaintext). */
+  readonly generation: number;
   active: number;
   /** The connection was made (a failure before that is a connect failure). */
   connected: boolean;
@@ -28,10 +40,12 @@ interface PooledSession {
 }
 
 /**
- * createNodeH2UpstreamClient reaches upstreams over HTTP/2 cleartext (h2c, prior knowledge), as gRPC
- * servers expect: requests to one endpoint share a multiplexed session, a second connection opens only
- * when every session has its streams' worth in flight (up to `maxConnections`), and response trailers
- * (grpc-status, grpc-message) come back on the response's `message.trailers`.
+ * createNodeH2UpstreamClient reaches upstreams over HTTP/2: cleartext (h2c, prior knowledge) as gRPC
+ * servers expect, or mesh mTLS with ALPN h2 to another proxy (`req.mesh`: this proxy's SVID, the
+ * expected peer's SPIFFE ID checked). Requests to one endpoint share a multiplexed session, a second
+ * connection opens only when every session has its streams' worth in flight (up to `maxConnections`),
+ * a certificate renewal sends new requests to new sessions while old ones finish, and response
+ * trailers (grpc-status, grpc-message) come back on the response's `message.trailers`.
  * @example
  * const client = createNodeH2UpstreamClient({ maxConcurrentStreams: 100 });
  * const result = await client.forward({ ...request, http2: true });
@@ -40,34 +54,47 @@ export function createNodeH2UpstreamClient(options: NodeH2UpstreamOptions = {}):
   const pools = new Map<string, PooledSession[]>();
   const maxStreams = options.maxConcurrentStreams ?? DEFAULT_MAX_STREAMS;
 
-  function drop(address: string, pooled: PooledSession): void {
-    const pool = pools.get(address);
+  function drop(key: string, pooled: PooledSession): void {
+    const pool = pools.get(key);
     if (pool === undefined) return;
     const index = pool.indexOf(pooled);
     if (index >= 0) pool.splice(index, 1);
-    if (pool.length === 0) pools.delete(address);
+    if (pool.length === 0) pools.delete(key);
   }
 
-  function connect(req: UpstreamRequest): PooledSession {
+  function connect(req: UpstreamRequest, key: string): PooledSession {
     const ep = req.endpoint;
-    const authority = ep.socketPath ? "http://localhost" : `http://${ep.host.includes(":") ? `[${ep.host}]` : ep.host}:${ep.port}`;
+    const mesh = req.mesh;
+    const host = ep.host.includes(":") ? `[${ep.host}]` : ep.host;
+    const authority = ep.socketPath ? "http://localhost" : `${mesh ? "https" : "http"}://${host}:${ep.port}`;
     const session = http2.connect(authority, {
-      createConnection: () => (ep.socketPath ? net.connect(ep.socketPath) : net.connect({ host: ep.host, port: ep.port, noDelay: true })),
+      createConnection: () => {
+        if (!mesh) return ep.socketPath ? net.connect(ep.socketPath) : net.connect({ host: ep.host, port: ep.port, noDelay: true });
+        const socket = connectMesh(req);
+        // Heard before the session's own listeners: the streams then fail with the TLS reason (svid_*, ALPN_HTTP1).
+        socket.once("error", (err: NodeJS.ErrnoException) => (pooled.error ??= err.code ?? err.message));
+        socket.once("secureConnect", () => {
+          // node:http2 cannot be stopped from starting here (destroying the socket now crashes it): the
+          // peer refuses the preface, and the streams fail as a connect failure the caller may resend.
+          if (socket.alpnProtocol !== "h2") pooled.error = ALPN_HTTP1;
+        });
+        return socket;
+      },
     });
-    const pooled: PooledSession = { session, active: 0, connected: false, error: undefined };
-    let pool = pools.get(ep.address);
-    if (pool === undefined) pools.set(ep.address, (pool = []));
+    const pooled: PooledSession = { session, key, generation: mesh ? mesh.identity.generation : 0, active: 0, connected: false, error: undefined };
+    let pool = pools.get(key);
+    if (pool === undefined) pools.set(key, (pool = []));
     pool.push(pooled);
     // Errors reach the streams; the session only leaves the pool. GOAWAY: finish what runs, take no more.
     session.on("error", (err: NodeJS.ErrnoException) => {
       pooled.error = err.code ?? err.message;
-      drop(ep.address, pooled);
+      drop(key, pooled);
     });
-    session.once("goaway", () => drop(ep.address, pooled));
-    session.once("close", () => drop(ep.address, pooled));
+    session.once("goaway", () => drop(key, pooled));
+    session.once("close", () => drop(key, pooled));
     session.setTimeout(req.idleTimeoutMs, () => {
       if (pooled.active === 0) {
-        drop(ep.address, pooled);
+        drop(key, pooled);
         session.close();
       }
     });
@@ -83,11 +110,20 @@ export function createNodeH2UpstreamClient(options: NodeH2UpstreamOptions = {}):
   }
 
   function sessionFor(req: UpstreamRequest): PooledSession {
-    const pool = pools.get(req.endpoint.address);
+    const mesh = req.mesh;
+    const key = mesh ? `${req.endpoint.address}|${mesh.expectedId}` : req.endpoint.address;
+    const pool = pools.get(key);
     let least: PooledSession | undefined;
     if (pool !== undefined) {
-      for (const pooled of pool) {
+      for (let i = pool.length - 1; i >= 0; i--) {
+        const pooled = pool[i]!;
         const s = pooled.session;
+        if (mesh && pooled.generation !== mesh.identity.generation) {
+          // Made with a certificate since renewed: it finishes its streams (GOAWAY), new ones go to a new session.
+          pool.splice(i, 1);
+          s.close();
+          continue;
+        }
         if (s.closed || s.destroyed) continue;
         const limit = Math.min(maxStreams, s.remoteSettings.maxConcurrentStreams ?? maxStreams);
         if (pooled.active < limit) return pooled;
@@ -96,7 +132,8 @@ export function createNodeH2UpstreamClient(options: NodeH2UpstreamOptions = {}):
     }
     // Every session is full: another connection if allowed, else queue on the least busy (nghttp2 holds the stream).
     if (least !== undefined && (pool?.length ?? 0) >= req.maxConnections) return least;
-    return connect(req);
+    if (pool !== undefined && pool.length === 0) pools.delete(key);
+    return connect(req, key);
   }
 
   function forward(req: UpstreamRequest): Promise<UpstreamResult> {
@@ -105,7 +142,7 @@ export function createNodeH2UpstreamClient(options: NodeH2UpstreamOptions = {}):
       const headers: http2.OutgoingHttpHeaders = {
         ":method": req.method,
         ":path": req.path,
-        ":scheme": "http",
+        ":scheme": req.mesh ? "https" : "http",
         ":authority": typeof req.headers.host === "string" ? req.headers.host : req.endpoint.address,
       };
       for (const name in req.headers) {
@@ -136,15 +173,42 @@ export function createNodeH2UpstreamClient(options: NodeH2UpstreamOptions = {}):
   };
 }
 
+/** Opens a mesh mTLS connection offering h2 (and http/1.1, so that a peer without h2 says so). */
+function connectMesh(req: UpstreamRequest): tls.TLSSocket {
+  const { endpoint: ep, mesh } = req;
+  const options = meshClientTlsOptions(mesh!.identity, mesh!.expectedId, ["h2", "http/1.1"]);
+  const socket = ep.socketPath ? tls.connect({ ...options, path: ep.socketPath }) : tls.connect({ ...options, host: ep.host, port: ep.port });
+  socket.setNoDelay(true);
+  return socket;
+}
+
 /**
  * withHttp2Upstreams sends requests marked `http2` (services whose port speaks http2 or grpc) over
- * HTTP/2 and every other request through `http1`. Mesh (mTLS) endpoints stay on `http1` for now.
+ * HTTP/2, to mesh peers too (mTLS with ALPN h2), and every other request through `http1`. A mesh peer
+ * that answers ALPN with http/1.1 (a proxy without h2) gets this request, and for a minute its
+ * requests, over `http1` instead.
  * @example
  * const client = withHttp2Upstreams(createNodeUpstreamClient());
  */
 export function withHttp2Upstreams(http1: UpstreamClient, h2: UpstreamClient = createNodeH2UpstreamClient()): UpstreamClient {
+  const http1Peers = new Map<string, number>();
+  async function forwardMesh(req: UpstreamRequest): Promise<UpstreamResult> {
+    const key = req.endpoint.address;
+    const until = http1Peers.get(key);
+    if (until !== undefined) {
+      if (until > Date.now()) return http1.forward(req);
+      http1Peers.delete(key);
+    }
+    const result = await h2.forward(req);
+    if (result.ok || result.detail !== ALPN_HTTP1) return result;
+    // Bounded: a mesh of many old peers must not grow this without limit.
+    if (http1Peers.size >= 1024) http1Peers.clear();
+    http1Peers.set(key, Date.now() + HTTP1_PEER_MS);
+    // The request never reached the peer; it can go again if its body is still held.
+    return req.body.replayable ? http1.forward(req) : result;
+  }
   return {
-    forward: (req) => (req.http2 === true && req.mesh === undefined ? h2.forward(req) : http1.forward(req)),
+    forward: (req) => (req.http2 !== true ? http1.forward(req) : req.mesh === undefined ? h2.forward(req) : forwardMesh(req)),
     async close() {
       await Promise.all([http1.close(), h2.close()]);
     },
@@ -168,6 +232,8 @@ class H2Call {
   settled = false;
   responded = false;
   released = false;
+  /** The code of the error the stream ended with, if any. */
+  error: string | undefined = undefined;
 
   constructor(req: UpstreamRequest, pooled: PooledSession, stream: http2.ClientHttp2Stream, resolve: (result: UpstreamResult) => void) {
     this.req = req;
@@ -185,7 +251,7 @@ class H2Call {
     });
     stream.on("trailers", (raw: http2.IncomingHttpHeaders) => (stream.trailers = withoutPseudo(raw)));
     // A stream error is reported through `close` below; without a listener it would throw.
-    stream.on("error", () => {});
+    stream.on("error", (err: NodeJS.ErrnoException) => (this.error ??= err.code));
     stream.once("close", () => this.onClose());
     if (body.length !== 0) body.sendTo(stream, this.req.maxBodyBytes, this.req.maxReplayBytes, () => this.fail("body_too_large"));
   }
@@ -212,7 +278,7 @@ class H2Call {
     if (!this.settled) {
       // Closed before any response: refused streams never reached the application (RFC 9113 §8.7).
       const code = stream.rstCode;
-      if (!this.pooled.connected) this.fail("upstream_connect_failure", this.pooled.error);
+      if (this.pooled.error === ALPN_HTTP1 || !this.pooled.connected) this.fail("upstream_connect_failure", this.pooled.error ?? this.error);
       else if (code === NGHTTP2_REFUSED_STREAM) this.fail("upstream_reset", "refused_stream");
       else this.fail("upstream_reset", this.pooled.error ?? `rst_stream ${code}`);
       return;

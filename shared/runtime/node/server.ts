@@ -4,7 +4,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Exchange, Listener, ListenOptions, RequestHead, ServeTarget } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
-import { createHttp2Front } from "./h2-server.ts";
+import { createH2Sessions, createHttp2Front } from "./h2-server.ts";
 import { createMeshFront, type MeshFront } from "./mesh-tls.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
 
@@ -34,12 +34,15 @@ export async function listenNode(
     requestTimeout: 0,
   };
   // With http2 the front terminates TLS (ALPN picks h2 or http/1.1), so node:http sees plain sockets.
+  // Mesh ports always offer h2 beside http/1.1: proxies speak HTTP/2 to each other where the port does.
   const h2 = options.http2 === true && !options.mesh;
   const server = options.tls && !h2
     ? https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key })
     : http.createServer(serverOptions);
-  const h2Front = h2 ? createHttp2Front(options, target, server) : undefined;
-  const front: MeshFront | undefined = options.mesh ? createMeshFront(options.mesh, server) : h2Front;
+  const h2Sessions = h2 || options.mesh ? createH2Sessions(options, target) : undefined;
+  const h2Front = h2 ? createHttp2Front(options, server, h2Sessions!) : undefined;
+  const meshFront = options.mesh ? createMeshFront(options.mesh, server, h2Sessions!.accept) : undefined;
+  const front: Pick<MeshFront, "server" | "peerOf"> | undefined = meshFront ?? h2Front;
   const accepting = front?.server ?? server;
   let closing = false;
 
@@ -99,9 +102,10 @@ export async function listenNode(
     close: () =>
       new Promise<void>((resolve) => {
         closing = true;
-        h2Front?.beginClose();
+        h2Sessions?.beginClose();
         accepting.close(() => {
-          front?.dispose();
+          meshFront?.dispose();
+          h2Sessions?.dispose();
           resolve();
         });
         server.closeIdleConnections();

@@ -1,11 +1,9 @@
 import http from "node:http";
 import https from "node:https";
 import type { Socket } from "node:net";
-import type { PeerCertificate } from "node:tls";
-import { checkSvidLeaf } from "../../identity/index.ts";
 import { isIdempotent, type MeshIdentity, type UpstreamClient, type UpstreamFailure, type UpstreamRequest, type UpstreamResponse, type UpstreamResult } from "../../proxy/index.ts";
 import type { NodeRequestBody } from "./body.ts";
-import { meshTlsOptions } from "./mesh-tls.ts";
+import { meshClientTlsOptions } from "./mesh-tls.ts";
 
 /** An upstream response whose body is a node stream, for the node adapter to write out. */
 export interface NodeUpstreamResponse extends UpstreamResponse {
@@ -55,20 +53,12 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
     const generation = mesh.identity.generation;
     if (held !== undefined && held.generation === generation) return held.agent;
     if (held !== undefined) retire(held.agent);
-    const trustDomain = mesh.identity.trustDomain;
     const agent = new https.Agent({
       keepAlive: true,
       maxSockets: req.maxConnections,
       scheduling: "lifo",
       timeout: req.idleTimeoutMs,
-      ...meshTlsOptions(mesh.identity.current()!),
-      minVersion: "TLSv1.2",
-      ALPNProtocols: ["http/1.1"],
-      // node:tls has verified the chain against the bundle; the peer must also be the expected workload.
-      checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-        const r = checkSvidLeaf(new Uint8Array(cert.raw), { trustDomain, expectedId: mesh.expectedId });
-        return r.ok ? undefined : Object.assign(new Error(`peer certificate refused: ${r.reason}`), { code: `svid_${r.reason}` });
-      },
+      ...meshClientTlsOptions(mesh.identity, mesh.expectedId, ["http/1.1"]),
     });
     meshAgents.set(key, { agent, generation });
     return agent;
