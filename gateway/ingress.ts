@@ -22,6 +22,8 @@ export interface IngressOptions {
   readonly onRequestDone?: (record: RequestRecord) => void;
   /** Telemetry's start hook: trace ids for the record, traceparent for the upstream request. */
   readonly onRequestStart?: EngineOptions["onRequestStart"];
+  /** Telemetry's mirror hook: each shadow copy's outcome. */
+  readonly onMirrorDone?: EngineOptions["onMirrorDone"];
   readonly viewDeps?: ViewDeps;
   /** The gateway's mesh identity: calls to mesh workloads go over mTLS with it. */
   readonly meshIdentity?: MeshIdentity;
@@ -60,6 +62,7 @@ export function createIngress(options: IngressOptions): Ingress {
     edge: true,
     onRequestDone: options.onRequestDone,
     onRequestStart: options.onRequestStart,
+    onMirrorDone: options.onMirrorDone,
     meshIdentity: options.meshIdentity,
   });
   const listeners = new Map<string, OpenListener>();

@@ -64,13 +64,15 @@ test("a waiter that gives up leaves the queue; one granted meanwhile gives its s
   assert.equal(c.enter(), "entered");
 });
 
-test("maxRetries caps retries in flight; a finished retry frees its slot", () => {
+test("maxRetries caps retries in flight; a finished retry frees its slot; refusals are counted", () => {
   const c = breaker({ maxRetries: 2 });
   assert.equal(c.tryRetry(), true);
   assert.equal(c.tryRetry(), true);
   assert.equal(c.tryRetry(), false);
+  assert.equal(c.retryOverflows, 1);
   c.retryDone();
   assert.equal(c.tryRetry(), true);
+  assert.equal(c.retryOverflows, 1);
 });
 
 test("maxRetries 0 allows no retry at all", () => {

@@ -23,6 +23,8 @@ export interface CircuitBreaker {
   readonly active: number;
   readonly pending: number;
   readonly retries: number;
+  /** Retries refused by maxRetries or the retry budget since this breaker began (Envoy's upstream_rq_retry_overflow). */
+  readonly retryOverflows: number;
 }
 
 /**
@@ -41,6 +43,7 @@ export function createCircuitBreaker(config: ConnectionPoolConfig): CircuitBreak
   const maxRetries = config.maxRetries ?? Infinity;
   let active = 0;
   let retries = 0;
+  let retryOverflows = 0;
   const queue: { grant: () => void; granted: boolean }[] = [];
 
   function retryLimit(): number {
@@ -81,7 +84,10 @@ export function createCircuitBreaker(config: ConnectionPoolConfig): CircuitBreak
     },
     leave,
     tryRetry() {
-      if (retries >= retryLimit()) return false;
+      if (retries >= retryLimit()) {
+        retryOverflows++;
+        return false;
+      }
       retries++;
       return true;
     },
@@ -96,6 +102,9 @@ export function createCircuitBreaker(config: ConnectionPoolConfig): CircuitBreak
     },
     get retries() {
       return retries;
+    },
+    get retryOverflows() {
+      return retryOverflows;
     },
   };
 }

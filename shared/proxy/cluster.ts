@@ -58,6 +58,8 @@ export interface ClusterHealthReport {
   readonly active: number;
   readonly pending: number;
   readonly retries: number;
+  /** Retries refused by the pool's maxRetries or retry budget since its breaker began; 0 without a pool. */
+  readonly retryOverflows: number;
 }
 
 const NO_HEALTH: ClusterHealth = { outlier: undefined, circuit: undefined };
@@ -102,6 +104,7 @@ export function createClusterHealth(now: () => number): ClusterHealthTable {
         active: circuit?.active ?? 0,
         pending: circuit?.pending ?? 0,
         retries: circuit?.retries ?? 0,
+        retryOverflows: circuit?.retryOverflows ?? 0,
       }));
     },
   };

@@ -25,7 +25,7 @@ export interface ClusterSource {
 /** A proxy's telemetry: access log on stdout, Prometheus metrics for the admin API, OTel spans. */
 export interface ProxyTelemetry {
   /** The engine's hooks: every request feeds the access log, the metrics and the tracer. */
-  readonly hooks: Pick<EngineOptions, "onRequestStart" | "onRequestDone">;
+  readonly hooks: Pick<EngineOptions, "onRequestStart" | "onRequestDone" | "onMirrorDone">;
   /** For the admin API's /stats/prometheus and /stats. */
   readonly admin: { metrics(): Promise<string>; stats(): Promise<unknown>; health(): readonly ClusterHealthReport[] };
   /** Reads upstream health from here at each scrape (weft_upstream_endpoint_healthy, outlier and pool series). */
@@ -79,6 +79,9 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
       onRequestDone(record) {
         request.onRequestDone(record);
         summary.record(record);
+      },
+      onMirrorDone(service, outcome) {
+        metrics.mirrorDone(service, outcome.sent ? "sent" : outcome.reason);
       },
     },
     admin: {
@@ -151,6 +154,7 @@ function readClusters(source: ClusterSource): ClusterReading[] {
       ejectionsTotal: h?.ejectionsTotal ?? 0,
       active: h?.active ?? 0,
       pending: h?.pending ?? 0,
+      retryOverflows: h?.retryOverflows ?? 0,
     });
   }
   return readings;

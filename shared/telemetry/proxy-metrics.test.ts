@@ -61,7 +61,7 @@ test("finished requests count by route, service, code and reason, with duration,
   assert.equal(slow.buckets!["2.5"], 1);
 });
 
-test("upstream health read at a scrape: endpoint health, active ejections, ejection counts across a detector restart, and gone endpoints vanish", async () => {
+test("upstream health read at a scrape: endpoint health, active ejections, ejection and retry-overflow counts across a restart, and gone endpoints vanish", async () => {
   const registry = createMetricsRegistry();
   const metrics = createProxyMetrics(registry);
   const endpoints = [
@@ -69,7 +69,7 @@ test("upstream health read at a scrape: endpoint health, active ejections, eject
     { address: "10.0.0.2:80", draining: false },
     { address: "10.0.0.3:80", draining: true },
   ];
-  metrics.clustersObserved([{ service: "web", endpoints, ejected: ["10.0.0.2:80"], ejectionsTotal: 2, active: 3, pending: 1 }]);
+  metrics.clustersObserved([{ service: "web", endpoints, ejected: ["10.0.0.2:80"], ejectionsTotal: 2, active: 3, pending: 1, retryOverflows: 4 }]);
   let text = await registry.expose();
   assert.match(text, /^weft_upstream_endpoint_healthy\{service="web",endpoint="10.0.0.1:80"\} 1$/m);
   assert.match(text, /^weft_upstream_endpoint_healthy\{service="web",endpoint="10.0.0.2:80"\} 0$/m);
@@ -78,12 +78,25 @@ test("upstream health read at a scrape: endpoint health, active ejections, eject
   assert.match(text, /^weft_outlier_ejections_total\{service="web"\} 2$/m);
   assert.match(text, /^weft_upstream_rq_active\{service="web"\} 3$/m);
   assert.match(text, /^weft_upstream_rq_pending\{service="web"\} 1$/m);
+  assert.match(text, /^weft_upstream_rq_retry_overflow_total\{service="web"\} 4$/m);
 
   // The same totals again add nothing; a detector rebuilt by a policy change counts from its own 0.
-  metrics.clustersObserved([{ service: "web", endpoints: endpoints.slice(0, 1), ejected: [], ejectionsTotal: 2, active: 0, pending: 0 }]);
-  metrics.clustersObserved([{ service: "web", endpoints: endpoints.slice(0, 1), ejected: [], ejectionsTotal: 1, active: 0, pending: 0 }]);
+  metrics.clustersObserved([{ service: "web", endpoints: endpoints.slice(0, 1), ejected: [], ejectionsTotal: 2, active: 0, pending: 0, retryOverflows: 4 }]);
+  metrics.clustersObserved([{ service: "web", endpoints: endpoints.slice(0, 1), ejected: [], ejectionsTotal: 1, active: 0, pending: 0, retryOverflows: 1 }]);
   text = await registry.expose();
   assert.match(text, /^weft_outlier_ejections_total\{service="web"\} 3$/m);
+  assert.match(text, /^weft_upstream_rq_retry_overflow_total\{service="web"\} 5$/m);
   assert.match(text, /^weft_outlier_ejections_active\{service="web"\} 0$/m);
   assert.doesNotMatch(text, /10\.0\.0\.2:80/, "an endpoint gone from the config leaves the health gauge");
+});
+
+test("mirrored copies are counted by shadow service and outcome", async () => {
+  const registry = createMetricsRegistry();
+  const metrics = createProxyMetrics(registry);
+  metrics.mirrorDone("web-shadow", "sent");
+  metrics.mirrorDone("web-shadow", "sent");
+  metrics.mirrorDone("web-shadow", "overflow");
+  const text = await registry.expose();
+  assert.match(text, /^weft_mirror_requests_total\{service="web-shadow",outcome="sent"\} 2$/m);
+  assert.match(text, /^weft_mirror_requests_total\{service="web-shadow",outcome="overflow"\} 1$/m);
 });

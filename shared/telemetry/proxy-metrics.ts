@@ -21,6 +21,8 @@ export interface ProxyMetrics {
   certificateExpires(notAfter: Date): void;
   /** Upstream health as of now (read at each scrape): endpoint health, outlier ejections, pool load. */
   clustersObserved(clusters: readonly ClusterReading[]): void;
+  /** A mirrored copy ended: `sent` or the reason it was not. */
+  mirrorDone(service: string, outcome: "sent" | string): void;
 }
 
 /** One upstream service as a proxy sees it (built from the snapshot and the engine's health report). */
@@ -33,6 +35,8 @@ export interface ClusterReading {
   readonly ejectionsTotal: number;
   readonly active: number;
   readonly pending: number;
+  /** Retries refused by the pool's maxRetries or retry budget since its breaker began (restarts at 0 when that policy changes). */
+  readonly retryOverflows: number;
 }
 
 interface RouteSeries {
@@ -114,8 +118,19 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
     help: "Requests waiting for a connection-pool slot of the service.",
     labelNames: ["service"],
   });
-  // Last ejection count seen per service, to turn the detectors' totals into counter increments.
+  const retryOverflow = registry.counter({
+    name: "weft_upstream_rq_retry_overflow_total",
+    help: "Retries not sent because the connection pool's maxRetries or retry budget was used up (Envoy's upstream_rq_retry_overflow).",
+    labelNames: ["service"],
+  });
+  const mirrored = registry.counter({
+    name: "weft_mirror_requests_total",
+    help: "Copies of requests for a shadow service: outcome `sent` (answered, answer discarded) or why not (overflow, timeout, upstream_connect_failure, ...).",
+    labelNames: ["service", "outcome"],
+  });
+  // Last totals seen per service, to turn the engine's running totals into counter increments.
   const ejectionsSeen = new Map<string, number>();
+  const retryOverflowsSeen = new Map<string, number>();
 
   const byRoute = new Map<string, RouteSeries>();
 
@@ -186,7 +201,13 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
         // A detector rebuilt by a policy change starts again at 0: count from there.
         ejections.labels(c.service).inc(c.ejectionsTotal >= seen ? c.ejectionsTotal - seen : c.ejectionsTotal);
         ejectionsSeen.set(c.service, c.ejectionsTotal);
+        const overflowsSeen = retryOverflowsSeen.get(c.service) ?? 0;
+        retryOverflow.labels(c.service).inc(c.retryOverflows >= overflowsSeen ? c.retryOverflows - overflowsSeen : c.retryOverflows);
+        retryOverflowsSeen.set(c.service, c.retryOverflows);
       }
+    },
+    mirrorDone(service, outcome) {
+      mirrored.labels(service, outcome).inc();
     },
   };
 }

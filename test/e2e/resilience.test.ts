@@ -156,6 +156,11 @@ describe("gateway: circuit breaking", () => {
       // 40 requests in flight allow 8 retries in flight (20%): about one retry per four requests.
       assert.ok(attempts > total, `some retries are made within the budget (${attempts} tries)`);
       assert.ok(attempts <= total * 1.5, `${attempts} tries for ${total} requests, not ${total * 4}`);
+      // A refused retry ends its request, so each request counts at most one refusal, and only those
+      // that got all 3 retries (at most a third of the retries made) count none.
+      const metrics = await (await fetch(`http://127.0.0.1:${gw.adminPort}/stats/prometheus`)).text();
+      const refused = Number(/^weft_upstream_rq_retry_overflow_total\{service="budgeted"\} (\d+)$/m.exec(metrics)?.[1]);
+      assert.ok(refused <= total && refused >= total - (attempts - total) / 3, `${attempts} tries, ${refused} retries refused`);
     } finally {
       agent.destroy();
       await gw.stop();
@@ -274,6 +279,8 @@ describe("gateway: mirroring", () => {
       t.diagnostic(`mirrored ${copies}/${total}`);
       assert.ok(Math.abs(share - 20) <= 3, `mirrored ${share}%`);
       assert.ok(shadow.requests.every((r) => r.headers.host === "shop.example-shadow:8080"));
+      const metrics = await (await fetch(`http://127.0.0.1:${gw.adminPort}/stats/prometheus`)).text();
+      assert.match(metrics, new RegExp(`^weft_mirror_requests_total\\{service="shop-next",outcome="sent"\\} ${copies}$`, "m"));
 
       const posts = 50;
       for (let i = 0; i < posts; i++) {
