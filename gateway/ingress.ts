@@ -4,6 +4,10 @@ import {
   createEngine,
   type ClusterHealthReport,
   createGatewayView,
+  createTcpGatewayView,
+  createTcpProxy,
+  type TcpRecord,
+  type TcpView,
   type EngineOptions,
   type Listener,
   type MeshIdentity,
@@ -27,6 +31,8 @@ export interface IngressOptions {
   readonly viewDeps?: ViewDeps;
   /** The gateway's mesh identity: calls to mesh workloads go over mTLS with it. */
   readonly meshIdentity?: MeshIdentity;
+  /** Told about every connection of a tcp or tls listener once it ends (access log, metrics). */
+  readonly onConnectionDone?: (record: TcpRecord) => void;
 }
 
 export interface Ingress {
@@ -45,6 +51,8 @@ export interface Ingress {
 interface OpenListener {
   readonly listener: Listener;
   readonly signature: string;
+  /** A tcp or tls listener: its connections outlive a config change (closing it stops accepting only). */
+  readonly l4: boolean;
 }
 
 /**
@@ -65,9 +73,12 @@ export function createIngress(options: IngressOptions): Ingress {
     onMirrorDone: options.onMirrorDone,
     meshIdentity: options.meshIdentity,
   });
+  const tcpProxy = createTcpProxy({ meshIdentity: options.meshIdentity, onConnectionDone: options.onConnectionDone });
   const listeners = new Map<string, OpenListener>();
   const ports = new Map<string, number>();
   let view: RouteView | undefined;
+  let tcpView: TcpView | undefined;
+  const tcpTarget = { proxy: tcpProxy, current: () => tcpView };
   let snapshot: Snapshot | undefined;
   const target = {
     engine,
@@ -86,7 +97,8 @@ export function createIngress(options: IngressOptions): Ingress {
     for (const [key, open] of listeners) {
       const next = wanted.get(key);
       if (!next || next.signature !== open.signature) {
-        await open.listener.close();
+        const closed = open.listener.close();
+        if (!open.l4) await closed;
         listeners.delete(key);
         ports.delete(key);
         log.info("listener closed", { listener: key });
@@ -97,11 +109,18 @@ export function createIngress(options: IngressOptions): Ingress {
       const tls = spec.tls
         ? { cert: await readFile(spec.tls.certFile, "utf8"), key: await readFile(spec.tls.keyFile, "utf8") }
         : undefined;
-      const listener = await runtime.listen(
-        { port: spec.port, address: spec.address, tls, http2: spec.http2, maxHeaderCount: gateway.maxHeaderCount, maxHeaderBytes: gateway.maxHeaderBytes },
-        target,
-      );
-      listeners.set(key, { listener, signature });
+      const l4 = spec.protocol === "tcp" || spec.protocol === "tls" ? spec.protocol : undefined;
+      if (l4 && !runtime.listenTcp) {
+        log.error("listener skipped: this runtime does not proxy tcp or tls yet", { listener: key, protocol: l4, runtime: runtime.name });
+        continue;
+      }
+      const listener = l4
+        ? await runtime.listenTcp!({ port: spec.port, address: spec.address, protocol: l4 }, tcpTarget)
+        : await runtime.listen(
+            { port: spec.port, address: spec.address, tls, http2: spec.http2, maxHeaderCount: gateway.maxHeaderCount, maxHeaderBytes: gateway.maxHeaderBytes },
+            target,
+          );
+      listeners.set(key, { listener, signature, l4: l4 !== undefined });
       ports.set(key, listener.port);
       log.info("listening", { listener: key, port: listener.port, protocol: spec.protocol, runtime: runtime.name });
     }
@@ -113,7 +132,9 @@ export function createIngress(options: IngressOptions): Ingress {
       if (!gateway) throw new TypeError(`gateway "${name}" is not in the config`);
       // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
       const nextView = createGatewayView(next, name, options.viewDeps);
+      const nextTcpView = createTcpGatewayView(next, name);
       view = nextView;
+      tcpView = nextTcpView;
       snapshot = next;
       await reconcileListeners(gateway);
     },
@@ -130,6 +151,8 @@ export function createIngress(options: IngressOptions): Ingress {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
       clearTimeout(timer);
+      // TCP connections have no request boundary to finish at: what is still open at the end of the grace period is closed.
+      for (const l of listeners.values()) l.listener.destroy?.();
       listeners.clear();
       await client.close();
     },

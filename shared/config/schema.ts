@@ -180,6 +180,8 @@ export const ConnectionPoolSchema = v.strictObject({
   maxRequests: v.optional(v.pipe(Count, v.minValue(1))),
   /** Requests that may wait for a slot when maxRequests are in flight, up to their timeout (default 0: none wait). */
   maxPendingRequests: v.optional(Count, 0),
+  /** Proxied TCP connections (tcp and tls routes) open to the service at once from this proxy; more are closed at once with `overflow` (default: no limit). */
+  maxConnections: v.optional(v.pipe(Count, v.minValue(1))),
   /** Retries in flight to the service at once; a retry beyond it is not made (default: no limit). */
   maxRetries: v.optional(Count),
   /** Retries in flight as a share of the requests in flight; replaces maxRetries when given. */
@@ -207,6 +209,8 @@ export const DestinationPolicySchema = v.strictObject({
   idleTimeoutMs: v.optional(PositiveDurationMs, 30000),
   /** Upstream connections kept per endpoint (default 128). */
   maxConnectionsPerEndpoint: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(100_000)), 128),
+  /** A proxied TCP connection (tcp and tls routes) closes after this long without a byte either way (default 3600000 ms, Envoy's tcp_proxy default). */
+  tcpIdleTimeoutMs: v.optional(PositiveDurationMs),
   /** Eject endpoints that keep failing (default: off). */
   outlierDetection: v.optional(OutlierDetectionSchema),
   /** Limits on requests and retries in flight (default: off). */
@@ -323,6 +327,42 @@ export const RouteSchema = v.pipe(
   ),
 );
 
+const SniHost = v.pipe(
+  v.string(),
+  v.regex(/^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\*$/i, "must be a host name, '*.suffix' or '*' (no port)"),
+);
+
+const L4Routed = {
+  name: v.optional(v.pipe(v.string(), v.minLength(1), v.maxLength(128))),
+  /** Destinations by weight; a destination's port defaults to the service's first tcp or tls port. */
+  to: v.pipe(v.array(Destination), v.minLength(1, "needs at least one destination")),
+};
+const SOME_WEIGHT = "to needs at least one destination with a weight above 0";
+
+/** A route for a gateway's `tcp` listeners (Istio VirtualService `tcp`): bytes go unchanged to a destination. */
+export const TcpRouteSchema = v.pipe(
+  v.strictObject({
+    ...L4Routed,
+    /** Listener ports this route takes (default: every tcp listener). */
+    match: v.optional(v.strictObject({ ports: v.optional(v.pipe(v.array(Port), v.minLength(1))) })),
+  }),
+  v.check((r) => r.to.some((d) => d.weight !== 0), SOME_WEIGHT),
+);
+
+/** A route for a gateway's `tls` listeners (Istio VirtualService `tls` with Gateway PASSTHROUGH): routed by the ClientHello's SNI, never decrypted. */
+export const TlsRouteSchema = v.pipe(
+  v.strictObject({
+    ...L4Routed,
+    match: v.strictObject({
+      /** Server names, exact or `*.suffix` (or `*`); the exact one wins, then the longest suffix. */
+      sniHosts: v.pipe(v.array(SniHost), v.minLength(1)),
+      /** Listener ports this route takes (default: every tls listener). */
+      ports: v.optional(v.pipe(v.array(Port), v.minLength(1))),
+    }),
+  }),
+  v.check((r) => r.to.some((d) => d.weight !== 0), SOME_WEIGHT),
+);
+
 const ServicePort = v.strictObject({
   port: Port,
   protocol: v.optional(v.picklist(["http", "http2", "grpc", "tcp", "tls"]), "http"),
@@ -376,7 +416,8 @@ const Listener = v.pipe(
     port: v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(65535)),
     /** Bind address (default "0.0.0.0"). */
     address: v.optional(v.string(), "0.0.0.0"),
-    protocol: v.optional(v.picklist(["http", "https"]), "http"),
+    /** http, https, tcp (bytes proxied by tcpRoutes) or tls (passthrough by SNI with tlsRoutes, never terminated). */
+    protocol: v.optional(v.picklist(["http", "https", "tcp", "tls"]), "http"),
     tls: v.optional(v.strictObject({ certFile: v.string(), keyFile: v.string() })),
     /**
      * Also serve HTTP/2 (default false: HTTP/1.1 only). On http, h2c with prior knowledge beside
@@ -385,6 +426,7 @@ const Listener = v.pipe(
     http2: v.optional(v.boolean()),
   }),
   v.check((l) => l.protocol !== "https" || l.tls !== undefined, "an https listener needs tls.certFile and tls.keyFile"),
+  v.check((l) => (l.protocol !== "tcp" && l.protocol !== "tls") || (l.tls === undefined && l.http2 === undefined), "a tcp or tls listener takes no tls certificate or http2 (tls is passed through)"),
 );
 
 export const GatewaySchema = v.strictObject({
@@ -394,6 +436,10 @@ export const GatewaySchema = v.strictObject({
   serviceAccount: v.optional(Name),
   listeners: v.pipe(v.array(Listener), v.minLength(1)),
   routes: v.array(RouteSchema),
+  /** Routes for tcp listeners, first match wins (default none). */
+  tcpRoutes: v.optional(v.array(TcpRouteSchema)),
+  /** Routes for tls (passthrough) listeners by SNI (default none). */
+  tlsRoutes: v.optional(v.array(TlsRouteSchema)),
   /** Trusted proxies in front of this gateway: how many x-forwarded-for hops to believe (default 0). */
   xffTrustedHops: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10)), 0),
   /** Header limits: beyond them the request is refused with 431. */
@@ -443,3 +489,5 @@ export type OutlierDetectionConfig = v.InferOutput<typeof OutlierDetectionSchema
 export type ConnectionPoolConfig = v.InferOutput<typeof ConnectionPoolSchema>;
 export type FaultConfig = v.InferOutput<typeof FaultSchema>;
 export type MirrorConfig = v.InferOutput<typeof MirrorSchema>;
+export type TcpRouteConfig = v.InferOutput<typeof TcpRouteSchema>;
+export type TlsRouteConfig = v.InferOutput<typeof TlsRouteSchema>;

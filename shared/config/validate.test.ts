@@ -377,3 +377,60 @@ test("a full-featured valid mesh passes unchanged where every field is given", (
     { service: "reviews", subset: "v2", weight: 10 },
   ]);
 });
+
+test("tcp and tls routes: every problem is listed at its path (undeclared service, missing version, port that is not tcp/tls, bad SNI host)", () => {
+  const paths = pathsOf({
+    services: {
+      db: { ports: [{ port: 5432, protocol: "tcp" }, { port: 8080 }], versions: { v1: { version: "v1" } } },
+      web: {},
+    },
+    gateways: {
+      edge: {
+        listeners: [
+          { port: 5432, protocol: "tcp" },
+          { port: 443, protocol: "tls", tls: { certFile: "a", keyFile: "b" } },
+        ],
+        routes: [],
+        tcpRoutes: [
+          { to: [{ service: "ghost" }, { service: "db", subset: "v9" }, { service: "db", port: 8080 }, { service: "db", port: 9999 }] },
+          { to: [{ service: "web" }] },
+          { match: { ports: [0] }, to: [{ service: "db", weight: 0 }] },
+        ],
+        tlsRoutes: [
+          { match: { sniHosts: ["db.example.com:443", "ok.example.com"] }, to: [{ service: "db", port: 5432 }] },
+          { match: { sniHosts: [] }, to: [{ service: "db" }] },
+          { to: [{ service: "db" }] },
+        ],
+      },
+    },
+  });
+  assert.deepEqual(paths, [
+    "gateways.edge.listeners.1",
+    "gateways.edge.tcpRoutes.0.to.0.service",
+    "gateways.edge.tcpRoutes.0.to.1.subset",
+    "gateways.edge.tcpRoutes.0.to.2.port",
+    "gateways.edge.tcpRoutes.0.to.3.port",
+    "gateways.edge.tcpRoutes.1.to.0.port",
+    "gateways.edge.tcpRoutes.2",
+    "gateways.edge.tcpRoutes.2.match.ports.0",
+    "gateways.edge.tlsRoutes.0.match.sniHosts.0",
+    "gateways.edge.tlsRoutes.1.match.sniHosts",
+    "gateways.edge.tlsRoutes.2.match",
+  ]);
+});
+
+test("a valid tcp and tls gateway passes; a destination port defaults to none (the service's first tcp/tls port at runtime)", () => {
+  const r = validateMesh({
+    services: { db: { ports: [{ port: 5432, protocol: "tcp" }], traffic: { tcpIdleTimeoutMs: 60000, connectionPool: { maxConnections: 10 } } } },
+    gateways: {
+      edge: {
+        listeners: [{ port: 5432, protocol: "tcp" }, { port: 443, protocol: "tls" }],
+        routes: [],
+        tcpRoutes: [{ match: { ports: [5432] }, to: [{ service: "db" }] }],
+        tlsRoutes: [{ match: { sniHosts: ["*.example.com"] }, to: [{ service: "db", port: 5432 }] }],
+      },
+    },
+  });
+  assert.equal(r.ok, true, JSON.stringify(!r.ok && r.issues));
+  if (r.ok) assert.deepEqual(r.value.gateways.edge!.tcpRoutes![0]!.to, [{ service: "db", weight: 1 }]);
+});

@@ -101,9 +101,41 @@ function crossCheck(mesh: MeshConfig): ConfigIssue[] {
       }
     });
   }
+  // tcp and tls routes carry bytes the proxy cannot read: their destination port must speak tcp or tls.
+  const checkL4Routes = (routes: unknown, base: string) => {
+    if (!Array.isArray(routes)) return;
+    routes.forEach((route: unknown, i) => {
+      if (!isObject(route) || !Array.isArray((route as { to?: unknown }).to)) return;
+      (route as { to: unknown[] }).to.forEach((dest, j) => {
+        if (!isObject(dest)) return;
+        const { service, subset, port } = dest as { service?: string; subset?: string; port?: number };
+        const at = `${base}.${i}.to.${j}`;
+        const svc = typeof service === "string" ? own(mesh.services, service) : undefined;
+        if (!svc) {
+          if (typeof service === "string") issues.push({ path: `${at}.service`, message: `service "${service}" is not declared` });
+          return;
+        }
+        if (subset && !own(svc.versions, subset)) issues.push({ path: `${at}.subset`, message: `service "${service}" has no version "${subset}"` });
+        const ports = Array.isArray(svc.ports) ? svc.ports : [{ port: 80, protocol: "http" }];
+        if (port === undefined) {
+          if (!ports.some((p) => isObject(p) && (p.protocol === "tcp" || p.protocol === "tls"))) {
+            issues.push({ path: `${at}.port`, message: `service "${service}" declares no tcp or tls port: name one` });
+          }
+          return;
+        }
+        const declared = ports.find((p) => isObject(p) && p.port === port);
+        if (!declared) issues.push({ path: `${at}.port`, message: `service "${service}" has no port ${port}` });
+        else if (declared.protocol !== "tcp" && declared.protocol !== "tls") {
+          issues.push({ path: `${at}.port`, message: `port ${port} of service "${service}" speaks ${declared.protocol ?? "http"}, not tcp or tls` });
+        }
+      });
+    });
+  };
   for (const [name, gw] of Object.entries(mesh.gateways)) {
     if (!isObject(gw)) continue;
     if (Array.isArray(gw.routes)) checkRoutes(gw.routes, `gateways.${name}.routes`);
+    checkL4Routes(gw.tcpRoutes, `gateways.${name}.tcpRoutes`);
+    checkL4Routes(gw.tlsRoutes, `gateways.${name}.tlsRoutes`);
     const seen = new Map<string, number>();
     if (Array.isArray(gw.listeners)) gw.listeners.forEach((l, i) => {
       if (!isObject(l)) return;

@@ -14,3 +14,6 @@ export * from "./fault.ts";
 export * from "./mirror.ts";
 export * from "./request-target.ts";
 export * from "./grpc.ts";
+export * from "./sni.ts";
+export * from "./tcp-router.ts";
+export * from "./tcp.ts";

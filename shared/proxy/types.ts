@@ -70,6 +70,29 @@ export interface MeshListen {
   mode(): "STRICT" | "PERMISSIVE";
   /** Told about every peer turned away (reason code, remote address), for logs and metrics. */
   onRefused?(reason: string, remote: string): void;
+  /** Raw TCP for the workload's tcp/tls ports (ALPN MESH_TCP_ALPN); without it such connections are refused. */
+  readonly tcp?: InboundTcpTarget;
+}
+
+/** How an inbound mesh port hands raw TCP to the L4 path: the proxy and the live inbound view. */
+export interface InboundTcpTarget {
+  readonly proxy: import("./tcp.ts").TcpProxy;
+  current(): import("./tcp.ts").InboundTcpView | undefined;
+}
+
+/** A gateway's tcp or tls (passthrough) listener. */
+export interface TcpListenOptions {
+  readonly port: number;
+  readonly address?: string;
+  readonly protocol: "tcp" | "tls";
+  /** How long a tls listener waits for the whole ClientHello (default 10000 ms). */
+  readonly helloTimeoutMs?: number;
+}
+
+/** How a tcp/tls listener reaches the L4 path: the proxy and the live view, read once per connection. */
+export interface TcpServeTarget {
+  readonly proxy: import("./tcp.ts").TcpProxy;
+  current(): import("./tcp.ts").TcpView | undefined;
 }
 
 /** What the engine asks an UpstreamClient to send. */
@@ -129,6 +152,8 @@ export interface Listener {
   close(): Promise<void>;
   /** Replaces the TLS certificate for new connections (old ones keep theirs). */
   setTls(tls: { cert: string; key: string }): void;
+  /** Ends every proxied TCP connection still open (the end of a drain's grace period). */
+  destroy?(): void;
 }
 
 export interface ListenOptions {
@@ -160,5 +185,7 @@ export interface ProxyRuntime {
   readonly name: "node" | "bun" | "deno";
   createUpstreamClient(): UpstreamClient;
   listen(options: ListenOptions, target: ServeTarget): Promise<Listener>;
+  /** Raw TCP and TLS-passthrough listeners; absent on runtimes that do not proxy TCP yet. */
+  listenTcp?(options: TcpListenOptions, target: TcpServeTarget): Promise<Listener>;
   serveFetch(handler: FetchHandler, options: { port: number; address: string }): Promise<{ port: number; close(): Promise<void> }>;
 }

@@ -2,7 +2,7 @@ import net from "node:net";
 import tls from "node:tls";
 import type { EventEmitter } from "node:events";
 import { checkSvidLeaf, type SvidFailure } from "../../identity/index.ts";
-import type { MeshIdentity, MeshListen, MeshTlsMaterial, PeerIdentity } from "../../proxy/index.ts";
+import { MESH_TCP_ALPN, type MeshIdentity, type MeshListen, type MeshTlsMaterial, type PeerIdentity } from "../../proxy/index.ts";
 import { sniffPreface } from "./h2-preface.ts";
 
 /** The first byte of a TLS record carrying a handshake (ClientHello). */
@@ -10,6 +10,9 @@ const TLS_HANDSHAKE = 0x16;
 
 /** Why a peer was turned away at the mesh port. */
 export type MeshRefusal = SvidFailure | "no_certificate" | "tls_handshake_failed" | "plaintext_in_strict";
+
+/** Takes a verified mesh connection that negotiated MESH_TCP_ALPN (raw TCP after a transport header). */
+export type MeshTcpHandler = (socket: tls.TLSSocket, peer: PeerIdentity | undefined) => void;
 
 /** Takes an HTTP/2 connection from the front, with the peer's verified identity (none for plaintext or no certificate). */
 export type MeshH2Accept = (socket: net.Socket, peer: PeerIdentity | undefined) => void;
@@ -58,11 +61,12 @@ export function meshClientTlsOptions(identity: MeshIdentity, expectedId: string,
  * PERMISSIVE mode plaintext, and TLS without a client certificate, also reach `http` (with no peer).
  * With `h2`, ALPN also offers h2 and such connections (and h2c prior knowledge on PERMISSIVE
  * plaintext) go to `h2` with the same peer identity.
+ * With `tcp`, ALPN also offers MESH_TCP_ALPN and such connections (raw TCP) go to `tcp`.
  * @example
  * const front = createMeshFront(mesh, httpServer, h2Sessions.accept);
  * front.server.listen(15006);
  */
-export function createMeshFront(mesh: MeshListen, http: EventEmitter, h2?: MeshH2Accept): MeshFront {
+export function createMeshFront(mesh: MeshListen, http: EventEmitter, h2?: MeshH2Accept, tcp?: MeshTcpHandler): MeshFront {
   const onRefused = (reason: MeshRefusal, remote: string) => mesh.onRefused?.(reason, remote);
   const material = mesh.identity.current();
   if (!material) throw new TypeError("a mesh listener needs the proxy's certificate first");
@@ -75,12 +79,15 @@ export function createMeshFront(mesh: MeshListen, http: EventEmitter, h2?: MeshH
       case "h2":
         h2!(socket, peer);
         return;
+      case MESH_TCP_ALPN:
+        tcp!(socket, peer);
+        return;
       default:
         if (peer) peers.set(socket, peer);
         http.emit("connection", socket);
     }
   }
-  const alpn = h2 ? ["h2", "http/1.1"] : ["http/1.1"];
+  const alpn = [...(h2 ? ["h2", "http/1.1"] : ["http/1.1"]), ...(tcp ? [MESH_TCP_ALPN] : [])];
 
   // Client certificates are requested but checked here rather than by the handshake, so that
   // PERMISSIVE can also take TLS without one: a presented certificate must still verify.

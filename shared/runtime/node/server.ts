@@ -6,6 +6,7 @@ import type { Exchange, Listener, ListenOptions, RequestHead, ServeTarget } from
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
 import { createH2Sessions, createHttp2Front } from "./h2-server.ts";
 import { createMeshFront, type MeshFront } from "./mesh-tls.ts";
+import { createPairSet, serveMeshTcp } from "./tcp-proxy.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
 
 function writeRawError(socket: Socket, status: number, reason: string) {
@@ -41,7 +42,11 @@ export async function listenNode(
     : http.createServer(serverOptions);
   const h2Sessions = h2 || options.mesh ? createH2Sessions(options, target) : undefined;
   const h2Front = h2 ? createHttp2Front(options, server, h2Sessions!) : undefined;
-  const meshFront = options.mesh ? createMeshFront(options.mesh, server, h2Sessions!.accept) : undefined;
+  const meshTcp = options.mesh?.tcp;
+  const tcpPairs = meshTcp ? createPairSet() : undefined;
+  const meshFront = options.mesh
+    ? createMeshFront(options.mesh, server, h2Sessions!.accept, meshTcp && ((socket, peer) => serveMeshTcp(socket, peer, meshTcp, tcpPairs!)))
+    : undefined;
   const front: Pick<MeshFront, "server" | "peerOf"> | undefined = meshFront ?? h2Front;
   const accepting = front?.server ?? server;
   let closing = false;
@@ -114,6 +119,7 @@ export async function listenNode(
       if (server instanceof https.Server) server.setSecureContext({ cert: tls.cert, key: tls.key });
       h2Front?.setTls(tls);
     },
+    destroy: () => tcpPairs?.destroyAll("drained"),
   };
 }
 

@@ -1,0 +1,204 @@
+// TCP proxying and TLS passthrough through a gateway's tcp and tls listeners (Node runtime), with
+// real sockets and real certificates: backends with their own certificates behind one tls listener
+// (the client must see the backend's certificate: the gateway never terminates), unknown and
+// missing SNI refused, and bytes both ways through a tcp listener.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import tls from "node:tls";
+import { execFileSync } from "node:child_process";
+import { X509Certificate } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { compileMesh, validateMesh, type MeshInput } from "../../shared/config/index.ts";
+import type { TcpRecord } from "../../shared/proxy/index.ts";
+import { nodeRuntime } from "../../shared/runtime/node/index.ts";
+import { createLogger } from "../../shared/telemetry/index.ts";
+import { createIngress } from "../../gateway/ingress.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "weft-tcp-"));
+const cleanups: (() => Promise<void> | void)[] = [() => rmSync(dir, { recursive: true, force: true })];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+/** A self-signed P-256 certificate for one DNS name, made by openssl. */
+function certificate(name: string): { cert: string; key: string } {
+  const keyFile = join(dir, `${name}.key`);
+  const certFile = join(dir, `${name}.crt`);
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+    "-subj", `/CN=${name}`, "-addext", `subjectAltName=DNS:${name}`, "-keyout", keyFile, "-out", certFile,
+  ], { stdio: "ignore" });
+  return { cert: readFileSync(certFile, "utf8"), key: readFileSync(keyFile, "utf8") };
+}
+
+/** A TLS server that answers every line with its own name, so a client knows whom it reached. */
+async function startTlsBackend(name: string, material: { cert: string; key: string }) {
+  const server = tls.createServer(material, (socket) => {
+    socket.on("data", (d) => socket.write(`${name}:${d.toString()}`));
+    socket.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+  return port;
+}
+
+/** A plain TCP echo server. */
+async function startEcho() {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => {});
+    socket.pipe(socket);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  cleanups.push(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  );
+  return (server.address() as net.AddressInfo).port;
+}
+
+/** Runs a gateway from a config over the Node runtime; returns its listener ports and the connection records. */
+async function startGateway(input: MeshInput) {
+  const valid = validateMesh(input);
+  if (!valid.ok) throw new Error(JSON.stringify(valid.issues));
+  const records: TcpRecord[] = [];
+  const waiters: (() => void)[] = [];
+  const log = createLogger({ component: "test", level: "error", write: () => {} });
+  const ingress = createIngress({
+    runtime: nodeRuntime,
+    name: "edge",
+    log,
+    onConnectionDone: (r) => {
+      records.push({ ...r });
+      for (const w of waiters.splice(0)) w();
+    },
+  });
+  await ingress.apply(compileMesh(valid.value));
+  cleanups.push(() => ingress.stop(1000));
+  const until = async (n: number) => {
+    while (records.length < n) await new Promise<void>((r) => waiters.push(r));
+  };
+  return { ports: [...ingress.ports.values()], records, until };
+}
+
+/** Connects with TLS and a server name; resolves with the server's certificate fingerprint and its first answer, or "refused". */
+function tlsCall(port: number, servername: string | undefined, ca: string[]): Promise<{ fingerprint: string; answer: string } | "refused"> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({ host: "127.0.0.1", port, servername, ca, checkServerIdentity: () => undefined });
+    let fingerprint = "";
+    socket.once("secureConnect", () => {
+      fingerprint = socket.getPeerCertificate().fingerprint256;
+      socket.write("hello");
+    });
+    socket.once("data", (d) => {
+      resolve({ fingerprint, answer: d.toString() });
+      socket.destroy();
+    });
+    socket.once("error", () => resolve("refused"));
+    socket.once("close", () => resolve("refused"));
+  });
+}
+
+function fingerprintOf(pem: string): string {
+  return new X509Certificate(pem).fingerprint256;
+}
+
+const alpha = certificate("db.alpha.test");
+const beta = certificate("api.beta.test");
+const alphaPort = await startTlsBackend("alpha", alpha);
+const betaPort = await startTlsBackend("beta", beta);
+
+test("a tls listener routes by SNI without terminating: each client sees its backend's own certificate; unknown or missing SNI is refused", async () => {
+  const gw = await startGateway({
+    services: {
+      alpha: { ports: [{ port: 443, protocol: "tls" }], endpoints: [{ address: `127.0.0.1:${alphaPort}` }] },
+      beta: { ports: [{ port: 443, protocol: "tls" }], endpoints: [{ address: `127.0.0.1:${betaPort}` }] },
+    },
+    gateways: {
+      edge: {
+        listeners: [{ port: 0, address: "127.0.0.1", protocol: "tls" }],
+        routes: [],
+        tlsRoutes: [
+          { name: "alpha", match: { sniHosts: ["db.alpha.test"] }, to: [{ service: "alpha" }] },
+          { name: "beta", match: { sniHosts: ["*.beta.test"] }, to: [{ service: "beta" }] },
+        ],
+      },
+    },
+  });
+  const port = gw.ports[0]!;
+  const ca = [alpha.cert, beta.cert];
+  const a = await tlsCall(port, "db.alpha.test", ca);
+  const b = await tlsCall(port, "api.beta.test", ca);
+  assert.deepEqual(a, { fingerprint: fingerprintOf(alpha.cert), answer: "alpha:hello" });
+  assert.deepEqual(b, { fingerprint: fingerprintOf(beta.cert), answer: "beta:hello" });
+  assert.equal(await tlsCall(port, "unknown.test", ca), "refused");
+  assert.equal(await tlsCall(port, undefined, ca), "refused");
+  await gw.until(4);
+  const byName = (sni: string | undefined) => gw.records.find((r) => r.sni === sni);
+  assert.deepEqual([byName("db.alpha.test")?.route, byName("db.alpha.test")?.upstream], ["alpha", `127.0.0.1:${alphaPort}`]);
+  assert.deepEqual([byName("api.beta.test")?.route, byName("api.beta.test")?.service], ["beta", "beta"]);
+  assert.equal(byName("unknown.test")?.reason, "no_route");
+  assert.equal(gw.records.find((r) => r.sni === undefined)?.reason, "no_sni");
+  for (const r of gw.records) assert.equal(r.protocol, "tls");
+});
+
+test("a tls listener closes a connection that does not start with a TLS handshake", async () => {
+  const gw = await startGateway({
+    services: { alpha: { ports: [{ port: 443, protocol: "tls" }], endpoints: [{ address: `127.0.0.1:${alphaPort}` }] } },
+    gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1", protocol: "tls" }], routes: [], tlsRoutes: [{ match: { sniHosts: ["*"] }, to: [{ service: "alpha" }] }] } },
+  });
+  const answer = await new Promise<string>((resolve) => {
+    const s = net.connect(gw.ports[0]!, "127.0.0.1", () => s.write("GET / HTTP/1.1\r\nhost: x\r\n\r\n"));
+    let got = "";
+    s.on("data", (d) => (got += d.toString()));
+    s.on("close", () => resolve(got));
+    s.on("error", () => {});
+  });
+  assert.equal(answer, "");
+  await gw.until(1);
+  assert.equal(gw.records[0]!.reason, "not_tls");
+});
+
+/** Sends `size` bytes and reads the echo back until all have come; resolves with what came back. */
+function echoThrough(port: number, payload: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1");
+    const chunks: Buffer[] = [];
+    let length = 0;
+    socket.on("data", (d: Buffer) => {
+      chunks.push(d);
+      length += d.length;
+      if (length >= payload.length) {
+        socket.end();
+        resolve(Buffer.concat(chunks));
+      }
+    });
+    socket.on("error", reject);
+    socket.on("close", () => (length < payload.length ? reject(new Error(`closed after ${length} bytes`)) : undefined));
+    socket.write(payload);
+  });
+}
+
+test("a tcp listener proxies bytes both ways to the route's destination, and logs one record per connection", async () => {
+  const echoPort = await startEcho();
+  const gw = await startGateway({
+    services: { echo: { ports: [{ port: 7000, protocol: "tcp" }], endpoints: [{ address: `127.0.0.1:${echoPort}` }] } },
+    gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1", protocol: "tcp" }], routes: [], tcpRoutes: [{ name: "echo", to: [{ service: "echo" }] }] } },
+  });
+  const payload = Buffer.alloc(3 * 1024 * 1024);
+  for (let i = 0; i < payload.length; i++) payload[i] = (i * 31 + 7) & 0xff;
+  const back = await echoThrough(gw.ports[0]!, payload);
+  assert.ok(back.equals(payload));
+  await gw.until(1);
+  const r = gw.records[0]!;
+  assert.deepEqual([r.protocol, r.route, r.service, r.upstream, r.bytesIn, r.bytesOut, r.reason], ["tcp", "echo", "echo", `127.0.0.1:${echoPort}`, payload.length, payload.length, undefined]);
+});
