@@ -1,5 +1,6 @@
 import { EC_KEY, EC_SIGN, randomSerial, toHex, splitPem, toPem, x509 } from "./x509.ts";
 import { isTrustDomain, parseSpiffeId } from "./spiffe-id.ts";
+import { parseCsr, type ParsedCsr } from "./csr.ts";
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -64,8 +65,8 @@ export type CertificateAuthorityOptions = {
 
 export type CertificateAuthority = {
   readonly trustDomain: string;
-  /** Signs a CSR for the given, already attested SPIFFE ID; the CSR's own names are ignored. */
-  sign(csrPem: string, options: { spiffeId: string; ttlMs?: number }): Promise<SignResult>;
+  /** Signs a CSR (PEM, or parsed once by parseCsr) for the given, already attested SPIFFE ID; the CSR's own names are ignored. */
+  sign(csr: string | ParsedCsr, options: { spiffeId: string; ttlMs?: number }): Promise<SignResult>;
   /** Every root currently trusted (two during a rotation), as PEM. */
   bundle(): string[];
   /**
@@ -174,19 +175,16 @@ export async function createCertificateAuthority(options: CertificateAuthorityOp
     return generations[active]!;
   }
 
-  async function sign(csrPem: string, opts: { spiffeId: string; ttlMs?: number }): Promise<SignResult> {
+  async function sign(csrIn: string | ParsedCsr, opts: { spiffeId: string; ttlMs?: number }): Promise<SignResult> {
     const id = parseSpiffeId(opts.spiffeId);
     if (!id.ok || id.path === "") return { ok: false, reason: "invalid_spiffe_id" };
     if (id.trustDomain !== trustDomain) return { ok: false, reason: "wrong_trust_domain" };
     const ttlMs = opts.ttlMs ?? leafTtlMs;
     if (!Number.isFinite(ttlMs) || ttlMs <= 0) return { ok: false, reason: "bad_ttl" };
 
-    let csr: x509.Pkcs10CertificateRequest;
-    try {
-      csr = new x509.Pkcs10CertificateRequest(csrPem);
-    } catch {
-      return { ok: false, reason: "bad_csr" };
-    }
+    const parsed = typeof csrIn === "string" ? parseCsr(csrIn) : csrIn;
+    if (parsed === null) return { ok: false, reason: "bad_csr" };
+    const csr = parsed.request;
     const alg = csr.publicKey.algorithm as EcKeyAlgorithm;
     if (alg.name !== "ECDSA" || alg.namedCurve !== "P-256") return { ok: false, reason: "unsupported_key" };
     // Proof of possession: only the holder of the private key can sign the request.

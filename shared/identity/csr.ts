@@ -29,22 +29,28 @@ export async function createKeyAndCsr(spiffeId: string): Promise<KeyAndCsr> {
   return { key: keys.privateKey, keyPem, csrPem: csr.toString("pem") + "\n" };
 }
 
+/** A CSR read once: the request the CA signs and the URI SANs it asks for. */
+export type ParsedCsr = {
+  readonly request: x509.Pkcs10CertificateRequest;
+  readonly uriSans: readonly string[];
+};
+
 /**
- * requestedUriSans lists the URI SANs a CSR asks for (in its extensionRequest attribute); `null` if it does not parse.
- * @example requestedUriSans(csrPem) // ["spiffe://example.org/ns/default/sa/web"]
+ * parseCsr reads a PEM CSR and the URI SANs it asks for (in its extensionRequest attribute); `null` if it does not parse.
+ * @example parseCsr(csrPem)?.uriSans // ["spiffe://example.org/ns/default/sa/web"]
  */
-export function requestedUriSans(csrPem: string): string[] | null {
-  let csr: x509.Pkcs10CertificateRequest;
+export function parseCsr(csrPem: string): ParsedCsr | null {
+  let request: x509.Pkcs10CertificateRequest;
   try {
-    csr = new x509.Pkcs10CertificateRequest(csrPem);
+    request = new x509.Pkcs10CertificateRequest(csrPem);
   } catch {
     return null;
   }
-  const out: string[] = [];
-  for (const ext of csr.extensions) {
+  const uriSans: string[] = [];
+  for (const ext of request.extensions) {
     if (ext.type !== "2.5.29.17") continue;
     const san = new x509.SubjectAlternativeNameExtension(ext.rawData);
-    for (const n of san.names.items) if (n.type === "url") out.push(n.value);
+    for (const n of san.names.items) if (n.type === "url") uriSans.push(n.value);
   }
-  return out;
+  return { request, uriSans };
 }

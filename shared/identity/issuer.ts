@@ -1,5 +1,5 @@
 import type { CertificateAuthority, SignFailure } from "./ca.ts";
-import { requestedUriSans } from "./csr.ts";
+import { parseCsr } from "./csr.ts";
 import { verifyJoinToken, type JoinTokenKey } from "./join-token.ts";
 import { workloadId } from "./spiffe-id.ts";
 
@@ -113,15 +113,16 @@ export function handleSignRequest(
     const req = parseRequest(request);
     if (!req) return encode({ ok: false, reason: "bad_request" });
     // Parse the CSR before attesting, so an unreadable request never spends a single-use token.
-    const asked = requestedUriSans(req.csrPem);
-    if (asked === null) return encode({ ok: false, reason: "bad_csr" });
+    const csr = parseCsr(req.csrPem);
+    if (csr === null) return encode({ ok: false, reason: "bad_csr" });
+    const asked = csr.uriSans;
     const attested = await verifyAttestation(req.attestation);
     if (!attested.ok) return encode({ ok: false, reason: attested.reason });
     const spiffeId = workloadId(ca.trustDomain, attested.namespace, attested.serviceAccount);
     // The CSR may name no ID, or exactly the attested one; anything else is a request for an
     // identity the caller has not proven.
     if (asked.length > 1 || (asked.length === 1 && asked[0] !== spiffeId)) return encode({ ok: false, reason: "id_not_attested" });
-    const signed = await ca.sign(req.csrPem, { spiffeId, ...(options.ttlMs !== undefined ? { ttlMs: options.ttlMs } : {}) });
+    const signed = await ca.sign(csr, { spiffeId, ...(options.ttlMs !== undefined ? { ttlMs: options.ttlMs } : {}) });
     if (!signed.ok) return encode({ ok: false, reason: signed.reason });
     return encode({ ok: true, spiffeId, chainPem: signed.chainPem, bundlePem: ca.bundle(), notAfter: signed.notAfter.toISOString() });
   };
