@@ -4,8 +4,9 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { compileMesh, parseEndpoint, validateMesh, type MeshInput, type Snapshot } from "../shared/config/index.ts";
 import { createPolicyGate } from "../shared/policy/index.ts";
-import { createEngine, createSidecarViews, type Exchange, type RequestHead, type SidecarViews } from "../shared/proxy/index.ts";
+import { createEngine, createSidecarViews, type Exchange, type RequestHead, type RequestRecord, type SidecarViews } from "../shared/proxy/index.ts";
 import { createNodeUpstreamClient, listenNode } from "../shared/runtime/node/index.ts";
+import { createExternalCa, startExternalHttps } from "../test/harness/external-tls.ts";
 import { createOutbound, serviceNameOf, type Outbound } from "./outbound.ts";
 
 /** Serves the outbound side on 127.0.0.1 with the node adapter and sends one real request through it. */
@@ -158,4 +159,50 @@ test("ALLOW_ANY: an unknown host passes through to the host:port it names, and a
     assert.equal(looped.status, 508);
     assert.equal(looped.reason, "loop_detected");
   });
+});
+
+test("REGISTRY_ONLY: a declared external https service is reached directly with TLS originated (SNI = the host); a CA it does not trust fails upstream_tls_failure; an undeclared host is refused and logged", async () => {
+  const trusted = await createExternalCa("trusted");
+  const stranger = await createExternalCa("stranger");
+  const good = await startExternalHttps(await trusted.leaf("api.external.test"));
+  const bad = await startExternalHttps(await stranger.leaf("api.external.test"));
+  try {
+    const records: RequestRecord[] = [];
+    const engine = createEngine({ client: createNodeUpstreamClient(), edge: false, onRequestDone: (r) => void records.push(r) });
+    const external = (port: number) => ({
+      hosts: ["api.external.test"],
+      ports: [{ port: 443, protocol: "https" as const }],
+      resolution: "STATIC" as const,
+      endpoints: [{ address: `127.0.0.1:${port}` }],
+      tls: { caFile: trusted.caFile },
+    });
+    const views = createSidecarViews(
+      snapshot({ services: { web: {} }, externalServices: { api: external(good.port), impostor: { ...external(bad.port), hosts: ["impostor.external.test"] } } }),
+      "web",
+      { app: parseEndpoint("127.0.0.1:1") },
+    );
+    const outbound = createOutbound({ engine, current: () => views, proxyId: "sc-web", discoveryWaitMs: 10, want: () => {} });
+
+    const ok = await through(outbound, "/v1/things", { host: "api.external.test:443" });
+    assert.equal(ok.status, 200, ok.body);
+    assert.deepEqual(JSON.parse(ok.body), { external: true, url: "/v1/things", servername: "api.external.test", host: "api.external.test:443" });
+    assert.deepEqual(good.connections.map((c) => c.servername), ["api.external.test"]);
+
+    // The impostor's certificate names the host, but its CA is not the one the config trusts.
+    const refused = await through(outbound, "/", { host: "impostor.external.test:443" });
+    assert.deepEqual([refused.status, refused.reason], [502, "upstream_tls_failure"]);
+    assert.equal(bad.requests.length, 0, "nothing was sent over the untrusted connection");
+
+    const undeclared = await through(outbound, "/", { host: "elsewhere.test" });
+    assert.deepEqual([undeclared.status, undeclared.reason], [502, "no_route"]);
+    assert.deepEqual(
+      records.map((r) => [r.authority, r.status, r.reason ?? null]),
+      [["api.external.test:443", 200, null], ["impostor.external.test:443", 502, "upstream_tls_failure"], ["elsewhere.test", 502, "no_route"]],
+    );
+  } finally {
+    await good.close();
+    await bad.close();
+    await trusted.remove();
+    await stranger.remove();
+  }
 });

@@ -51,8 +51,10 @@ const MESH_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
  * createOutbound serves the app's outgoing HTTP (captured by iptables, sent to the outbound port,
  * to its Unix socket, or through it as HTTP_PROXY): it routes by Host with the called service's
  * routes and destination policy. A Host the sidecar does not know yet is asked for (discovery on
- * first request) and waited for briefly; then it gets 502 `no_route` (REGISTRY_ONLY) or is passed
- * through to the host:port it names (ALLOW_ANY).
+ * first request) and waited for briefly. A Host that names a declared external service goes there
+ * (through its egress gateway, or directly with TLS originated on `https` ports). Any other Host gets
+ * 502 `no_route` (REGISTRY_ONLY, written to the access log) or is passed through to the host:port it
+ * names (ALLOW_ANY).
  * @example
  * const outbound = createOutbound({ engine, current: () => views, want: (s) => watcher.want(s), proxyId });
  * await runtime.listen({ port: 15001, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 }, outbound);
@@ -133,6 +135,8 @@ export function createOutbound(options: OutboundOptions): Outbound {
     let views = current();
     if (!views) return localExchange(503, "no_config", head);
     if (views.serviceOf(head.authority) !== undefined) return engine.handle(head, body, views.outbound);
+    // A declared external service (ServiceEntry) is reachable whatever the outbound traffic policy.
+    if (views.external.accepts(head.authority)) return engine.handle(head, body, views.external);
 
     const name = serviceNameOf(head.authority);
     if (name !== undefined && (notFound.get(name) ?? 0) <= now()) {
@@ -150,11 +154,12 @@ export function createOutbound(options: OutboundOptions): Outbound {
       const view = passthroughView(views, head.authority);
       if (view) return engine.handle(head, body, view);
     }
-    return localExchange(502, "no_route", head);
+    // Neither a mesh service nor a declared external one: refused, and recorded in the access log.
+    return engine.refuse(head, "no_route", 502);
   }
 
   return {
-    engine: { handle: (head, body) => handle(head, body), health: () => engine.health() },
+    engine: { handle: (head, body) => handle(head, body), refuse: (head, reason, status) => engine.refuse(head, reason, status), health: () => engine.health() },
     current: () => current()?.outbound as RouteView,
     onInternalError: options.onInternalError,
     applied() {

@@ -1,5 +1,13 @@
-import type { MeshConfig, RouteConfig, ServiceConfig } from "./schema.ts";
-import type { Endpoint, GatewaySnapshot, ServiceSnapshot, Snapshot } from "./snapshot.ts";
+import type { ExternalServiceConfig, MeshConfig, RouteConfig, ServiceConfig } from "./schema.ts";
+import type { EgressGatewaySnapshot, Endpoint, ExternalServiceSnapshot, GatewaySnapshot, ServiceSnapshot, Snapshot } from "./snapshot.ts";
+
+export interface CompileOptions {
+  /**
+   * SPIFFE IDs of egress gateways by name, for a proxy that holds only part of the config (a
+   * sidecar does not watch gateway keys); gateways present in the config take theirs from it.
+   */
+  readonly egressIdentities?: Readonly<Record<string, string>>;
+}
 
 /**
  * compileMesh turns a validated config into the frozen Snapshot a proxy runs.
@@ -7,7 +15,7 @@ import type { Endpoint, GatewaySnapshot, ServiceSnapshot, Snapshot } from "./sna
  * const r = validateMesh(input);
  * if (r.ok) store.swap(compileMesh(r.value, 7));
  */
-export function compileMesh(mesh: MeshConfig, revision = 0): Snapshot {
+export function compileMesh(mesh: MeshConfig, revision = 0, options: CompileOptions = {}): Snapshot {
   const services = new Map<string, ServiceSnapshot>();
   for (const [name, svc] of Object.entries(mesh.services)) {
     services.set(name, compileService(name, svc, mesh.trustDomain));
@@ -17,6 +25,18 @@ export function compileMesh(mesh: MeshConfig, revision = 0): Snapshot {
     const spiffeId = spiffeIdOf(mesh.trustDomain, gw.namespace, gw.serviceAccount ?? name);
     gateways.set(name, deepFreeze({ ...gw, name, spiffeId }));
   }
+  const identities = { ...options.egressIdentities, ...egressIdentities(mesh) };
+  const externalServices = new Map<string, ExternalServiceSnapshot>();
+  const egressGateways = new Map<string, EgressGatewaySnapshot>();
+  for (const [name, ext] of Object.entries(mesh.externalServices ?? {})) {
+    const gateway = ext.egress?.gateway;
+    const spiffeId = gateway === undefined ? undefined : identities[gateway];
+    // Without the gateway's identity the calls still go nowhere but through it (they fail there).
+    externalServices.set(name, compileExternal(name, ext, gateway !== undefined ? { gateway, spiffeId } : undefined));
+    if (gateway !== undefined && spiffeId !== undefined && !egressGateways.has(gateway)) {
+      egressGateways.set(gateway, deepFreeze({ name: gateway, spiffeId, endpoints: [] }));
+    }
+  }
   return Object.freeze({
     revision,
     trustDomain: mesh.trustDomain,
@@ -25,6 +45,38 @@ export function compileMesh(mesh: MeshConfig, revision = 0): Snapshot {
     tracing: deepFreeze(mesh.tracing),
     services,
     gateways,
+    externalServices,
+    egressGateways,
+  });
+}
+
+/**
+ * egressIdentities gives the SPIFFE ID of every egress gateway declared in a config, by name.
+ * @example
+ * egressIdentities(config) // { egress: "spiffe://cluster.local/ns/default/sa/egress" }
+ */
+export function egressIdentities(mesh: MeshConfig): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, gw] of Object.entries(mesh.gateways)) {
+    if (gw.kind === "egress") out[name] = spiffeIdOf(mesh.trustDomain, gw.namespace, gw.serviceAccount ?? name);
+  }
+  return out;
+}
+
+function compileExternal(name: string, ext: ExternalServiceConfig, egress: ExternalServiceSnapshot["egress"]): ExternalServiceSnapshot {
+  const endpoints = (ext.endpoints ?? []).map((ep) => {
+    const withPort = /(^[^:]+|\])(:\d+)$/.test(ep.address);
+    return withPort ? parseEndpoint(ep.address) : { ...parseEndpoint(`${ep.address}:0`), address: ep.address };
+  });
+  return deepFreeze({
+    name,
+    hosts: ext.hosts,
+    ports: ext.ports,
+    resolution: ext.resolution,
+    endpoints,
+    tls: ext.tls,
+    ...(egress ? { egress } : {}),
+    traffic: ext.traffic,
   });
 }
 

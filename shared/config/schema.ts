@@ -430,6 +430,12 @@ const Listener = v.pipe(
 );
 
 export const GatewaySchema = v.strictObject({
+  /**
+   * What the gateway is for (default "ingress"). An "egress" gateway takes the mesh's calls to
+   * external services over mesh mTLS on its listeners (so it knows each caller's SPIFFE ID),
+   * authorizes them with `policy`, and originates TLS to the external hosts routed through it.
+   */
+  kind: v.optional(v.picklist(["ingress", "egress"]), "ingress"),
   /** Namespace of the gateway's identity (default "default"). */
   namespace: v.optional(Name, "default"),
   /** Service account of the gateway's identity (default: the gateway's name). */
@@ -447,6 +453,63 @@ export const GatewaySchema = v.strictObject({
   maxHeaderBytes: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1024), v.maxValue(1 << 20)), 16384),
   /** Policy applied at the gateway. */
   policy: v.optional(PolicySetSchema, {}),
+});
+
+const ExternalHost = v.pipe(
+  v.string(),
+  v.regex(
+    /^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
+    "must be a lowercase host name or '*.suffix', without a port",
+  ),
+  v.maxLength(253),
+);
+
+/** One port of an external service, as the app calls it. */
+const ExternalPort = v.strictObject({
+  /** The port the app names in its Host (80 when it names none). */
+  port: Port,
+  /**
+   * http: plain HTTP to the host; https: the app speaks plain HTTP and the mesh originates TLS;
+   * tls / tcp: the app's own TLS or bytes (declared, not yet proxied by weft: HTTP to them is refused).
+   */
+  protocol: v.picklist(["http", "https", "tls", "tcp"]),
+  /** Port on the external host (default: port), e.g. port 80 protocol https targetPort 443. */
+  targetPort: v.optional(Port),
+});
+
+const ExternalEndpoint = v.strictObject({
+  /** IP or host name, optionally with :port (default: the called port's targetPort). */
+  address: v.pipe(
+    v.string(),
+    v.regex(/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:\d{1,5})?$/i, "must be host or host:port"),
+    v.check((a) => !/\]?:\d+$/.test(a) || isPort(Number(a.slice(a.lastIndexOf(":") + 1))), "port must be 1 to 65535"),
+  ),
+});
+
+/**
+ * A service outside the mesh that workloads may call (Istio's ServiceEntry): under REGISTRY_ONLY
+ * only declared external hosts are reachable, directly from the sidecar or through an egress gateway.
+ */
+export const ExternalServiceSchema = v.strictObject({
+  /** Host names callers use: exact, or `*.suffix` for any name under suffix. */
+  hosts: v.pipe(v.array(ExternalHost), v.minLength(1, "needs at least one host")),
+  ports: v.pipe(v.array(ExternalPort), v.minLength(1, "needs at least one port")),
+  /** DNS: connect to the called host name (default); STATIC: connect to `endpoints`. */
+  resolution: v.optional(v.picklist(["DNS", "STATIC"]), "DNS"),
+  /** Where the hosts are reached instead of their DNS names; required with STATIC. */
+  endpoints: v.optional(v.pipe(v.array(ExternalEndpoint), v.minLength(1))),
+  /** TLS originated on `https` ports: verified against the system roots, or caFile's certificates only; SNI and name check = the called host. */
+  tls: v.optional(
+    v.strictObject({
+      /** PEM file of the CAs trusted for this service, read by the proxy that originates TLS (default: system roots). */
+      caFile: v.optional(v.pipe(v.string(), v.minLength(1))),
+    }),
+    {},
+  ),
+  /** Route through this egress gateway (over mesh mTLS) instead of directly from the sidecar (default: direct). */
+  egress: v.optional(v.strictObject({ gateway: Name })),
+  /** Timeouts, retries and pool limits for calls to the service. */
+  traffic: v.optional(DestinationPolicySchema, {}),
 });
 
 export const AccessLogSchema = v.optional(
@@ -473,6 +536,8 @@ export const MeshSchema = v.strictObject({
   tracing: v.optional(TracingSchema, {}),
   services: v.optional(v.record(Name, ServiceSchema), {}),
   gateways: v.optional(v.record(Name, GatewaySchema), {}),
+  /** Services outside the mesh that workloads may call (default: none). */
+  externalServices: v.optional(v.record(Name, ExternalServiceSchema), {}),
 });
 
 export type MeshInput = v.InferInput<typeof MeshSchema>;
@@ -491,3 +556,4 @@ export type FaultConfig = v.InferOutput<typeof FaultSchema>;
 export type MirrorConfig = v.InferOutput<typeof MirrorSchema>;
 export type TcpRouteConfig = v.InferOutput<typeof TcpRouteSchema>;
 export type TlsRouteConfig = v.InferOutput<typeof TlsRouteSchema>;
+export type ExternalServiceConfig = v.InferOutput<typeof ExternalServiceSchema>;

@@ -1,4 +1,4 @@
-import type { DestinationPolicyConfig, GatewayConfig, RouteConfig, TracingConfig } from "./schema.ts";
+import type { DestinationPolicyConfig, ExternalServiceConfig, GatewayConfig, RouteConfig, TracingConfig } from "./schema.ts";
 import type { PolicySetConfig } from "./policy-schema.ts";
 
 /**
@@ -40,6 +40,29 @@ export interface ServiceSnapshot {
   readonly inbound: PolicySetConfig;
   /** STRICT (mTLS only) or PERMISSIVE (mTLS or plaintext) on the inbound port. */
   readonly mtlsMode: "STRICT" | "PERMISSIVE";
+  /** Set on an external service's cluster whose port is `https`: callers originate TLS (see UpstreamTls). */
+  readonly originateTls?: { readonly servername: string; readonly caFile?: string };
+}
+
+/** An external service (ServiceEntry) as every proxy sees it after compilation. */
+export interface ExternalServiceSnapshot {
+  readonly name: string;
+  readonly hosts: readonly string[];
+  readonly ports: ExternalServiceConfig["ports"];
+  readonly resolution: "DNS" | "STATIC";
+  /** Declared endpoints; port 0 where the address named none (the called port's targetPort then). */
+  readonly endpoints: readonly Endpoint[];
+  readonly tls: { readonly caFile?: string };
+  /** The egress gateway calls go through, and the SPIFFE ID it must prove; absent: direct from the sidecar. */
+  readonly egress?: { readonly gateway: string; readonly spiffeId: string | undefined };
+  readonly traffic: DestinationPolicyConfig;
+}
+
+/** An egress gateway as sidecars reach it: its identity and the mesh endpoints it registered. */
+export interface EgressGatewaySnapshot {
+  readonly name: string;
+  readonly spiffeId: string;
+  readonly endpoints: readonly Endpoint[];
 }
 
 export interface GatewaySnapshot extends GatewayConfig {
@@ -59,4 +82,8 @@ export interface Snapshot {
   readonly tracing?: Readonly<TracingConfig>;
   readonly services: ReadonlyMap<string, ServiceSnapshot>;
   readonly gateways: ReadonlyMap<string, GatewaySnapshot>;
+  /** External services (absent in snapshots built before the field existed: none). */
+  readonly externalServices?: ReadonlyMap<string, ExternalServiceSnapshot>;
+  /** Egress gateways that external services route through (absent: none). */
+  readonly egressGateways?: ReadonlyMap<string, EgressGatewaySnapshot>;
 }

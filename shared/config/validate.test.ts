@@ -285,6 +285,7 @@ test("an empty config is valid and gets the documented mesh-wide defaults", () =
     tracing: { sampleRatio: 0.01 },
     services: {},
     gateways: {},
+    externalServices: {},
   });
 });
 
@@ -433,4 +434,65 @@ test("a valid tcp and tls gateway passes; a destination port defaults to none (t
   });
   assert.equal(r.ok, true, JSON.stringify(!r.ok && r.issues));
   if (r.ok) assert.deepEqual(r.value.gateways.edge!.tcpRoutes![0]!.to, [{ service: "db", weight: 1 }]);
+});
+
+test("external services: every mistake is listed with its path", () => {
+  const paths = pathsOf({
+    services: { egress: {} },
+    gateways: {
+      egress: { kind: "egress", listeners: [{ port: 15443, protocol: "https", tls: { certFile: "c", keyFile: "k" } }], routes: [] },
+      ingress: { listeners: [{ port: 8080 }], routes: [] },
+    },
+    externalServices: {
+      api: {
+        hosts: ["API.example.com", "api.example.com:443", "*.ok.test", "ok.test"],
+        ports: [{ port: 443, protocol: "https" }, { port: 443, protocol: "http" }, { port: 80, protocol: "quic" }, { port: 8080, protocol: "http", targetPort: 0 }],
+        resolution: "STATIC",
+        tls: { caFile: "" },
+        egress: { gateway: "ingress" },
+      },
+      other: { hosts: ["ok.test"], ports: [{ port: 80, protocol: "http" }], endpoints: [{ address: "10.0.0.1:99999" }, { address: "not an address" }], egress: { gateway: "ghost" } },
+      empty: { hosts: [], ports: [] },
+    },
+  });
+  assert.deepEqual(paths, [
+    "externalServices.api.egress.gateway",
+    "externalServices.api.endpoints",
+    "externalServices.api.hosts.0",
+    "externalServices.api.hosts.1",
+    "externalServices.api.ports.1.port",
+    "externalServices.api.ports.2.protocol",
+    "externalServices.api.ports.3.targetPort",
+    "externalServices.api.tls.caFile",
+    "externalServices.empty.hosts",
+    "externalServices.empty.ports",
+    "externalServices.other.egress.gateway",
+    "externalServices.other.endpoints.0.address",
+    "externalServices.other.endpoints.1.address",
+    "externalServices.other.hosts.0",
+    "gateways.egress",
+    "gateways.egress.listeners.0",
+  ]);
+});
+
+test("an external service routed through a declared egress gateway is valid; a proxy's partial view does not check gateways it lacks", () => {
+  const config = {
+    gateways: { egress: { kind: "egress", listeners: [{ port: 15443 }], routes: [] } },
+    externalServices: {
+      api: {
+        hosts: ["api.external.test", "*.external.test"],
+        ports: [{ port: 443, protocol: "https" }, { port: 80, protocol: "https", targetPort: 443 }],
+        resolution: "STATIC",
+        endpoints: [{ address: "127.0.0.1:9443" }, { address: "10.0.0.1" }],
+        tls: { caFile: "/etc/weft/external-ca.pem" },
+        egress: { gateway: "egress" },
+      },
+    },
+  };
+  const r = validateMesh(config);
+  assert.equal(r.ok, true, JSON.stringify(!r.ok && r.issues));
+  if (r.ok) assert.equal(r.value.externalServices.api!.traffic.timeoutMs, 15000);
+  const partial = { externalServices: config.externalServices };
+  assert.deepEqual(pathsOf(partial), ["externalServices.api.egress.gateway"]);
+  assert.equal(validateMesh(partial, { partialGateways: true }).ok, true);
 });

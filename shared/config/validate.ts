@@ -1,6 +1,14 @@
 import * as v from "valibot";
 import { MeshSchema, type MeshConfig, type RouteConfig } from "./schema.ts";
 
+export interface ValidateOptions {
+  /**
+   * The config holds only some of the mesh's gateways (a proxy's scoped view): references to
+   * gateways it lacks are not checked. Default false: every gateway is there (apply, config files).
+   */
+  readonly partialGateways?: boolean;
+}
+
 /** One problem found in a config: where (dot path) and why. */
 export interface ConfigIssue {
   readonly path: string;
@@ -15,16 +23,16 @@ export type Validated<T> = { readonly ok: true; readonly value: T } | { readonly
  * const r = validateMesh(JSON.parse(text));
  * if (!r.ok) for (const i of r.issues) console.error(`${i.path}: ${i.message}`);
  */
-export function validateMesh(input: unknown): Validated<MeshConfig> {
+export function validateMesh(input: unknown, options: ValidateOptions = {}): Validated<MeshConfig> {
   const parsed = v.safeParse(MeshSchema, input, { abortEarly: false });
   if (!parsed.success) {
     // Cross-references are checked on the raw input too, so one pass lists every problem.
     const issues = parsed.issues.flatMap((issue) => toIssues(issue));
     const seen = new Set(issues.map((i) => i.path));
-    for (const extra of safeCrossCheck(input)) if (!seen.has(extra.path)) issues.push(extra);
+    for (const extra of safeCrossCheck(input, options)) if (!seen.has(extra.path)) issues.push(extra);
     return { ok: false, issues };
   }
-  const issues = crossCheck(parsed.output);
+  const issues = crossCheck(parsed.output, options);
   return issues.length > 0 ? { ok: false, issues } : { ok: true, value: parsed.output };
 }
 
@@ -43,20 +51,21 @@ function toIssues(issue: v.BaseIssue<unknown>, base?: string): ConfigIssue[] {
   return [{ path, message: issue.message }];
 }
 
-function safeCrossCheck(input: unknown): ConfigIssue[] {
+function safeCrossCheck(input: unknown, options: ValidateOptions): ConfigIssue[] {
   if (!input || typeof input !== "object") return [];
   const raw = input as Partial<MeshConfig>;
   const services = raw.services && typeof raw.services === "object" ? raw.services : {};
   const gateways = raw.gateways && typeof raw.gateways === "object" ? raw.gateways : {};
+  const externalServices = raw.externalServices && typeof raw.externalServices === "object" ? raw.externalServices : {};
   try {
-    return crossCheck({ ...(raw as MeshConfig), services, gateways });
+    return crossCheck({ ...(raw as MeshConfig), services, gateways, externalServices }, options);
   } catch {
     return []; // shapes the schema already rejected
   }
 }
 
 /** References between parts of the config that a schema cannot see. */
-function crossCheck(mesh: MeshConfig): ConfigIssue[] {
+function crossCheck(mesh: MeshConfig, options: ValidateOptions): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const checkRoutes = (routes: readonly RouteConfig[], base: string) => {
     routes.forEach((route, i) => {
@@ -144,7 +153,48 @@ function crossCheck(mesh: MeshConfig): ConfigIssue[] {
         issues.push({ path: `gateways.${name}.listeners.${i}.port`, message: `${key} is already used by listener ${seen.get(key)}` });
       }
       seen.set(key, i);
+      if (gw.kind === "egress" && ((l.protocol ?? "http") !== "http" || l.tls !== undefined || l.http2 === true)) {
+        issues.push({ path: `gateways.${name}.listeners.${i}`, message: "an egress gateway's listeners speak mesh mTLS: protocol http, without tls or http2" });
+      }
     });
+    if (gw.kind === "egress" && own(mesh.services, name)) {
+      // The gateway registers its mesh endpoints under its name, in the services' key space.
+      issues.push({ path: `gateways.${name}`, message: `an egress gateway cannot share its name with service "${name}"` });
+    }
+  }
+  issues.push(...checkExternalServices(mesh, options));
+  return issues;
+}
+
+function checkExternalServices(mesh: MeshConfig, options: ValidateOptions): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const hostOwner = new Map<string, string>();
+  for (const [name, ext] of Object.entries(mesh.externalServices ?? {})) {
+    if (!isObject(ext)) continue;
+    const at = `externalServices.${name}`;
+    if (Array.isArray(ext.hosts)) ext.hosts.forEach((host, i) => {
+      if (typeof host !== "string") return;
+      const other = hostOwner.get(host);
+      if (other !== undefined && other !== name) issues.push({ path: `${at}.hosts.${i}`, message: `host "${host}" is already declared by external service "${other}"` });
+      else if (other === name) issues.push({ path: `${at}.hosts.${i}`, message: `host "${host}" is listed twice` });
+      hostOwner.set(host, name);
+    });
+    const ports = new Set<number>();
+    if (Array.isArray(ext.ports)) ext.ports.forEach((p, i) => {
+      if (!isObject(p)) return;
+      if (ports.has(p.port)) issues.push({ path: `${at}.ports.${i}.port`, message: `port ${p.port} is declared twice` });
+      ports.add(p.port);
+    });
+    if (ext.resolution === "STATIC" && ext.endpoints === undefined) issues.push({ path: `${at}.endpoints`, message: "resolution STATIC needs endpoints" });
+    const gateway = isObject(ext.egress) ? ext.egress.gateway : undefined;
+    if (typeof gateway === "string") {
+      const gw = own(mesh.gateways, gateway);
+      if (gw === undefined && !options.partialGateways) {
+        issues.push({ path: `${at}.egress.gateway`, message: `gateway "${gateway}" is not declared` });
+      } else if (gw !== undefined && isObject(gw) && gw.kind !== "egress") {
+        issues.push({ path: `${at}.egress.gateway`, message: `gateway "${gateway}" is not an egress gateway (kind: "egress")` });
+      }
+    }
   }
   return issues;
 }

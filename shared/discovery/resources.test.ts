@@ -160,3 +160,40 @@ test("serviceDependencies lists every route target, following each target's own 
   // A target the lookup does not know is still listed: the proxy must watch its key to learn it.
   assert.deepEqual([...serviceDependencies([{ forward: { to: [{ service: "ghost" }] } }], lookup)], ["ghost"]);
 });
+
+test("a sidecar's resources carry the external services and the egress gateway's identity and registered mesh endpoints, without the gateway key", () => {
+  const split = splitMesh(
+    validConfig({
+      trustDomain: "weft.test",
+      services: { web: {} },
+      gateways: { egress: { kind: "egress", serviceAccount: "egress-sa", listeners: [{ port: 15443 }], routes: [] } },
+      externalServices: { api: { hosts: ["api.external.test"], ports: [{ port: 443, protocol: "https" }], egress: { gateway: "egress" } } },
+    }),
+    3,
+  );
+  const mesh = split.get("mesh") as MeshResource;
+  assert.deepEqual(mesh.egressGateways, { egress: "spiffe://weft.test/ns/default/sa/egress-sa" });
+  const eps: EndpointsResource = {
+    service: "egress",
+    endpoints: [
+      { address: "10.0.0.9:15443", labels: { "security.weft.dev/tlsMode": "mesh" }, weight: 1, draining: false, proxyId: "gw-1" },
+      { address: "10.0.0.8:8080", labels: {}, weight: 1, draining: false, proxyId: "gw-2" },
+    ],
+  };
+  const r = assembleSnapshot({
+    mesh,
+    gateways: new Map(),
+    services: new Map([["web", split.get("svc.web") as ServiceResource]]),
+    endpoints: new Map([["egress", eps]]),
+  });
+  assert.ok(r.ok, JSON.stringify(!r.ok && r.issues));
+  assert.deepEqual(r.snapshot.externalServices?.get("api")?.egress, { gateway: "egress", spiffeId: "spiffe://weft.test/ns/default/sa/egress-sa" });
+  assert.deepEqual(r.snapshot.egressGateways?.get("egress")?.endpoints.map((e) => e.address), ["10.0.0.9:15443"]);
+});
+
+test("a mesh record from the wire with a malformed egress identity is refused", () => {
+  const split = splitMesh(validConfig(), 1);
+  const resources = allResources(split);
+  const r = assembleSnapshot({ ...resources, mesh: { ...resources.mesh, egressGateways: { egress: "https://not-spiffe" } } });
+  assert.deepEqual(issuePaths(r), ["mesh.egressGateways.egress"]);
+});

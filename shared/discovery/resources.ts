@@ -1,9 +1,12 @@
 import * as v from "valibot";
 import {
   compileMesh,
+  egressIdentities,
   parseEndpoint,
   validateMesh,
+  TLS_MODE_LABEL,
   type ConfigIssue,
+  type EgressGatewaySnapshot,
   type GatewayConfig,
   type MeshConfig,
   type ServiceConfig,
@@ -25,6 +28,10 @@ export interface MeshResource {
   readonly accessLog: MeshConfig["accessLog"];
   /** Absent in resources written before tracing settings travelled (then: the defaults). */
   readonly tracing?: MeshConfig["tracing"];
+  /** External services, for every proxy (absent: none). */
+  readonly externalServices?: MeshConfig["externalServices"];
+  /** SPIFFE ID of each egress gateway by name: sidecars check it but do not watch gateway keys (absent: none). */
+  readonly egressGateways?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -72,6 +79,8 @@ export const MeshResourceSchema = v.object({
   outboundTrafficPolicy: v.picklist(["REGISTRY_ONLY", "ALLOW_ANY"]),
   accessLog: v.unknown(),
   tracing: v.optional(v.unknown()),
+  externalServices: v.optional(v.unknown()),
+  egressGateways: v.optional(v.record(Token, v.pipe(v.string(), v.startsWith("spiffe://")))),
 });
 
 const SectionResourceSchema = v.object({
@@ -100,12 +109,16 @@ const EndpointsResourceSchema = v.object({
  */
 export function splitMesh(config: MeshConfig, generation: number): Map<string, unknown> {
   const out = new Map<string, unknown>();
+  const egress = egressIdentities(config);
   const mesh: MeshResource = {
     generation,
     trustDomain: config.trustDomain,
     outboundTrafficPolicy: config.outboundTrafficPolicy,
     accessLog: config.accessLog,
     tracing: config.tracing,
+    // Only when there are some: a mesh without external services keeps the record it always had.
+    ...(Object.keys(config.externalServices).length > 0 ? { externalServices: config.externalServices } : {}),
+    ...(Object.keys(egress).length > 0 ? { egressGateways: egress } : {}),
   };
   out.set(MESH_KEY, mesh);
   for (const [name, svc] of Object.entries(config.services)) out.set(serviceKey(name), { generation, name, config: svc } satisfies ServiceResource);
@@ -163,12 +176,19 @@ export function assembleSnapshot(res: ProxyResources): Assembled {
     outboundTrafficPolicy: res.mesh.outboundTrafficPolicy,
     accessLog: res.mesh.accessLog,
     ...(res.mesh.tracing !== undefined ? { tracing: res.mesh.tracing } : {}),
+    ...(res.mesh.externalServices !== undefined ? { externalServices: res.mesh.externalServices } : {}),
     services,
     gateways,
-  });
+  }, { partialGateways: true });
   if (!validated.ok) return validated;
-  const compiled = compileMesh(validated.value, revision);
+  const compiled = compileMesh(validated.value, revision, { egressIdentities: res.mesh.egressGateways ?? {} });
   if (res.endpoints.size === 0) return { ok: true, snapshot: compiled };
+  const egressGateways = new Map<string, EgressGatewaySnapshot>();
+  for (const [name, gw] of compiled.egressGateways ?? []) {
+    // An egress gateway registers its mesh listener like a workload; only mesh-labelled endpoints count.
+    const registered = (res.endpoints.get(name)?.endpoints ?? []).filter((e) => e.labels[TLS_MODE_LABEL] === "mesh");
+    egressGateways.set(name, Object.freeze({ ...gw, endpoints: Object.freeze(registered.map((e) => Object.freeze(parseEndpoint(e.address, Object.freeze({ ...e.labels }), e.weight, e.draining)))) }));
+  }
   const withEndpoints = new Map<string, ServiceSnapshot>();
   for (const [name, svc] of compiled.services) {
     const registered = res.endpoints.get(name)?.endpoints ?? [];
@@ -186,7 +206,7 @@ export function assembleSnapshot(res: ProxyResources): Assembled {
       });
     withEndpoints.set(name, Object.freeze({ ...svc, endpoints: Object.freeze([...svc.endpoints, ...extra]) }));
   }
-  return { ok: true, snapshot: Object.freeze({ ...compiled, services: withEndpoints }) };
+  return { ok: true, snapshot: Object.freeze({ ...compiled, services: withEndpoints, egressGateways }) };
 }
 
 /**

@@ -199,6 +199,9 @@ export function createConfigWatcher(options: ConfigWatcherOptions): ConfigWatche
       needed.add(serviceKey(name));
       needed.add(endpointsKey(name));
     }
+    // A sidecar sends calls to external services through their egress gateways: it needs their endpoints.
+    const egress = role.kind === "sidecar" ? Object.keys((value(MESH_KEY) as MeshResource | undefined)?.egressGateways ?? {}) : [];
+    for (const name of egress) needed.add(endpointsKey(name));
     for (const key of needed) track(key);
     for (const key of [...keys.keys()]) if (!needed.has(key)) untrack(key);
     if ([...keys.values()].some((k) => !k.caughtUp)) return; // a new watch will call back
@@ -216,6 +219,10 @@ export function createConfigWatcher(options: ConfigWatcherOptions): ConfigWatche
       // service wanted on demand that the mesh does not have is simply not routable.
       if (!svc) continue;
       services.set(name, svc);
+      const eps = value(endpointsKey(name)) as EndpointsResource | undefined;
+      if (eps) endpoints.set(name, eps);
+    }
+    for (const name of egress) {
       const eps = value(endpointsKey(name)) as EndpointsResource | undefined;
       if (eps) endpoints.set(name, eps);
     }

@@ -105,6 +105,8 @@ export interface EngineOptions {
 
 export interface Engine {
   handle(head: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange>;
+  /** Answers a request the role itself turns away (a sidecar's unknown Host) with `reason`, recorded like any local failure. */
+  refuse(head: RequestHead, reason: Reason, status?: number): Exchange;
   /** Outlier ejections and connection-pool load per service (for /clusters and metrics). */
   health(): readonly ClusterHealthReport[];
 }
@@ -207,14 +209,11 @@ export function createEngine(options: EngineOptions): Engine {
     };
   }
 
-  async function handle(incoming: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange> {
-    const startTimeMs = now();
-    // Absolute form (`GET http://host/path`) names the authority in the target itself.
-    const head = toOriginForm(incoming, true) ?? incoming;
+  function startRecord(head: RequestHead, xffTrustedHops: number): RequestRecord {
     const incomingId = edge ? undefined : firstValue(head.headers, "x-request-id");
     const requestId = incomingId && incomingId.length <= 128 ? incomingId : newRequestId();
-    const record: RequestRecord = {
-      startTimeMs,
+    return {
+      startTimeMs: now(),
       durationMs: 0,
       method: head.method,
       authority: head.authority,
@@ -224,11 +223,29 @@ export function createEngine(options: EngineOptions): Engine {
       bytesIn: 0,
       bytesOut: 0,
       requestId,
-      clientIp: view.xffTrustedHops === 0 ? head.clientIp : trustedClientIp(firstValue(head.headers, "x-forwarded-for"), head.clientIp, view.xffTrustedHops),
+      clientIp: xffTrustedHops === 0 ? head.clientIp : trustedClientIp(firstValue(head.headers, "x-forwarded-for"), head.clientIp, xffTrustedHops),
       userAgent: firstValue(head.headers, "user-agent"),
       attempts: 0,
       sourcePrincipal: head.peer?.spiffeId,
     };
+  }
+
+  function refuse(head: RequestHead, reason: Reason, status: number = REASONS[reason]): Exchange {
+    const record = startRecord(head, 0);
+    if (isGrpcRequest(head.headers)) grpcCalls.add(record);
+    const started = onRequestStart?.(head);
+    if (started) {
+      record.traceId = started.traceId;
+      record.spanId = started.spanId;
+    }
+    return local(record, reason, undefined, status);
+  }
+
+  async function handle(incoming: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange> {
+    // Absolute form (`GET http://host/path`) names the authority in the target itself.
+    const head = toOriginForm(incoming, true) ?? incoming;
+    const record = startRecord(head, view.xffTrustedHops);
+    const requestId = record.requestId;
     if (isGrpcRequest(head.headers)) grpcCalls.add(record);
     const started = onRequestStart?.(head);
     if (started) {
@@ -470,6 +487,7 @@ export function createEngine(options: EngineOptions): Engine {
             maxConnections: traffic.maxConnectionsPerEndpoint,
             mesh,
             http2: plan.http2,
+            tls: cluster.service.originateTls,
           });
         } finally {
           cluster.balancer.end?.(endpoint);
@@ -519,5 +537,5 @@ export function createEngine(options: EngineOptions): Engine {
     return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };
   }
 
-  return { handle, health: () => health.report() };
+  return { handle, refuse, health: () => health.report() };
 }

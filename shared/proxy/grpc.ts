@@ -32,6 +32,7 @@ const BY_REASON: Readonly<Partial<Record<Reason, number>>> = {
   no_healthy_upstream: GRPC_STATUS.UNAVAILABLE,
   upstream_connect_failure: GRPC_STATUS.UNAVAILABLE,
   upstream_reset: GRPC_STATUS.UNAVAILABLE,
+  upstream_tls_failure: GRPC_STATUS.UNAVAILABLE,
   retries_exhausted: GRPC_STATUS.UNAVAILABLE,
   circuit_open: GRPC_STATUS.UNAVAILABLE,
   mtls_unavailable: GRPC_STATUS.UNAVAILABLE,

@@ -17,3 +17,4 @@ export * from "./grpc.ts";
 export * from "./sni.ts";
 export * from "./tcp-router.ts";
 export * from "./tcp.ts";
+export * from "./external.ts";

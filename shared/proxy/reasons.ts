@@ -15,6 +15,8 @@ export const REASONS = {
   no_cluster: 502,
   upstream_reset: 502,
   upstream_protocol_error: 502,
+  // TLS originated to an external host failed: handshake, or a certificate not valid for the host.
+  upstream_tls_failure: 502,
   no_healthy_upstream: 503,
   upstream_connect_failure: 503,
   retries_exhausted: 503,

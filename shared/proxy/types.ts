@@ -118,6 +118,16 @@ export interface UpstreamRequest {
   readonly mesh?: { readonly identity: MeshIdentity; readonly expectedId: string };
   /** Speak HTTP/2 (h2c) to the endpoint: the destination port's protocol is http2 or grpc. */
   readonly http2?: boolean;
+  /** Originate TLS to an external host (not with `mesh`); a failed handshake or verification is `upstream_tls_failure`. */
+  readonly tls?: UpstreamTls;
+}
+
+/** TLS a proxy originates to a host outside the mesh. */
+export interface UpstreamTls {
+  /** SNI, and the name the certificate must be valid for. */
+  readonly servername: string;
+  /** PEM file of the only CAs trusted; default: the system roots. */
+  readonly caFile?: string;
 }
 
 /** The head of an upstream response; its body stays with the adapter until written or discarded. */
@@ -133,7 +143,8 @@ export type UpstreamFailure =
   | "upstream_reset"
   | "timeout"
   | "body_too_large"
-  | "upstream_protocol_error";
+  | "upstream_protocol_error"
+  | "upstream_tls_failure";
 
 export type UpstreamResult =
   | { readonly ok: true; readonly response: UpstreamResponse }

@@ -1,6 +1,7 @@
 import type { Endpoint, PolicySetConfig, Snapshot } from "../config/index.ts";
 import { createCluster, type Cluster } from "./cluster.ts";
 import type { PolicyGate, RouteView } from "./engine.ts";
+import { createExternalView, type ExternalView } from "./external.ts";
 import { createRouter, splitAuthority } from "./router.ts";
 
 /** Where a policy set is applied: the gateway or service name, and the x-forwarded-for hops it trusts. */
@@ -25,11 +26,24 @@ export function createGatewayView(snapshot: Snapshot, gatewayName: string, deps:
   const gateway = snapshot.gateways.get(gatewayName);
   if (!gateway) throw new TypeError(`gateway "${gatewayName}" is not in the config`);
   const router = createRouter(gateway.routes);
+  const policy = deps.createPolicy?.(gateway.policy, { name: gatewayName, xffTrustedHops: gateway.xffTrustedHops });
+  const lookup = clusterLookup(snapshot);
+  if (gateway.kind === "egress") {
+    // An egress gateway routes by Host to the external services sent through it, then its own routes.
+    const external = createExternalView(snapshot, { gateway: gatewayName, policy, xffTrustedHops: gateway.xffTrustedHops });
+    return {
+      revision: snapshot.revision,
+      route: (head) => external.route(head) ?? router.match(head),
+      cluster: (name) => external.cluster(name) ?? lookup(name),
+      policy,
+      xffTrustedHops: gateway.xffTrustedHops,
+    };
+  }
   return {
     revision: snapshot.revision,
     route: (head) => router.match(head),
-    cluster: clusterLookup(snapshot),
-    policy: deps.createPolicy?.(gateway.policy, { name: gatewayName, xffTrustedHops: gateway.xffTrustedHops }),
+    cluster: lookup,
+    policy,
     xffTrustedHops: gateway.xffTrustedHops,
   };
 }
@@ -64,6 +78,8 @@ export interface SidecarViews {
   readonly inbound: RouteView;
   /** The app's calls, routed by Host with the called service's routes and destination policy. */
   readonly outbound: RouteView;
+  /** The app's calls to declared external services: through their egress gateway or directly. */
+  readonly external: ExternalView;
   /** The service a Host names (`name`, `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local`, any port), if known. */
   serviceOf(authority: string): string | undefined;
 }
@@ -105,5 +121,5 @@ export function createSidecarViews(snapshot: Snapshot, service: string, options:
     policy: undefined,
     xffTrustedHops: 0,
   };
-  return { snapshot, inbound, outbound, serviceOf };
+  return { snapshot, inbound, outbound, external: createExternalView(snapshot), serviceOf };
 }

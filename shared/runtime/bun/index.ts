@@ -57,7 +57,7 @@ function createBunUpstreamClient(): UpstreamClient {
   const plain = createFetchUpstreamClient({ decompress: false });
   const mesh = bridgeWebToNode(createNodeUpstreamClient());
   return {
-    forward: (req) => (req.mesh ? mesh.forward(req) : plain.forward(req)),
+    forward: (req) => (req.mesh || req.tls ? mesh.forward(req) : plain.forward(req)),
     close: async () => {
       await Promise.all([plain.close(), mesh.close()]);
     },

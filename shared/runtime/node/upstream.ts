@@ -1,7 +1,18 @@
+import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import type { Socket } from "node:net";
-import { isIdempotent, type MeshIdentity, type UpstreamClient, type UpstreamFailure, type UpstreamRequest, type UpstreamResponse, type UpstreamResult } from "../../proxy/index.ts";
+import { checkServerIdentity, type PeerCertificate } from "node:tls";
+import {
+  isIdempotent,
+  type MeshIdentity,
+  type UpstreamClient,
+  type UpstreamFailure,
+  type UpstreamRequest,
+  type UpstreamResponse,
+  type UpstreamResult,
+  type UpstreamTls,
+} from "../../proxy/index.ts";
 import type { NodeRequestBody } from "./body.ts";
 import { meshClientTlsOptions } from "./mesh-tls.ts";
 
@@ -35,8 +46,12 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
   /** Mesh pools: one per endpoint and expected peer, rebuilt when the proxy's certificate changes. */
   const meshAgents = new Map<string, { agent: https.Agent; generation: number }>();
 
-  function agentFor(req: UpstreamRequest): http.Agent {
+  /** TLS-origination pools: one per endpoint, server name and CA file. */
+  const tlsAgents = new Map<string, https.Agent>();
+
+  function agentFor(req: UpstreamRequest): http.Agent | string {
     if (req.mesh) return meshAgentFor(req, req.mesh);
+    if (req.tls) return tlsAgentFor(req, req.tls);
     let agent = agents.get(req.endpoint.address);
     if (agent === undefined) {
       // LIFO keeps a few connections hot instead of spreading load over all idle ones;
@@ -64,14 +79,49 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
     return agent;
   }
 
+  /** A pool that originates TLS to an external host, verified against the system roots or the CA file; a CA file that cannot be read is a string (the failure detail). */
+  function tlsAgentFor(req: UpstreamRequest, tls: UpstreamTls): https.Agent | string {
+    const key = `${req.endpoint.address}|${tls.servername}|${tls.caFile ?? ""}`;
+    let agent = tlsAgents.get(key);
+    if (agent !== undefined) return agent;
+    let ca: string | undefined;
+    if (tls.caFile !== undefined) {
+      try {
+        ca = readFileSync(tls.caFile, "utf8");
+      } catch (err) {
+        return `ca_file_unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
+      }
+    }
+    agent = new https.Agent({
+      keepAlive: true,
+      maxSockets: req.maxConnections,
+      scheduling: "lifo",
+      timeout: req.idleTimeoutMs,
+      servername: tls.servername,
+      ...(ca !== undefined ? { ca } : {}),
+      rejectUnauthorized: true,
+      minVersion: "TLSv1.2",
+      ALPNProtocols: ["http/1.1"],
+      // The certificate must be valid for the called host, whatever address the endpoint has.
+      checkServerIdentity: (_host: string, cert: PeerCertificate) => checkServerIdentity(tls.servername, cert),
+    });
+    tlsAgents.set(key, agent);
+    return agent;
+  }
+
   function forward(req: UpstreamRequest, allowStaleRetry = true): Promise<UpstreamResult> {
     return new Promise((resolve) => {
       const fresh = options.freshConnectionForUnsafeMethods === true && !isIdempotent(req.method);
       const agent = agentFor(req);
+      if (typeof agent === "string") {
+        resolve({ ok: false, reason: "upstream_tls_failure", detail: agent });
+        return;
+      }
       const ep = req.endpoint;
-      const outgoing = (req.mesh ? https : http).request({
+      const secure = req.mesh !== undefined || req.tls !== undefined;
+      const outgoing = (secure ? https : http).request({
         // A fresh connection still needs the pool's TLS settings: a one-off agent of the same kind.
-        agent: fresh ? (req.mesh ? oneShot(agent as https.Agent) : false) : agent,
+        agent: fresh ? (secure ? oneShot(agent as https.Agent) : false) : agent,
         host: ep.socketPath ? undefined : ep.host,
         port: ep.socketPath ? undefined : ep.port,
         socketPath: ep.socketPath,
@@ -96,8 +146,10 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
     async close() {
       for (const agent of agents.values()) agent.destroy();
       for (const held of meshAgents.values()) held.agent.destroy();
+      for (const agent of tlsAgents.values()) agent.destroy();
       agents.clear();
       meshAgents.clear();
+      tlsAgents.clear();
     },
   };
 }
@@ -117,6 +169,8 @@ class UpstreamCall {
   readonly resend: ((req: UpstreamRequest, allowStaleRetry: boolean) => Promise<UpstreamResult>) | undefined;
   settled = false;
   connected = false;
+  /** TLS origination: the TCP connection is up (the handshake may still fail). */
+  tcpConnected = false;
   timer: ReturnType<typeof setTimeout>;
   connectTimer: ReturnType<typeof setTimeout> | undefined = undefined;
 
@@ -177,7 +231,13 @@ function onSocket(this: CallRequest, socket: Socket & { [CALL]?: UpstreamCall })
   call.connectTimer = setTimeout(onConnectTimeout, call.req.connectTimeoutMs, call);
   // Over mTLS the upstream is reached once the handshake (and the peer's SPIFFE ID) checked out.
   socket[CALL] = call;
-  socket.once(call.req.mesh ? "secureConnect" : "connect", onConnect);
+  socket.once(call.req.mesh || call.req.tls ? "secureConnect" : "connect", onConnect);
+  if (call.req.tls) socket.once("connect", onTcpConnect);
+}
+
+function onTcpConnect(this: Socket & { [CALL]?: UpstreamCall }): void {
+  const call = this[CALL];
+  if (call !== undefined) call.tcpConnected = true;
 }
 
 function onConnect(this: Socket & { [CALL]?: UpstreamCall }): void {
@@ -219,9 +279,18 @@ function onError(this: CallRequest, err: NodeJS.ErrnoException): void {
     call.resolve(call.resend(req, false));
     return;
   }
-  if (!call.connected || (err.code !== undefined && CONNECT_ERRORS.has(err.code))) call.fail("upstream_connect_failure", err.code);
+  // Originating TLS, a failure after the TCP connect and before the handshake completed is the TLS layer's.
+  if (req.tls && !call.connected && (call.tcpConnected || isTlsError(err.code))) call.fail("upstream_tls_failure", err.code ?? err.message);
+  else if (!call.connected || (err.code !== undefined && CONNECT_ERRORS.has(err.code))) call.fail("upstream_connect_failure", err.code);
   else if (err.code?.startsWith("HPE_")) call.fail("upstream_protocol_error", err.code);
   else call.fail("upstream_reset", err.code);
+}
+
+// OpenSSL's X509 verification codes as Node reports them, and its TLS/SSL error families.
+const TLS_CODES = /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|HOSTNAME_MISMATCH|INVALID_CA)/;
+
+function isTlsError(code: string | undefined): boolean {
+  return code !== undefined && TLS_CODES.test(code);
 }
 
 /** Lets a pool made with an older certificate finish its requests, then close every connection. */
