@@ -1,6 +1,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import https from "node:https";
 import http2 from "node:http2";
@@ -41,6 +41,17 @@ function h2Request(session: http2.ClientHttp2Session, headers: http2.OutgoingHtt
       for (const chunk of body) stream.write(chunk);
       stream.end();
     }
+  });
+}
+
+/** Runs curl with `args`, printing the body then, on the last line, the HTTP version curl used. */
+function curl(args: string[]): Promise<{ body: string; httpVersion: string }> {
+  return new Promise((resolve, reject) => {
+    execFile("curl", ["-sS", "--max-time", "10", "-w", "\\n%{http_version}", ...args], (err, stdout, stderr) => {
+      if (err) return reject(new Error(`curl failed: ${stderr}`));
+      const nl = stdout.lastIndexOf("\n");
+      resolve({ body: stdout.slice(0, nl), httpVersion: stdout.slice(nl + 1) });
+    });
   });
 }
 
@@ -241,6 +252,34 @@ describe("gateway on Node: HTTP/2 listeners (h2c prior knowledge and TLS ALPN)",
     assert.equal(h1.status, 200);
     assert.notEqual(h1.alpn, "h2");
     assert.equal(JSON.parse(h1.body).headers["x-forwarded-proto"], "https");
+  });
+
+  test("curl --http2-prior-knowledge speaks HTTP/2 to the h2c listener and gets the upstream's answer", async () => {
+    const r = await curl(["--http2-prior-knowledge", "-H", "host: shop.test", `http://127.0.0.1:${h2c}/a/curl-h2c`]);
+    assert.equal(r.httpVersion, "2");
+    const seen = JSON.parse(r.body);
+    assert.equal(seen.url, "/a/curl-h2c");
+    assert.equal(seen.headers.host, "shop.test");
+    // The upstream is plain HTTP/1.1: the gateway translated.
+    assert.equal(seen.httpVersion, "1.1");
+  });
+
+  test("curl --http2 over TLS negotiates h2 by ALPN; curl --http1.1 on the same port stays HTTP/1.1", async () => {
+    const certFile = join(dir, "cert.pem");
+    const target = ["--cacert", certFile, "--resolve", `localhost:${tlsPort}:127.0.0.1`, "-H", "host: shop.test"];
+    const h2 = await curl(["--http2", ...target, `https://localhost:${tlsPort}/a/curl-tls`]);
+    assert.equal(h2.httpVersion, "2");
+    assert.equal(JSON.parse(h2.body).url, "/a/curl-tls");
+    assert.equal(JSON.parse(h2.body).headers["x-forwarded-proto"], "https");
+    const h1 = await curl(["--http1.1", ...target, `https://localhost:${tlsPort}/a/curl-tls1`]);
+    assert.equal(h1.httpVersion, "1.1");
+    assert.equal(JSON.parse(h1.body).url, "/a/curl-tls1");
+  });
+
+  test("curl --http2 on a plain port asks for an h2c Upgrade, which weft does not do: the answer is HTTP/1.1", async () => {
+    const r = await curl(["--http2", "-H", "host: shop.test", `http://127.0.0.1:${h2c}/a/curl-upgrade`]);
+    assert.equal(r.httpVersion, "1.1");
+    assert.equal(JSON.parse(r.body).url, "/a/curl-upgrade");
   });
 
   test("a gRPC call without a route is answered trailers-only with UNIMPLEMENTED", async () => {
