@@ -1,13 +1,16 @@
-import { readFile, rm, writeFile } from "node:fs/promises";
-import { basename, dirname, extname, join } from "node:path";
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { validateMesh, type ConfigIssue, type MeshConfig } from "../config/index.ts";
 
 export type Loaded = { ok: true; value: MeshConfig } | { ok: false; issues: readonly ConfigIssue[] };
 
+let loads = 0;
+
 /**
  * loadMeshModule imports a config module (`weft.config.ts`, `.js` or `.json`) and validates its default export.
- * Each call reads the file again, so a changed file takes effect (files it imports are not re-read).
+ * Each call reads the file and the files it imports again, so a change takes effect, and nothing is
+ * written anywhere (the config may sit on a read-only mount).
  * @example
  * const r = await loadMeshModule(pathToFileURL("weft.config.ts"));
  */
@@ -15,20 +18,9 @@ export async function loadMeshModule(url: URL): Promise<Loaded> {
   const file = fileURLToPath(url);
   let config: unknown;
   try {
-    if (file.endsWith(".json")) {
-      config = JSON.parse(await readFile(file, "utf8"));
-    } else {
-      // Loaders (tsx among them) cache modules by path and ignore query strings, so each load
-      // imports a copy under a fresh name beside the original (relative imports still resolve).
-      // The copy's extension forces ESM (.mts/.mjs): outside a "type": "module" package a .ts would load as CommonJS.
-      const ext = { ".ts": ".mts", ".js": ".mjs" }[extname(file)] ?? extname(file);
-      const copy = join(dirname(file), `.${basename(file)}.${Date.now()}-${Math.random().toString(36).slice(2)}${ext}`);
-      await writeFile(copy, await readFile(file));
-      try {
-        config = ((await import(pathToFileURL(copy).href)) as { default?: unknown }).default;
-      } finally {
-        await rm(copy, { force: true });
-      }
+    if (file.endsWith(".json")) config = JSON.parse(await readFile(file, "utf8"));
+    else {
+      config = "Bun" in globalThis || "Deno" in globalThis ? await importFresh(url) : await evaluateBundle(file);
       if (config === undefined) {
         return { ok: false, issues: [{ path: "(file)", message: "the module has no default export (export default defineMesh({...}))" }] };
       }
@@ -37,4 +29,36 @@ export async function loadMeshModule(url: URL): Promise<Loaded> {
     return { ok: false, issues: [{ path: "(file)", message: `cannot load ${file}: ${(err as Error).message}` }] };
   }
   return validateMesh(config);
+}
+
+/** Bun and Deno load TypeScript themselves and key their module cache by URL, query included. */
+async function importFresh(url: URL): Promise<unknown> {
+  const fresh = new URL(url);
+  fresh.searchParams.set("weft-load", String(++loads));
+  return ((await import(fresh.href)) as { default?: unknown }).default;
+}
+
+/**
+ * Node: loaders (tsx among them) cache modules by path and ignore query strings, and a module once
+ * imported is never freed. So the config and what it imports are bundled in memory by esbuild and
+ * run as a function: every load sees the files as they are now, and nothing stays behind.
+ */
+async function evaluateBundle(file: string): Promise<unknown> {
+  const esbuild = await import("esbuild");
+  const href = pathToFileURL(file).href;
+  const built = await esbuild.build({
+    entryPoints: [file],
+    bundle: true,
+    write: false,
+    format: "cjs",
+    platform: "node",
+    target: "node20",
+    logLevel: "silent",
+    define: { "import.meta.url": JSON.stringify(href) },
+  });
+  const code = built.outputFiles[0]!.text;
+  const module = { exports: {} as { default?: unknown } };
+  const run = new Function("module", "exports", "require", "__filename", "__dirname", code) as (...args: unknown[]) => void;
+  run(module, module.exports, createRequire(file), file, fileURLToPath(new URL(".", href)));
+  return module.exports.default;
 }
