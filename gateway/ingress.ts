@@ -38,6 +38,8 @@ export interface IngressOptions {
 export interface Ingress {
   /** Applies a new snapshot: routes swap atomically, listeners are opened/closed to match. */
   apply(snapshot: Snapshot): Promise<void>;
+  /** Opens listeners that were waiting (an egress gateway's wait for its certificate); call once it is held. */
+  reconcile(): Promise<void>;
   /** Ports actually bound, by listener key (address:port as configured; address:0#index for port 0). */
   readonly ports: ReadonlyMap<string, number>;
   readonly current: RouteView | undefined;
@@ -80,6 +82,14 @@ export function createIngress(options: IngressOptions): Ingress {
   let tcpView: TcpView | undefined;
   const tcpTarget = { proxy: tcpProxy, current: () => tcpView };
   let snapshot: Snapshot | undefined;
+  let waitingForCertificate = false;
+  // Applies and reconciles open and close sockets one at a time, so none opens the same port twice.
+  let turn: Promise<unknown> = Promise.resolve();
+  const serially = (step: () => Promise<void>): Promise<void> => {
+    const next = turn.then(step);
+    turn = next.catch(() => undefined);
+    return next;
+  };
   const target = {
     engine,
     current: () => view!,
@@ -91,7 +101,7 @@ export function createIngress(options: IngressOptions): Ingress {
     for (const [index, spec] of gateway.listeners.entries()) {
       // Port 0 ("any free port") may repeat on one address: each such listener is its own socket.
       const key = spec.port === 0 ? `${spec.address}:0#${index}` : `${spec.address}:${spec.port}`;
-      const signature = JSON.stringify([spec.protocol, spec.tls, spec.http2 === true, gateway.maxHeaderBytes, gateway.maxHeaderCount]);
+      const signature = JSON.stringify([spec.protocol, spec.tls, spec.http2 === true, gateway.maxHeaderBytes, gateway.maxHeaderCount, gateway.kind]);
       wanted.set(key, { signature, spec });
     }
     for (const [key, open] of listeners) {
@@ -109,6 +119,17 @@ export function createIngress(options: IngressOptions): Ingress {
       const tls = spec.tls
         ? { cert: await readFile(spec.tls.certFile, "utf8"), key: await readFile(spec.tls.keyFile, "utf8") }
         : undefined;
+      // An egress gateway's listeners take mesh mTLS only (STRICT): the caller's SPIFFE ID is what its policy authorizes.
+      const identity = options.meshIdentity;
+      const mesh =
+        gateway.kind === "egress" && identity !== undefined && identity.current() !== undefined
+          ? { identity, mode: () => "STRICT" as const, onRefused: (reason: string, remote: string) => log.warn("egress peer refused", { reason, remote }) }
+          : undefined;
+      if (gateway.kind === "egress" && mesh === undefined) {
+        if (!waitingForCertificate) log.warn("egress listeners wait for the gateway's mesh certificate", { listener: key });
+        waitingForCertificate = true;
+        continue;
+      }
       const l4 = spec.protocol === "tcp" || spec.protocol === "tls" ? spec.protocol : undefined;
       if (l4 && !runtime.listenTcp) {
         log.error("listener skipped: this runtime does not proxy tcp or tls yet", { listener: key, protocol: l4, runtime: runtime.name });
@@ -117,7 +138,7 @@ export function createIngress(options: IngressOptions): Ingress {
       const listener = l4
         ? await runtime.listenTcp!({ port: spec.port, address: spec.address, protocol: l4 }, tcpTarget)
         : await runtime.listen(
-            { port: spec.port, address: spec.address, tls, http2: spec.http2, maxHeaderCount: gateway.maxHeaderCount, maxHeaderBytes: gateway.maxHeaderBytes },
+            { port: spec.port, address: spec.address, tls, http2: spec.http2, mesh, maxHeaderCount: gateway.maxHeaderCount, maxHeaderBytes: gateway.maxHeaderBytes },
             target,
           );
       listeners.set(key, { listener, signature, l4: l4 !== undefined });
@@ -136,7 +157,14 @@ export function createIngress(options: IngressOptions): Ingress {
       view = nextView;
       tcpView = nextTcpView;
       snapshot = next;
-      await reconcileListeners(gateway);
+      await serially(() => reconcileListeners(gateway));
+    },
+    async reconcile() {
+      // The snapshot current when this turn comes, not when it was asked for.
+      await serially(async () => {
+        const gateway = snapshot?.gateways.get(name);
+        if (gateway) await reconcileListeners(gateway);
+      });
     },
     ports,
     get current() {

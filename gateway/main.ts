@@ -3,10 +3,10 @@ import { basename, dirname, resolve } from "node:path";
 import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { hostname } from "node:os";
+import { hostname, networkInterfaces } from "node:os";
 import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
-import { createIdentityAgent, createIdentitySlot, followBus, type LastGoodStore } from "../shared/discovery/index.ts";
-import { compileMesh, readEnv, type ConfigIssue, type Snapshot, type WeftEnv } from "../shared/config/index.ts";
+import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer, type LastGoodStore } from "../shared/discovery/index.ts";
+import { compileMesh, readEnv, TLS_MODE_LABEL, type ConfigIssue, type Snapshot, type WeftEnv } from "../shared/config/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import type { Attestation } from "../shared/identity/index.ts";
 import type { ProxyRuntime, ViewDeps } from "../shared/proxy/index.ts";
@@ -27,7 +27,12 @@ serves its last good config from WEFT_STATE_DIR while the bus is away, and repor
   --admin ADDR    admin API address (default 127.0.0.1:15000; env WEFT_ADMIN_ADDRESS; port 0 = any)
   --join-token T  with --nats: proves the gateway's identity to the mesh CA, for mTLS to sidecars
                   (env WEFT_JOIN_TOKEN; also --join-token-file, --sa-token-file as for weft sidecar)
-  --grace-ms N    how long in-flight requests may take to finish on SIGTERM (default 10000)`;
+  --grace-ms N    how long in-flight requests may take to finish on SIGTERM (default 10000)
+  --address H:P   an egress gateway: the mesh endpoint it registers for sidecars (default: the
+                  listener's address, or this host's first non-loopback IPv4, and its port)
+
+An egress gateway (kind: "egress") needs --nats and an attestation: its listeners speak mesh mTLS
+and open once it holds its certificate; then it registers its endpoint under its name.`;
 
 /**
  * main runs `weft gateway`; it resolves once the gateway is listening and returns a stop function.
@@ -47,6 +52,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       "join-token-file": { type: "string" },
       "sa-token-file": { type: "string" },
       "grace-ms": { type: "string" },
+      address: { type: "string" },
       help: { type: "boolean" },
     },
   });
@@ -148,7 +154,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 /** The gateway following the control plane over NATS. */
 async function serveFromBus(
   servers: string,
-  values: { name?: string; admin?: string; "grace-ms"?: string; "proxy-id"?: string; "join-token"?: string; "join-token-file"?: string; "sa-token-file"?: string },
+  values: { name?: string; admin?: string; "grace-ms"?: string; "proxy-id"?: string; "join-token"?: string; "join-token-file"?: string; "sa-token-file"?: string; address?: string },
   env: WeftEnv,
   log: Logger,
 ): Promise<() => Promise<void>> {
@@ -168,6 +174,7 @@ async function serveFromBus(
     runtime: await detectRuntime(log),
     admin: values.admin ?? env.adminAddress,
     graceMs: Number(values["grace-ms"] ?? 10_000),
+    address: values.address,
   });
   return gateway.stop;
 }
@@ -186,6 +193,8 @@ export interface BusGatewayOptions {
   /** Admin API address host:port (port 0 = any). */
   readonly admin: string;
   readonly graceMs: number;
+  /** An egress gateway's registered mesh endpoint, host:port (default: its first listener's address and port). */
+  readonly address?: string;
 }
 
 export interface BusGateway {
@@ -218,11 +227,29 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
     identity.fill(agent);
     agent.onUpdate((m) => telemetry.certificate(m.svid.notAfter));
     agent.start().then(
-      (m) => log.info("certificate held", { spiffeId, notAfter: m.svid.notAfter.toISOString() }),
+      (m) => {
+        log.info("certificate held", { spiffeId, notAfter: m.svid.notAfter.toISOString() });
+        // An egress gateway's mesh listeners open only now.
+        void ingress.reconcile().then(announceEgress, (err: unknown) => log.error("cannot listen", { error: String(err) }));
+      },
       (err: unknown) => log.error("certificate refused", { spiffeId, error: String((err as Error).message) }),
     );
   };
   const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps(() => bus), meshIdentity: identity });
+  let announcer: Announcer | undefined;
+  let stopping: Promise<void> | undefined;
+  /** An egress gateway registers its mesh listener, as a workload does, so that sidecars find it. */
+  const announceEgress = () => {
+    const gateway = snapshot?.gateways.get(name);
+    if (announcer || stopping || !bus || gateway?.kind !== "egress") return;
+    const first = gateway.listeners[0]!;
+    const port = ingress.ports.get(first.port === 0 ? `${first.address}:0#0` : `${first.address}:${first.port}`);
+    if (port === undefined) return;
+    const address = o.address ?? `${registrationHost(first.address)}:${port}`;
+    announcer = createAnnouncer({ bus, service: name, endpoint: { address, labels: { [TLS_MODE_LABEL]: "mesh" }, weight: 1, proxyId: o.proxyId } });
+    announcer.start();
+    log.info("egress gateway registered", { address, proxyId: o.proxyId });
+  };
   telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
   const follow = await followBus({
     connect: async () => {
@@ -237,6 +264,7 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
       await applyWithTelemetry(ingress, telemetry, s);
       snapshot = s;
       startIdentity();
+      announceEgress();
     },
     log: telemetry.countingRefusals(log),
   });
@@ -253,13 +281,14 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
     { port: adminPort, address: adminHost },
   );
   log.info("admin listening", { address: adminHost, port: admin.port });
-  let stopping: Promise<void> | undefined;
   return {
     ingress,
     adminPort: admin.port,
-    ready: () => ingress.current !== undefined && (!attestation || identity.current() !== undefined),
+    ready: () => ingress.current !== undefined && (!attestation || identity.current() !== undefined) && (announcer !== undefined || snapshot?.gateways.get(name)?.kind !== "egress"),
     stop: () =>
       (stopping ??= (async () => {
+        announcer?.drain();
+        announcer?.stop();
         identity.agent?.stop();
         await follow.stop();
         await ingress.stop(o.graceMs);
@@ -285,6 +314,15 @@ function policyDeps(bus: () => Bus | undefined = () => undefined): ViewDeps {
 async function applyWithTelemetry(ingress: Ingress, telemetry: ProxyTelemetry, snapshot: Snapshot): Promise<void> {
   await ingress.apply(snapshot);
   telemetry.applied(snapshot);
+}
+
+/** The address sidecars reach a listener at: its bind address, or this host's first non-loopback IPv4. */
+function registrationHost(bind: string): string {
+  if (bind !== "0.0.0.0" && bind !== "::") return bind;
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
+  }
+  return "127.0.0.1";
 }
 
 function splitAddress(address: string): [string, number] {
