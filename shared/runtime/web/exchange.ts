@@ -68,10 +68,14 @@ export function webHead(request: Request, scheme: "http" | "https", clientIp: st
   });
   const cookies = (request.headers as Headers & { getSetCookie?: () => string[] }).getSetCookie?.();
   if (cookies && cookies.length > 1) headers["set-cookie"] = cookies;
+  // The URL's authority is Host, or on Deno an absolute-form target's own, which replaces Host (RFC 9112 §3.2.2);
+  // a target of another scheme (ftp://...) has none a gateway serves, so it is left empty (400).
+  const host = request.headers.get("host");
+  const web = url.startsWith("http://") || url.startsWith("https://");
   return {
     method: request.method,
     scheme,
-    authority: request.headers.get("host") ?? "",
+    authority: host === null || !web ? "" : pathStart < 0 ? host : url.slice(url.indexOf("//") + 2, pathStart),
     path: pathStart < 0 ? "/" : url.slice(pathStart),
     headers,
     clientIp,
