@@ -108,7 +108,11 @@ export function createIngress(options: IngressOptions): Ingress {
       const next = wanted.get(key);
       if (!next || next.signature !== open.signature) {
         const closed = open.listener.close();
-        if (!open.l4) await closed;
+        // A removed or changed listener takes its upgraded connections along, or the swap would wait on them.
+        if (!open.l4) {
+          open.listener.destroy?.();
+          await closed;
+        }
         listeners.delete(key);
         ports.delete(key);
         log.info("listener closed", { listener: key });

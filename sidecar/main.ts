@@ -333,6 +333,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, o.graceMs)))]);
       clearTimeout(timer);
+      // Upgraded and proxied TCP connections have no request to finish: the grace period is theirs too.
+      for (const listener of listeners) listener.destroy?.();
       announcer?.stop();
       await bus?.flush().catch(() => undefined);
       identity.agent?.stop();

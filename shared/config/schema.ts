@@ -195,6 +195,14 @@ export const ConnectionPoolSchema = v.strictObject({
   ),
 });
 
+/** WebSocket upgrades to a service, as Envoy's upgrade_configs: allowed unless turned off. */
+export const WebSocketSchema = v.strictObject({
+  /** Pass WebSocket upgrades on; false answers them 403 `upgrade_refused` (default true). */
+  enabled: v.optional(v.boolean(), true),
+  /** An upgraded connection with no bytes either way for this long is closed (default 3600000 ms, 1 h). */
+  idleTimeoutMs: v.optional(PositiveDurationMs, 3_600_000),
+});
+
 /** Destination policy: how callers reach a service (Istio's DestinationRule). */
 export const DestinationPolicySchema = v.strictObject({
   /** Load balancing (default "round_robin"). */
@@ -215,6 +223,8 @@ export const DestinationPolicySchema = v.strictObject({
   outlierDetection: v.optional(OutlierDetectionSchema),
   /** Limits on requests and retries in flight (default: off). */
   connectionPool: v.optional(ConnectionPoolSchema),
+  /** WebSocket upgrades (HTTP/1.1 Upgrade: websocket) to this service (default: allowed, 1 h idle). */
+  websocket: v.optional(WebSocketSchema, {}),
 });
 
 const Destination = v.strictObject({

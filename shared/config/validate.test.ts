@@ -313,6 +313,7 @@ test("a small valid mesh passes and every omitted field gets its documented defa
     timeoutMs: 15000,
     idleTimeoutMs: 30000,
     maxConnectionsPerEndpoint: 128,
+    websocket: { enabled: true, idleTimeoutMs: 3_600_000 },
   });
   assert.deepEqual(web.mtls, { mode: "STRICT" });
   assert.deepEqual(r.value.services.api!.ports, [{ port: 8080, protocol: "http" }]);

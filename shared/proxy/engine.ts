@@ -11,7 +11,8 @@ import { backoffMs, isIdempotent, shouldRetryFailure, shouldRetryStatus } from "
 import { chooseWeighted, type RouteMatch } from "./router.ts";
 import { toOriginForm } from "./request-target.ts";
 import { applyHeaderOps, redirectLocation, rewritePath } from "./route-actions.ts";
-import type { Endpoint, MeshIdentity, RequestBody, RequestHead, UpstreamClient, UpstreamResponse, UpstreamResult } from "./types.ts";
+import type { Endpoint, MeshIdentity, RequestBody, RequestHead, UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamResult } from "./types.ts";
+import { WEBSOCKET } from "./upgrade.ts";
 
 /** What one request needs from the live config; built once per config swap (see view.ts). */
 export interface RouteView {
@@ -130,6 +131,8 @@ interface ForwardPlan {
   readonly http2: boolean;
   /** The request is gRPC: a trailers-only grpc-status may be retried (see grpc.ts). */
   readonly grpc: boolean;
+  /** A WebSocket upgrade: sent with its Upgrade headers, and a 101 hands the connection over. */
+  readonly upgrade: UpstreamRequest["upgrade"];
 }
 
 const VALID_AUTHORITY = /^[^\s,/\\@]+$/;
@@ -323,6 +326,12 @@ export function createEngine(options: EngineOptions): Engine {
     if (!cluster) return local(record, "no_cluster");
     record.service = destination.service;
     const traffic = cluster.service.traffic;
+    // Only WebSocket is carried on; any other Upgrade (h2c, ...) was dropped and the request goes on as plain HTTP.
+    const websocket = head.upgrade?.protocol === WEBSOCKET ? head.upgrade : undefined;
+    if (websocket) {
+      if (!traffic.websocket.enabled) return local(record, "upgrade_refused");
+      if (!websocket.tunnel) return local(record, "upgrade_unsupported");
+    }
 
     const maxBody = fwd.maxBodyBytes;
     if (maxBody !== undefined && body.length !== undefined && body.length > maxBody) return local(record, "body_too_large");
@@ -352,6 +361,11 @@ export function createEngine(options: EngineOptions): Engine {
     }
     if (route.headers?.request) applyHeaderOps(route.headers.request, headers);
     headers.host = fwd.rewrite?.host ?? head.authority;
+    // The hop-by-hop pair that asks the next hop to switch (RFC 9110 §7.8), kept for a WebSocket upgrade.
+    if (websocket) {
+      headers.connection = "upgrade";
+      headers.upgrade = firstValue(head.headers, "upgrade")!;
+    }
     const path =
       fwd.rewrite?.pathPrefix !== undefined && match.matchedPrefix !== undefined
         ? rewritePath(match.path, match.matchedPrefix, fwd.rewrite.pathPrefix)
@@ -364,10 +378,13 @@ export function createEngine(options: EngineOptions): Engine {
     const timeoutMs = grpcTimeoutMs === undefined ? routeTimeoutMs : Math.min(routeTimeoutMs, grpcTimeoutMs);
     const deadline = startedAt + timeoutMs;
     const { outlier, circuit } = health.of(cluster);
-    const http2 = speaksHttp2(cluster.service.ports, destination.port);
-    const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit, http2, grpc };
+    // An HTTP/1.1 upgrade has no HTTP/2 form here (RFC 8441 is not spoken upstream).
+    const http2 = !websocket && speaksHttp2(cluster.service.ports, destination.port);
+    const upgrade = websocket ? { protocol: WEBSOCKET, idleTimeoutMs: traffic.websocket.idleTimeoutMs } : undefined;
+    const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit, http2, grpc, upgrade };
 
-    const mirror = fwd.mirror && chance(fwd.mirror.percentage, random) ? mirrorCopy(fwd.mirror, view, plan) : undefined;
+    // A copy of an upgrade would open a second connection that nobody reads: upgrades are not mirrored.
+    const mirror = !websocket && fwd.mirror && chance(fwd.mirror.percentage, random) ? mirrorCopy(fwd.mirror, view, plan) : undefined;
     if (!mirror) return circuit ? throughCircuit(circuit, plan) : tryUpstream(plan);
     // A request without a body is copied at once; one with a body only once the whole of it was read
     // and held, when the primary is done with it (the adapter's body feeds one upstream at a time).
@@ -488,6 +505,7 @@ export function createEngine(options: EngineOptions): Engine {
             mesh,
             http2: plan.http2,
             tls: cluster.service.originateTls,
+            upgrade: plan.upgrade,
           });
         } finally {
           cluster.balancer.end?.(endpoint);
@@ -502,6 +520,8 @@ export function createEngine(options: EngineOptions): Engine {
         const canRetry = attempt < retry.attempts && body.replayable && now() < deadline;
         if (last.ok) {
           const status = last.response.status;
+          // Switched: the connection now belongs to the client, never retried.
+          if (status === 101) return upstreamExchange(last.response, route, record, verdict);
           // A trailers-only gRPC failure listed in retryOn is retried whatever the method: listing it is the opt-in.
           const grpcStatus = plan.grpc ? grpcStatusOfResponse(last.response.headers) : undefined;
           const retryGrpc = grpcStatus !== undefined && shouldRetryGrpcStatus(retry, grpcStatus);
@@ -533,6 +553,10 @@ export function createEngine(options: EngineOptions): Engine {
     // Rate-limit headers and the like from the policy step (draft-ietf-httpapi-ratelimit-headers).
     if (verdict?.ok && verdict.responseHeaders) for (const [name, value] of verdict.responseHeaders) headers[name] = value;
     if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
+    if (response.status === 101) {
+      headers.connection = "upgrade";
+      headers.upgrade = firstValue(response.headers, "upgrade") ?? WEBSOCKET;
+    }
     record.status = response.status;
     return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };
   }

@@ -18,3 +18,4 @@ export * from "./sni.ts";
 export * from "./tcp-router.ts";
 export * from "./tcp.ts";
 export * from "./external.ts";
+export * from "./upgrade.ts";

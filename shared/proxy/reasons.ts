@@ -8,10 +8,14 @@ export const REASONS = {
   jwt_invalid: 401,
   denied: 403,
   no_route: 404,
+  // A WebSocket upgrade to a destination whose websocket.enabled is false (Envoy's upgrade_failed).
+  upgrade_refused: 403,
   body_too_large: 413,
   headers_too_large: 431,
   rate_limited: 429,
   internal: 500,
+  // A WebSocket upgrade on a listener that cannot carry the connection on (Bun and Deno).
+  upgrade_unsupported: 501,
   no_cluster: 502,
   upstream_reset: 502,
   upstream_protocol_error: 502,

@@ -27,6 +27,11 @@ export interface RequestHead {
   readonly peer?: PeerIdentity;
   /** Protocol the request arrived over, as the access log names it (default "HTTP/1.1"). */
   readonly protocol?: "HTTP/1.1" | "HTTP/2";
+  /**
+   * Set when the client asks to switch protocols (Connection: upgrade + Upgrade): the lower-case
+   * protocol, and whether this listener can carry the connection on after a 101.
+   */
+  readonly upgrade?: { readonly protocol: string; readonly tunnel: boolean };
 }
 
 export type { Endpoint };
@@ -120,6 +125,11 @@ export interface UpstreamRequest {
   readonly http2?: boolean;
   /** Originate TLS to an external host (not with `mesh`); a failed handshake or verification is `upstream_tls_failure`. */
   readonly tls?: UpstreamTls;
+  /**
+   * Ask the endpoint to switch to this protocol (the headers carry Connection: upgrade and Upgrade);
+   * a 101 answer hands the connection over, to be closed after `idleTimeoutMs` without traffic.
+   */
+  readonly upgrade?: { readonly protocol: string; readonly idleTimeoutMs: number };
 }
 
 /** TLS a proxy originates to a host outside the mesh. */
@@ -163,7 +173,10 @@ export interface Listener {
   close(): Promise<void>;
   /** Replaces the TLS certificate for new connections (old ones keep theirs). */
   setTls(tls: { cert: string; key: string }): void;
-  /** Ends every proxied TCP connection still open (the end of a drain's grace period). */
+  /**
+   * Ends every connection that outlives a request, still open: proxied TCP and upgraded (WebSocket)
+   * ones. A drain calls it at the end of its grace period.
+   */
   destroy?(): void;
 }
 

@@ -2,15 +2,16 @@ import http from "node:http";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import type { Exchange, Listener, ListenOptions, RequestHead, ServeTarget } from "../../proxy/index.ts";
+import { switchingProtocolsHead, upgradeProtocol, WEBSOCKET, withoutUpgrade, type Exchange, type Listener, type ListenOptions, type RequestHead, type ServeTarget } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
 import { createH2Sessions, createHttp2Front } from "./h2-server.ts";
 import { createMeshFront, type MeshFront } from "./mesh-tls.ts";
 import { createPairSet, serveMeshTcp } from "./tcp-proxy.ts";
+import { openTunnel, type Tunnel } from "./tunnel.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
 
 function writeRawError(socket: Socket, status: number, reason: string) {
-  const text = status === 431 ? "Request Header Fields Too Large" : "Bad Request";
+  const text = status === 431 ? "Request Header Fields Too Large" : status === 500 ? "Internal Server Error" : "Bad Request";
   if (socket.writable) {
     socket.end(`HTTP/1.1 ${status} ${text}\r\nx-weft-reason: ${reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
   }
@@ -61,28 +62,11 @@ export async function listenNode(
   });
 
   server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const raw = req.rawHeaders;
-    if (raw.length / 2 > options.maxHeaderCount) return refuse(res, 431, "headers_too_large");
-    // RFC 9112 §3.2: more than one Host is a bad request (node would silently keep the first).
-    let hosts = 0;
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i]!;
-      if (name.length === 4 && name.toLowerCase() === "host") hosts++;
-    }
-    if (hosts > 1) return refuse(res, 400, "bad_request");
-    const socket = req.socket;
+    const refusal = refusalOf(req, options.maxHeaderCount);
+    if (refusal !== undefined) return refuse(res, refusal === "headers_too_large" ? 431 : 400, refusal);
     // Once closing, every response ends its connection so the listener can finish.
     if (closing) res.shouldKeepAlive = false;
-    const head: RequestHead = {
-      method: req.method!,
-      scheme: (socket as TLSSocket).encrypted ? "https" : "http",
-      authority: req.headers.host ?? "",
-      path: req.url!,
-      headers: req.headers,
-      clientIp: socket.remoteAddress ?? "",
-      localPort: socket.localPort ?? 0,
-      peer: front?.peerOf(socket),
-    };
+    const head = requestHead(req, front);
     const body = createNodeBody(req);
     target.engine.handle(head, body, target.current()).then(
       (exchange) => respond(exchange, res, body),
@@ -90,6 +74,37 @@ export async function listenNode(
         target.onInternalError?.(err);
         if (!res.headersSent) refuse(res, 500, "internal");
         else res.destroy();
+      },
+    );
+  });
+
+  // Upgraded connections, closed when a drain's grace period is over.
+  const tunnels = new Set<Tunnel>();
+  // A request parsed again as plain HTTP re-enters where node:http takes new connections.
+  const plainAgain = server instanceof https.Server ? "secureConnection" : "connection";
+
+  server.on("upgrade", (req: http.IncomingMessage, socket: Socket, early: Buffer) => {
+    // node:http let go of the socket and its error listener: an error must not crash the process.
+    socket.on("error", destroyOnError);
+    const protocol = upgradeProtocol(req.headers);
+    if (protocol !== WEBSOCKET) {
+      // Only WebSocket is carried; other upgrades (h2c, ...) are ignored, as Envoy does h2c and RFC 9110 §7.8
+      // allows: the request head is rewritten without Upgrade and node:http parses it again as plain HTTP.
+      socket.off("error", destroyOnError);
+      socket.unshift(Buffer.concat([Buffer.from(withoutUpgrade(req.method!, req.url!, req.httpVersion, req.rawHeaders), "latin1"), early]));
+      server.emit(plainAgain, socket);
+      return;
+    }
+    const refusal = refusalOf(req, options.maxHeaderCount);
+    if (refusal !== undefined) return writeRawError(socket, refusal === "headers_too_large" ? 431 : 400, refusal);
+    const head: RequestHead = { ...requestHead(req, front), upgrade: { protocol, tunnel: true } };
+    // An upgrade request carries no body (RFC 6455 §4.1): bytes past its head belong to the tunnel.
+    const body = createNodeBody(req, { length: 0 });
+    target.engine.handle(head, body, target.current()).then(
+      (exchange) => answerUpgrade(exchange, req, socket, early, body, tunnels),
+      (err) => {
+        target.onInternalError?.(err);
+        writeRawError(socket, 500, "internal");
       },
     );
   });
@@ -119,8 +134,85 @@ export async function listenNode(
       if (server instanceof https.Server) server.setSecureContext({ cert: tls.cert, key: tls.key });
       h2Front?.setTls(tls);
     },
-    destroy: () => tcpPairs?.destroyAll("drained"),
+    destroy() {
+      tcpPairs?.destroyAll("drained");
+      for (const tunnel of tunnels) tunnel.close();
+    },
   };
+}
+
+/** Why a request is refused before the engine sees it (too many headers, a repeated Host), if it is. */
+function refusalOf(req: http.IncomingMessage, maxHeaderCount: number): "headers_too_large" | "bad_request" | undefined {
+  const raw = req.rawHeaders;
+  if (raw.length / 2 > maxHeaderCount) return "headers_too_large";
+  // RFC 9112 §3.2: more than one Host is a bad request (node would silently keep the first).
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === "host") hosts++;
+  }
+  return hosts > 1 ? "bad_request" : undefined;
+}
+
+function requestHead(req: http.IncomingMessage, front: Pick<MeshFront, "peerOf"> | undefined): RequestHead {
+  const socket = req.socket;
+  return {
+    method: req.method!,
+    scheme: (socket as TLSSocket).encrypted ? "https" : "http",
+    authority: req.headers.host ?? "",
+    path: req.url!,
+    headers: req.headers,
+    clientIp: socket.remoteAddress ?? "",
+    localPort: socket.localPort ?? 0,
+    peer: front?.peerOf(socket),
+  };
+}
+
+function destroyOnError(this: Socket): void {
+  this.destroy();
+}
+
+function endSocket(this: http.ServerResponse): void {
+  (this.socket as Socket | null)?.destroySoon();
+}
+
+/**
+ * Answers an upgrade request: a 101 from upstream becomes a tunnel between the two sockets; anything
+ * else (a local refusal, the upstream's own answer) is written as a plain response and the connection closed.
+ */
+function answerUpgrade(exchange: Exchange, req: http.IncomingMessage, socket: Socket, early: Buffer, body: NodeRequestBody, tunnels: Set<Tunnel>): void {
+  if (exchange.kind === "upstream" && exchange.status === 101) {
+    const upgraded = (exchange.response as NodeUpstreamResponse).upgraded!;
+    if (socket.destroyed) {
+      upgraded.socket.destroy();
+      exchange.finish(0, 0, "downstream_disconnect");
+      return;
+    }
+    socket.off("error", destroyOnError);
+    socket.write(switchingProtocolsHead(exchange.headers));
+    const tunnel = openTunnel(socket, upgraded.socket, {
+      clientHead: early,
+      upstreamHead: upgraded.head,
+      idleTimeoutMs: upgraded.idleTimeoutMs,
+      onClose(bytesIn, bytesOut, error) {
+        tunnels.delete(tunnel);
+        exchange.finish(bytesIn, bytesOut, error);
+      },
+    });
+    tunnels.add(tunnel);
+    return;
+  }
+  if (socket.destroyed) {
+    // The client left while the engine decided: nobody reads the answer.
+    if (exchange.kind === "upstream") exchange.response.discard();
+    exchange.finish(0, 0, "downstream_disconnect");
+    return;
+  }
+  const res = new http.ServerResponse(req);
+  res.assignSocket(socket);
+  res.shouldKeepAlive = false;
+  res.once("finish", endSocket);
+  respond(exchange, res, body);
 }
 
 function refuse(res: http.ServerResponse, status: number, reason: string) {

@@ -21,6 +21,8 @@ export interface NodeUpstreamResponse extends UpstreamResponse {
   readonly message: http.IncomingMessage;
   /** The request it answers, destroyed if the client goes away. */
   readonly request: http.ClientRequest;
+  /** After a 101: the switched connection, the bytes read past the response head, and its idle timeout. */
+  readonly upgraded?: { readonly socket: Socket; readonly head: Buffer; readonly idleTimeoutMs: number };
 }
 
 const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ENOENT", "EACCES"]);
@@ -135,6 +137,7 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
       outgoing.on("socket", onSocket);
       outgoing.on("response", onResponse);
       outgoing.on("error", onError);
+      if (req.upgrade) outgoing.on("upgrade", onUpgrade);
       const body = req.body as NodeRequestBody;
       if (body.length === 0) outgoing.end();
       else body.sendTo(outgoing, req.maxBodyBytes, req.maxReplayBytes, () => call.fail("body_too_large"));
@@ -203,14 +206,17 @@ class CallResponse implements NodeUpstreamResponse {
   readonly headers: http.IncomingHttpHeaders;
   readonly message: http.IncomingMessage;
   readonly request: http.ClientRequest;
-  constructor(message: http.IncomingMessage, request: http.ClientRequest) {
+  readonly upgraded: NodeUpstreamResponse["upgraded"];
+  constructor(message: http.IncomingMessage, request: http.ClientRequest, upgraded?: NodeUpstreamResponse["upgraded"]) {
     this.status = message.statusCode ?? 502;
     this.headers = message.headers;
     this.message = message;
     this.request = request;
+    this.upgraded = upgraded;
   }
   discard(): void {
-    this.message.resume();
+    if (this.upgraded) this.upgraded.socket.destroy();
+    else this.message.resume();
   }
 }
 
@@ -257,6 +263,26 @@ function onResponse(this: CallRequest, message: http.IncomingMessage): void {
   call.settled = true;
   clearTimeout(call.timer);
   call.resolve({ ok: true, response: new CallResponse(message, this) });
+}
+
+/** A 101: node:http has let go of the socket; it is the adapter's to tunnel from here. */
+function onUpgrade(this: CallRequest, message: http.IncomingMessage, socket: Socket, head: Buffer): void {
+  const call = this[CALL];
+  if (call.settled) {
+    socket.destroy();
+    return;
+  }
+  call.settled = true;
+  clearTimeout(call.timer);
+  // The pool's idle timeout no longer applies: the tunnel keeps its own. node:http took its error
+  // listener away, and an error before the tunnel listens must not crash the process.
+  socket.setTimeout(0);
+  socket.on("error", destroyOnError);
+  call.resolve({ ok: true, response: new CallResponse(message, this, { socket, head, idleTimeoutMs: call.req.upgrade!.idleTimeoutMs }) });
+}
+
+function destroyOnError(this: Socket): void {
+  this.destroy();
 }
 
 function onError(this: CallRequest, err: NodeJS.ErrnoException): void {
