@@ -1,4 +1,4 @@
-import type { Exchange, HeaderMap, RequestBody, RequestHead, ServeTarget, UpstreamResponse } from "../../proxy/index.ts";
+import { upgradeProtocol, type Exchange, type HeaderMap, type RequestBody, type RequestHead, type ServeTarget, type UpstreamResponse } from "../../proxy/index.ts";
 
 /** A request body as a Web stream: small declared bodies are read whole so a retry can replay them. */
 export interface WebRequestBody extends RequestBody {
@@ -72,6 +72,7 @@ export function webHead(request: Request, scheme: "http" | "https", clientIp: st
   // a target of another scheme (ftp://...) has none a gateway serves, so it is left empty (400).
   const host = request.headers.get("host");
   const web = url.startsWith("http://") || url.startsWith("https://");
+  const protocol = upgradeProtocol(headers);
   return {
     method: request.method,
     scheme,
@@ -80,6 +81,8 @@ export function webHead(request: Request, scheme: "http" | "https", clientIp: st
     headers,
     clientIp,
     localPort,
+    // A Web Response cannot hand the connection over: the engine answers a WebSocket upgrade 501.
+    ...(protocol === undefined ? {} : { upgrade: { protocol, tunnel: false } }),
   };
 }
 
