@@ -89,7 +89,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const runtime = await detectRuntime(log);
   const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: `gateway-${name}`, role: "gateway", workload: name });
-  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps() });
+  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, onConnectionDone: telemetry.onConnectionDone, viewDeps: policyDeps() });
   telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
@@ -235,7 +235,15 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
       (err: unknown) => log.error("certificate refused", { spiffeId, error: String((err as Error).message) }),
     );
   };
-  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, viewDeps: policyDeps(() => bus), meshIdentity: identity });
+  const ingress = createIngress({
+    runtime,
+    name,
+    log,
+    ...telemetry.hooks,
+    onConnectionDone: telemetry.onConnectionDone,
+    viewDeps: policyDeps(() => bus),
+    meshIdentity: identity,
+  });
   let announcer: Announcer | undefined;
   let stopping: Promise<void> | undefined;
   /** An egress gateway registers its mesh listener, as a workload does, so that sidecars find it. */

@@ -1,4 +1,6 @@
-import type { Engine, ListenOptions, MeshListen, RouteView, ServeTarget, SidecarViews } from "../shared/proxy/index.ts";
+import type { Endpoint, Snapshot } from "../shared/config/index.ts";
+import { compileAuthz } from "../shared/policy/index.ts";
+import type { Engine, InboundTcpView, ListenOptions, MeshListen, RouteView, ServeTarget, SidecarViews } from "../shared/proxy/index.ts";
 
 export interface InboundOptions {
   readonly engine: Engine;
@@ -36,5 +38,36 @@ export function inboundListenOptions(options: { port: number; address?: string; 
     mesh: options.mesh,
     maxHeaderCount: 100,
     maxHeaderBytes: 16384,
+  };
+}
+
+/**
+ * createInboundTcpView compiles what the inbound side needs for raw TCP (mesh connections that name
+ * one of the service's tcp/tls ports): the app's host, and the service's authorization policies with
+ * Istio's TCP semantics (principal, namespace, address and port; HTTP-only rules never allow).
+ * JWT authentication and rate limits are HTTP-only and do not apply.
+ * @example
+ * const view = createInboundTcpView(snapshot, "db", parseEndpoint("127.0.0.1:8080"));
+ */
+export function createInboundTcpView(snapshot: Snapshot, service: string, app: Endpoint): InboundTcpView {
+  const own = snapshot.services.get(service);
+  if (!own) throw new TypeError(`service "${service}" is not in the config`);
+  const authz = compileAuthz(own.inbound.authz ?? [], own.inbound.pathNormalization);
+  return {
+    revision: snapshot.revision,
+    service: own,
+    // An app on a Unix socket still listens for its tcp ports on loopback.
+    appHost: app.socketPath ? "127.0.0.1" : app.host,
+    authorize: (head) =>
+      authz.evaluate({
+        tcp: true,
+        method: "",
+        authority: "",
+        path: "",
+        headers: {},
+        port: head.localPort,
+        sourceIp: head.clientIp,
+        sourcePrincipal: head.peer?.spiffeId,
+      }).allowed,
   };
 }

@@ -8,11 +8,11 @@ import type { Attestation } from "../shared/identity/index.ts";
 import { parseEndpoint, readEnv, TLS_MODE_LABEL, type Endpoint, type Snapshot } from "../shared/config/index.ts";
 import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer, type LastGoodStore } from "../shared/discovery/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
-import { createEngine, createSidecarViews, INBOUND_CLUSTER, type Listener, type ProxyRuntime, type SidecarViews } from "../shared/proxy/index.ts";
+import { createEngine, createSidecarViews, createTcpProxy, INBOUND_CLUSTER, type InboundTcpView, type Listener, type ProxyRuntime, type SidecarViews } from "../shared/proxy/index.ts";
 import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore } from "../shared/runtime/index.ts";
 import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
-import { createInbound, inboundListenOptions } from "./inbound.ts";
+import { createInbound, createInboundTcpView, inboundListenOptions } from "./inbound.ts";
 import { createReadiness, superviseApp, type Readiness, type SupervisedApp } from "./lifecycle.ts";
 import { createOutbound } from "./outbound.ts";
 
@@ -190,6 +190,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   const policyShared = createPolicyShared();
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
   let views: SidecarViews | undefined;
+  let inboundTcp: InboundTcpView | undefined;
+  const tcpProxy = createTcpProxy({ meshIdentity: identity, onConnectionDone: telemetry.onConnectionDone });
   let bus: Bus | undefined;
   let wantService: (name: string) => void = () => {};
 
@@ -225,6 +227,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
           identity,
           mode: () => views?.snapshot.services.get(serviceName)?.mtlsMode ?? "STRICT",
           onRefused: (reason, remote) => log.warn("inbound peer refused", { reason, remote }),
+          tcp: { proxy: tcpProxy, current: () => inboundTcp },
         },
       }),
       inbound,
@@ -248,10 +251,12 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
 
   function apply(snapshot: Snapshot): Promise<void> | void {
     // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
+    const nextInboundTcp = createInboundTcpView(snapshot, serviceName, app);
     views = createSidecarViews(snapshot, serviceName, {
       app,
       createPolicy: (p) => activeGate(createPolicyGate(p, { bus, domain: serviceName, shared: policyShared })),
     });
+    inboundTcp = nextInboundTcp;
     outbound.applied();
     telemetry.applied(snapshot);
     startIdentity();

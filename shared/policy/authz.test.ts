@@ -305,3 +305,44 @@ test("a hundred policies still decide by the same rules", () => {
   assert.equal(decide(many, { sourcePrincipal: "spiffe://cluster.local/ns/ns99/sa/a", path: "/svc99/x" }).policy, "svc-99");
   assert.equal(decide(many, { sourcePrincipal: "spiffe://cluster.local/ns/ns98/sa/a", path: "/svc99/x" }).allowed, false);
 });
+
+const tcpConn = (over: Partial<AuthzRequest> = {}): Partial<AuthzRequest> => ({ tcp: true, method: "", authority: "", path: "", port: 5432, sourcePrincipal: WEB, ...over });
+
+test("TCP: principals, namespaces, ip blocks, ports and source.* conditions apply to a connection as to a request", () => {
+  const policies = [allow("web-db", [{ from: [{ principals: ["cluster.local/ns/shop/sa/web"], namespaces: ["shop"], ipBlocks: ["10.0.0.0/8"] }], to: [{ ports: [5432] }], when: [{ key: "source.namespace", values: ["shop"] }] }])];
+  assert.equal(decide(policies, tcpConn()).allowed, true);
+  assert.equal(decide(policies, tcpConn({ sourcePrincipal: "spiffe://cluster.local/ns/shop/sa/other" })).reason, "no_allow_match");
+  assert.equal(decide(policies, tcpConn({ port: 6379 })).reason, "no_allow_match");
+  assert.equal(decide(policies, tcpConn({ sourceIp: "192.168.1.1" })).reason, "no_allow_match");
+  assert.equal(decide(policies, tcpConn({ sourcePrincipal: undefined })).reason, "no_allow_match");
+});
+
+test("TCP: an ALLOW rule that uses an HTTP-only field never matches a connection (Istio), whatever else it says", () => {
+  const httpOnly: AuthzPolicyConfig["rules"] = [
+    { to: [{ methods: ["GET"] }] },
+    { to: [{ ports: [5432], paths: ["/x"] }] },
+    { to: [{ hosts: ["db"] }] },
+    { from: [{ principals: [WEB], requestPrincipals: ["*"] }] },
+    { when: [{ key: "request.headers[x-a]", values: ["b"] }] },
+    { when: [{ key: "request.auth.claims[role]", values: ["admin"] }] },
+  ];
+  for (const [i, rule] of httpOnly.entries()) {
+    assert.equal(decide([allow("a", [rule])], tcpConn()).reason, "no_allow_match", `rule ${i}`);
+  }
+  // The same kind of rule does match an HTTP request that satisfies it.
+  assert.equal(decide([allow("a", [{ to: [{ methods: ["GET"] }] }])], { method: "GET" }).allowed, true);
+  // A rule without HTTP-only fields beside it still allows.
+  assert.equal(decide([allow("a", [{ to: [{ methods: ["GET"] }] }, { to: [{ ports: [5432] }] }])], tcpConn()).rule, 1);
+});
+
+test("TCP: a DENY rule ignores its HTTP-only fields, so it matches more connections (Istio)", () => {
+  // Denies port 5432 for GET: over TCP the method is ignored and every connection to 5432 is denied.
+  const d = decide([deny("no-get", [{ to: [{ methods: ["GET"], ports: [5432] }] }])], tcpConn());
+  assert.deepEqual([d.allowed, d.reason, d.policy], [false, "denied_by_policy", "no-get"]);
+  assert.equal(decide([deny("no-get", [{ to: [{ methods: ["GET"], ports: [5432] }] }])], tcpConn({ port: 6379 })).allowed, true);
+  // Only HTTP-only fields: the rule matches every connection.
+  assert.equal(decide([deny("hdr", [{ when: [{ key: "request.headers[x-debug]", values: ["1"] }] }])], tcpConn()).allowed, false);
+  assert.equal(decide([deny("jwt", [{ from: [{ requestPrincipals: ["issuer/admin"] }] }])], tcpConn()).allowed, false);
+  // The TCP-valid parts still have to match.
+  assert.equal(decide([deny("ns", [{ from: [{ namespaces: ["other"], requestPrincipals: ["*"] }] }])], tcpConn()).allowed, true);
+});

@@ -31,6 +31,12 @@ export interface AuthzRequest {
   readonly requestPrincipal?: string;
   /** Claims of the verified JWT. */
   readonly claims?: Readonly<Record<string, unknown>>;
+  /**
+   * A raw TCP connection rather than an HTTP request (Istio semantics): a rule that uses an HTTP-only
+   * field (hosts, methods, paths, requestPrincipals, `request.*` conditions) never matches in an ALLOW
+   * (or AUDIT) policy, and in a DENY policy those fields are ignored, so the rule matches more.
+   */
+  readonly tcp?: boolean;
 }
 
 /** Why authorization decided as it did. */
@@ -81,6 +87,8 @@ type Matcher = (value: string) => boolean;
 interface CompiledPolicy {
   readonly name: string;
   readonly rules: readonly Check[];
+  /** The same rules as they apply to a raw TCP connection. */
+  readonly tcpRules: readonly Check[];
 }
 
 /**
@@ -100,12 +108,15 @@ export function compileAuthz(policies: readonly AuthzPolicyConfig[], paths: Path
   const audit: CompiledPolicy[] = [];
   for (const p of policies) {
     const action = p.action ?? "ALLOW";
-    const compiled = { name: p.name, rules: (p.rules ?? []).map((r) => compileRule(r, action === "DENY", paths)) };
+    const isDeny = action === "DENY";
+    const rules = p.rules ?? [];
+    const compiled = { name: p.name, rules: rules.map((r) => compileRule(r, isDeny, paths)), tcpRules: rules.map((r) => compileTcpRule(r, isDeny, paths)) };
     (action === "DENY" ? deny : action === "AUDIT" ? audit : allow).push(compiled);
   }
   const active = policies.length > 0;
 
   function decide(req: AuthzRequest): AuthzDecision {
+    if (req.tcp === true) return decideTcp(req);
     const path = normalizeAuthzPath(req.path, paths);
     if (path === undefined) return { allowed: false, reason: "path_rejected", audited: [] };
     const facts: Facts = { req, path, host: undefined, source: null, remote: null };
@@ -123,6 +134,22 @@ export function compileAuthz(policies: readonly AuthzPolicyConfig[], paths: Path
     return { allowed: false, reason: "no_allow_match", audited, normalizedPath: path };
   }
 
+  function decideTcp(req: AuthzRequest): AuthzDecision {
+    const facts: Facts = { req, path: "", host: undefined, source: null, remote: null };
+    const audited: string[] = [];
+    for (const p of audit) if (firstMatch(p, facts, true) >= 0) audited.push(p.name);
+    for (const p of deny) {
+      const rule = firstMatch(p, facts, true);
+      if (rule >= 0) return { allowed: false, reason: "denied_by_policy", policy: p.name, rule, audited };
+    }
+    if (allow.length === 0) return { allowed: true, reason: "allowed", audited };
+    for (const p of allow) {
+      const rule = firstMatch(p, facts, true);
+      if (rule >= 0) return { allowed: true, reason: "allowed", policy: p.name, rule, audited };
+    }
+    return { allowed: false, reason: "no_allow_match", audited };
+  }
+
   return {
     active,
     evaluate(req) {
@@ -136,12 +163,28 @@ export function compileAuthz(policies: readonly AuthzPolicyConfig[], paths: Path
   };
 }
 
-function firstMatch(policy: CompiledPolicy, facts: Facts): number {
-  for (let i = 0; i < policy.rules.length; i++) if (policy.rules[i]!(facts)) return i;
+function firstMatch(policy: CompiledPolicy, facts: Facts, tcp = false): number {
+  const rules = tcp ? policy.tcpRules : policy.rules;
+  for (let i = 0; i < rules.length; i++) if (rules[i]!(facts)) return i;
   return -1;
 }
 
-function compileRule(rule: { from?: readonly AuthzSourceConfig[]; to?: readonly AuthzOperationConfig[]; when?: readonly AuthzConditionConfig[] }, isDeny: boolean, paths: PathNormalizationConfig): Check {
+type RuleConfig = { from?: readonly AuthzSourceConfig[]; to?: readonly AuthzOperationConfig[]; when?: readonly AuthzConditionConfig[] };
+
+/** Istio's TCP treatment of a rule: see AuthzRequest.tcp. */
+function compileTcpRule(rule: RuleConfig, isDeny: boolean, paths: PathNormalizationConfig): Check {
+  const from = rule.from?.map(({ requestPrincipals, notRequestPrincipals, ...rest }) => ({ rest, http: requestPrincipals !== undefined || notRequestPrincipals !== undefined }));
+  const to = rule.to?.map(({ hosts, notHosts, methods, notMethods, paths: p, notPaths, ...rest }) => ({
+    rest,
+    http: [hosts, notHosts, methods, notMethods, p, notPaths].some((f) => f !== undefined),
+  }));
+  const when = rule.when?.map((c) => ({ c, http: c.key.startsWith("request.") }));
+  const usesHttp = [...(from ?? []), ...(to ?? []), ...(when ?? [])].some((part) => part.http);
+  if (usesHttp && !isDeny) return () => false;
+  return compileRule({ from: from?.map((f) => f.rest), to: to?.map((t) => t.rest), when: when?.filter((w) => !w.http).map((w) => w.c) }, isDeny, paths);
+}
+
+function compileRule(rule: RuleConfig, isDeny: boolean, paths: PathNormalizationConfig): Check {
   const parts: Check[] = [];
   if (rule.from && rule.from.length > 0) parts.push(anyOf(rule.from.map((s) => compileSource(s, isDeny))));
   if (rule.to && rule.to.length > 0) parts.push(anyOf(rule.to.map((o) => compileOperation(o, paths))));

@@ -1,7 +1,7 @@
 import process from "node:process";
 import { encodeJson, telemetrySubject, type Bus } from "../bus/index.ts";
 import type { Snapshot } from "../config/index.ts";
-import type { ClusterHealthReport, EngineOptions } from "../proxy/index.ts";
+import type { ClusterHealthReport, EngineOptions, TcpRecord } from "../proxy/index.ts";
 import {
   createAccessLog,
   createBufferedSink,
@@ -26,6 +26,8 @@ export interface ClusterSource {
 export interface ProxyTelemetry {
   /** The engine's hooks: every request feeds the access log, the metrics and the tracer. */
   readonly hooks: Pick<EngineOptions, "onRequestStart" | "onRequestDone" | "onMirrorDone">;
+  /** The L4 hook: one access-log line per proxied TCP/TLS connection (HTTP fields empty) and the connection metrics. */
+  onConnectionDone(record: TcpRecord): void;
   /** For the admin API's /stats/prometheus and /stats. */
   readonly admin: { metrics(): Promise<string>; stats(): Promise<unknown>; health(): readonly ClusterHealthReport[] };
   /** Reads upstream health from here at each scrape (weft_upstream_endpoint_healthy, outlier and pool series). */
@@ -83,6 +85,29 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
       onMirrorDone(service, outcome) {
         metrics.mirrorDone(service, outcome.sent ? "sent" : outcome.reason);
       },
+    },
+    onConnectionDone(record) {
+      metrics.connectionDone(record);
+      // The same line as a request's, so one format and one pipeline serve both; protocol says TCP or TLS.
+      accessLog.log({
+        startTimeMs: record.startTimeMs,
+        durationMs: record.durationMs,
+        method: "",
+        authority: record.sni ?? "",
+        path: "",
+        protocol: record.protocol === "tls" ? "TLS" : "TCP",
+        status: 0,
+        reason: record.reason,
+        route: record.route,
+        service: record.service,
+        upstream: record.upstream,
+        bytesIn: record.bytesIn,
+        bytesOut: record.bytesOut,
+        requestId: "",
+        sourcePrincipal: record.sourcePrincipal,
+        clientIp: record.clientIp,
+        attempts: record.upstream === undefined ? 0 : 1,
+      });
     },
     admin: {
       metrics: () => (observe(), registry.expose()),

@@ -100,3 +100,16 @@ test("mirrored copies are counted by shadow service and outcome", async () => {
   assert.match(text, /^weft_mirror_requests_total\{service="web-shadow",outcome="sent"\} 2$/m);
   assert.match(text, /^weft_mirror_requests_total\{service="web-shadow",outcome="overflow"\} 1$/m);
 });
+
+test("proxied TCP connections count by source, route, service and reason, with bytes each way", async () => {
+  const registry = createMetricsRegistry();
+  const metrics = createProxyMetrics(registry);
+  metrics.connectionDone({ route: "db", service: "db", sourcePrincipal: "spiffe://cluster.local/ns/shop/sa/web", bytesIn: 5, bytesOut: 7 });
+  metrics.connectionDone({ route: "db", service: "db", bytesIn: 1, bytesOut: 2 });
+  metrics.connectionDone({ reason: "no_route", bytesIn: 0, bytesOut: 0 });
+  const text = await registry.expose();
+  assert.match(text, /^weft_tcp_connections_closed_total\{source="ns\/shop\/sa\/web",route="db",service="db",reason=""\} 1$/m);
+  assert.match(text, /^weft_tcp_connections_closed_total\{source="",route="",service="",reason="no_route"\} 1$/m);
+  assert.match(text, /^weft_tcp_received_bytes_total\{route="db",service="db"\} 6$/m);
+  assert.match(text, /^weft_tcp_sent_bytes_total\{route="db",service="db"\} 9$/m);
+});

@@ -23,6 +23,18 @@ export interface ProxyMetrics {
   clustersObserved(clusters: readonly ClusterReading[]): void;
   /** A mirrored copy ended: `sent` or the reason it was not. */
   mirrorDone(service: string, outcome: "sent" | string): void;
+  /** A proxied TCP or TLS-passthrough connection ended (or was refused). */
+  connectionDone(connection: TelemetryConnection): void;
+}
+
+/** A finished proxied connection as metrics read it (shared/proxy's TcpRecord). */
+export interface TelemetryConnection {
+  readonly route?: string;
+  readonly service?: string;
+  readonly reason?: string;
+  readonly sourcePrincipal?: string;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
 }
 
 /** One upstream service as a proxy sees it (built from the snapshot and the engine's health report). */
@@ -128,6 +140,21 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
     help: "Copies of requests for a shadow service: outcome `sent` (answered, answer discarded) or why not (overflow, timeout, upstream_connect_failure, ...).",
     labelNames: ["service", "outcome"],
   });
+  const connections = registry.counter({
+    name: "weft_tcp_connections_closed_total",
+    help: "Proxied TCP and TLS-passthrough connections ended, by source workload, route, destination service and weft reason (empty for a normal close; refusals count here too).",
+    labelNames: ["source", "route", "service", "reason"],
+  });
+  const tcpReceived = registry.counter({
+    name: "weft_tcp_received_bytes_total",
+    help: "Bytes received from the client side of proxied TCP connections (sent on upstream).",
+    labelNames: ["route", "service"],
+  });
+  const tcpSent = registry.counter({
+    name: "weft_tcp_sent_bytes_total",
+    help: "Bytes sent to the client side of proxied TCP connections (received from upstream).",
+    labelNames: ["route", "service"],
+  });
   // Last totals seen per service, to turn the engine's running totals into counter increments.
   const ejectionsSeen = new Map<string, number>();
   const retryOverflowsSeen = new Map<string, number>();
@@ -173,6 +200,13 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
       series.requestBytes.inc(record.bytesIn);
       series.responseBytes.inc(record.bytesOut);
       if (record.attempts > 1) series.retries.inc(record.attempts - 1);
+    },
+    connectionDone(c) {
+      const route = c.route ?? "";
+      const service = c.service ?? "";
+      connections.labels(c.sourcePrincipal === undefined ? "" : sourceOf(c.sourcePrincipal), route, service, c.reason ?? "").inc();
+      tcpReceived.labels(route, service).inc(c.bytesIn);
+      tcpSent.labels(route, service).inc(c.bytesOut);
     },
     configApplied(next) {
       revision.set(next);
