@@ -4,15 +4,22 @@
 // through tsx instead costs more CPU per request (tsx keeps function names by redefining `name` on
 // every closure it creates) and a transform of every file at start.
 // usage: node scripts/build.mjs [OUTFILE]   (default build/weft.mjs)
-// Dependencies stay external (resolved from node_modules beside or above OUTFILE); tsx is still
-// registered at run time, for a user's weft.config.ts.
+// Dependencies stay external (resolved from node_modules beside or above OUTFILE). The bundle runs
+// scripts/cli.ts without tsx: a user's weft.config.ts is bundled by esbuild when loaded
+// (shared/runtime/load-config.ts), and `weft test` starts its own node with tsx.
 import { build } from "esbuild";
 import { resolve } from "node:path";
 
 const root = resolve(import.meta.dirname, "..");
 const outfile = resolve(process.argv[2] ?? resolve(root, "build/weft.mjs"));
 await build({
-  entryPoints: [resolve(root, "scripts/weft.mjs")],
+  // scripts/weft.mjs without its tsx registration.
+  stdin: {
+    contents: 'import { run } from "./scripts/cli.ts";\nawait run(process.argv.slice(2));\n',
+    resolveDir: root,
+    sourcefile: "weft-entry.mjs",
+    loader: "js",
+  },
   outfile,
   bundle: true,
   platform: "node",

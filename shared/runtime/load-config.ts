@@ -6,6 +6,7 @@ import { validateMesh, type ConfigIssue, type MeshConfig } from "../config/index
 export type Loaded = { ok: true; value: MeshConfig } | { ok: false; issues: readonly ConfigIssue[] };
 
 let loads = 0;
+let building = 0;
 
 /**
  * loadMeshModule imports a config module (`weft.config.ts`, `.js` or `.json`) and validates its default export.
@@ -46,17 +47,24 @@ async function importFresh(url: URL): Promise<unknown> {
 async function evaluateBundle(file: string): Promise<unknown> {
   const esbuild = await import("esbuild");
   const href = pathToFileURL(file).href;
-  const built = await esbuild.build({
-    entryPoints: [file],
-    bundle: true,
-    write: false,
-    format: "cjs",
-    platform: "node",
-    target: "node20",
-    logLevel: "silent",
-    define: { "import.meta.url": JSON.stringify(href) },
-  });
-  const code = built.outputFiles[0]!.text;
+  building++;
+  let built: Awaited<ReturnType<typeof esbuild.build>>;
+  try {
+    built = await esbuild.build({
+      entryPoints: [file],
+      bundle: true,
+      write: false,
+      format: "cjs",
+      platform: "node",
+      target: "node20",
+      logLevel: "silent",
+      define: { "import.meta.url": JSON.stringify(href) },
+    });
+  } finally {
+    // esbuild keeps its service process (~13 MiB) for the next call; configs load rarely, so end it.
+    if (--building === 0) await esbuild.stop();
+  }
+  const code = built.outputFiles![0]!.text;
   const module = { exports: {} as { default?: unknown } };
   const run = new Function("module", "exports", "require", "__filename", "__dirname", code) as (...args: unknown[]) => void;
   run(module, module.exports, createRequire(file), file, fileURLToPath(new URL(".", href)));
