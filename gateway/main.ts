@@ -282,7 +282,11 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
     createAdminApp({
       log,
       // With an attestation the gateway is ready once it can also call mesh workloads over mTLS.
-      waiting: () => [...(ingress.current ? [] : ["config"]), ...(attestation && identity.current() === undefined ? ["certificate"] : [])],
+      waiting: () => [
+        ...(ingress.current ? [] : ["config"]),
+        ...(attestation && identity.current() === undefined ? ["certificate"] : []),
+        ...(snapshot?.gateways.get(name)?.kind === "egress" && announcer === undefined ? ["registration"] : []),
+      ],
       snapshot: () => ingress.snapshot,
       ...telemetry.admin,
     }).fetch,

@@ -120,6 +120,9 @@ describe("egress gateway", () => {
     client = spawnWeft(["sidecar", "--service", "client-svc", "--proxy-id", "sc-client", "--join-token", await joinToken("client-svc"), ...common], { env });
     other = spawnWeft(["sidecar", "--service", "other-svc", "--proxy-id", "sc-other", "--join-token", await joinToken("other-svc"), ...common], { env });
     await egress.waitForLog((l) => l.msg === "egress gateway registered");
+    const adminPort = (await egress.waitForLog((l) => l.msg === "admin listening")).port as number;
+    const ready = await fetch(`http://127.0.0.1:${adminPort}/ready`);
+    assert.equal(ready.status, 200, await ready.text());
     clientOut = (await client.waitForLog((l) => l.msg === "sidecar listening")).outbound as number;
     otherOut = (await other.waitForLog((l) => l.msg === "sidecar listening")).outbound as number;
   });
