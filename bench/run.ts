@@ -1,4 +1,4 @@
-// `npm run bench [-- --suite gateway,sidecar,identity,policy,telemetry --duration 10 --rate-duration 10]`
+// `npm run bench [-- --suite gateway,sidecar,identity,policy,telemetry,http2 --duration 10 --rate-duration 10]`
 // runs every suite by default (about 7 minutes); results and how to read them: bench/RESULTS.md.
 // gateway: one gateway hop on loopback, every proxy measured in the same run against the same
 // upstream, so the ratios mean something on a noisy machine. Load generator and upstream share
@@ -11,7 +11,7 @@
 // ports, JSON access log to a file), and nginx with one worker, upstream keep-alive and its access
 // log on (when nginx is installed).
 // sidecar (bench/sidecar.ts), identity (bench/identity-sign.ts), policy (bench/policy.ts) and
-// telemetry (bench/telemetry.ts) each describe themselves.
+// telemetry (bench/telemetry.ts) and http2 (bench/http2.ts) each describe themselves.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -277,6 +277,7 @@ const SUITES: Record<string, () => Promise<void>> = {
   identity: async () => (await import("./identity-sign.ts")).main([]),
   policy: async () => (await import("./policy.ts")).main([]),
   telemetry: async () => (await import("./telemetry.ts")).main([]),
+  http2: async () => (await import("./http2.ts")).main(values.duration ? ["--duration", values.duration] : []),
 };
 const selected = (values.suite ?? Object.keys(SUITES).join(",")).split(",");
 for (const name of selected) {

@@ -223,6 +223,12 @@ export const DestinationPolicySchema = v.strictObject({
   outlierDetection: v.optional(OutlierDetectionSchema),
   /** Limits on requests and retries in flight (default: off). */
   connectionPool: v.optional(ConnectionPoolSchema),
+  /**
+   * UPGRADE: requests to this service's sidecars cross the mesh over HTTP/2 (mTLS, ALPN h2) even
+   * when its port speaks http, and leave the destination sidecar in the port's protocol (Istio's
+   * h2UpgradePolicy). WebSocket upgrades stay HTTP/1.1. Default "DO_NOT_UPGRADE".
+   */
+  h2UpgradePolicy: v.optional(v.picklist(["DO_NOT_UPGRADE", "UPGRADE"])),
   /** WebSocket upgrades (HTTP/1.1 Upgrade: websocket) to this service (default: allowed, 1 h idle). */
   websocket: v.optional(WebSocketSchema, {}),
 });

@@ -129,6 +129,8 @@ interface ForwardPlan {
   readonly circuit: CircuitBreaker | undefined;
   /** The destination is reached over HTTP/2 (its port speaks http2 or grpc). */
   readonly http2: boolean;
+  /** The destination's h2UpgradePolicy is UPGRADE: mesh endpoints are reached over HTTP/2 whatever the port. */
+  readonly h2Upgrade: boolean;
   /** The request is gRPC: a trailers-only grpc-status may be retried (see grpc.ts). */
   readonly grpc: boolean;
   /** A WebSocket upgrade: sent with its Upgrade headers, and a 101 hands the connection over. */
@@ -381,7 +383,8 @@ export function createEngine(options: EngineOptions): Engine {
     // An HTTP/1.1 upgrade has no HTTP/2 form here (RFC 8441 is not spoken upstream).
     const http2 = !websocket && speaksHttp2(cluster.service.ports, destination.port);
     const upgrade = websocket ? { protocol: WEBSOCKET, idleTimeoutMs: traffic.websocket.idleTimeoutMs } : undefined;
-    const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit, http2, grpc, upgrade };
+    const h2Upgrade = !websocket && traffic.h2UpgradePolicy === "UPGRADE";
+    const plan: ForwardPlan = { head, body, record, route, verdict, cluster, subset: destination.subset, headers, path, retry, deadline, outlier, circuit, http2, h2Upgrade, grpc, upgrade };
 
     // A copy of an upgrade would open a second connection that nobody reads: upgrades are not mirrored.
     const mirror = !websocket && fwd.mirror && chance(fwd.mirror.percentage, random) ? mirrorCopy(fwd.mirror, view, plan) : undefined;
@@ -503,7 +506,8 @@ export function createEngine(options: EngineOptions): Engine {
             maxReplayBytes: retry.maxReplayBytes,
             maxConnections: traffic.maxConnectionsPerEndpoint,
             mesh,
-            http2: plan.http2,
+            // Only a peer proxy is upgraded: an endpoint outside the mesh keeps the port's protocol.
+            http2: plan.http2 || (plan.h2Upgrade && mesh !== undefined),
             tls: cluster.service.originateTls,
             upgrade: plan.upgrade,
           });

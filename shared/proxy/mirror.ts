@@ -1,6 +1,7 @@
 import { TLS_MODE_LABEL } from "../config/index.ts";
 import type { PickContext } from "./balancer.ts";
 import type { Cluster, ClusterHealth } from "./cluster.ts";
+import { speaksHttp2 } from "./grpc.ts";
 import type { MeshIdentity, RequestBody, UpstreamClient, UpstreamFailure } from "./types.ts";
 
 /** One copy of a request for a shadow cluster. */
@@ -97,6 +98,8 @@ export async function sendMirror(client: UpstreamClient, copy: MirrorCopy, ctx: 
       maxReplayBytes: copy.body.length ?? 0,
       maxConnections: traffic.maxConnectionsPerEndpoint,
       mesh,
+      // As the primary request: the shadow's first port decides, and UPGRADE lifts mesh copies to HTTP/2.
+      http2: speaksHttp2(cluster.service.ports, undefined) || (mesh !== undefined && traffic.h2UpgradePolicy === "UPGRADE"),
     });
     health.outlier?.report(endpoint, result.ok ? { status: result.response.status } : { failure: result.reason }, cluster.endpoints(undefined));
     if (!result.ok) return { sent: false, reason: result.reason };

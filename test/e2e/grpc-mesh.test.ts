@@ -125,6 +125,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
   let web: Awaited<ReturnType<typeof startWebApp>>;
   const procs: WeftProcess[] = [];
   let echoSidecar: WeftProcess;
+  let webSidecar: WeftProcess;
   let gatewayPort: number;
   let viaGateway: EchoClient;
   let viaOutbound: EchoClient;
@@ -188,7 +189,8 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
       services: {
         echo: { ports: [{ port: 50051, protocol: "grpc" }], routes: byMethod("echo") },
         echob: { ports: [{ port: 50051, protocol: "grpc" }] },
-        web: { ports: [{ port: 8080, protocol: "http" }] },
+        // Its app speaks HTTP/1.1; proxies speak HTTP/2 to its sidecar all the same.
+        web: { ports: [{ port: 8080, protocol: "http" }], traffic: { h2UpgradePolicy: "UPGRADE" } },
       },
       gateways: {
         ingress: {
@@ -208,7 +210,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
       spawnWeft(["sidecar", "--service", service, "--app-port", String(appPort), "--proxy-id", `sc-${service}`, "--join-token", await control.ca!.mintToken("default", service, 600_000), ...common], { env });
     echoSidecar = await sidecar("echo", grpcPort);
     const echobSidecar = await sidecar("echob", other.port);
-    const webSidecar = await sidecar("web", web.port);
+    webSidecar = await sidecar("web", web.port);
     const gateway = spawnWeft(["gateway", "--nats", nats.url, "--name", "ingress", "--admin", "127.0.0.1:0", "--proxy-id", "gw", "--join-token", await control.ca!.mintToken("default", "ingress", 600_000)], { env });
     procs.push(echoSidecar, echobSidecar, webSidecar, gateway);
     const outboundPort = (await webSidecar.waitForLog((l) => l.msg === "sidecar listening")).outbound as number;
@@ -303,11 +305,18 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
     assert.deepEqual(JSON.parse(r.body), { app: "b", version: "2.0", path: "/plain/x" });
   });
 
-  test("an HTTP/2 request leaves the gateway as HTTP/1.1 for an http service", async () => {
-    const r = await h2Get(gatewayPort, "/web/y");
-    assert.equal(r.status, 200);
-    const body = JSON.parse(r.body) as { version: string; xfcc: string };
-    assert.equal(body.version, "1.1");
-    assert.equal(body.xfcc, "URI=spiffe://cluster.local/ns/default/sa/ingress");
+  test("h2UpgradePolicy UPGRADE: HTTP/2 and HTTP/1.1 requests for an http service cross the mesh as HTTP/2 and reach its app as HTTP/1.1", async () => {
+    const h2 = await h2Get(gatewayPort, "/web/from-h2");
+    const h1 = await request(gatewayPort, { path: "/web/from-h1" });
+    for (const r of [h2, h1]) {
+      assert.equal(r.status, 200);
+      const body = JSON.parse(r.body) as { version: string; xfcc: string };
+      assert.equal(body.version, "1.1");
+      assert.equal(body.xfcc, "URI=spiffe://cluster.local/ns/default/sa/ingress");
+    }
+    const deadline = Date.now() + 5000;
+    const logged = () => webSidecar.accessLog().filter((l) => typeof l.path === "string" && l.path.startsWith("/web/from-"));
+    while (logged().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(logged().map((l) => [l.path, l.protocol]).sort(), [["/web/from-h1", "HTTP/2"], ["/web/from-h2", "HTTP/2"]]);
   });
 });

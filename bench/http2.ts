@@ -1,0 +1,279 @@
+// `node --import tsx bench/http2.ts [--duration 10]` (or `npm run bench -- --suite http2`): HTTP/2 and
+// gRPC through one weft gateway hop against the same upstream direct. Real processes on loopback:
+// the upstream (this file with --serve: a node:http2 h2c server, a node:http HTTP/1.1 server and a
+// @grpc/grpc-js server) and the load generators on core 0, the gateway (the production bundle, as
+// the image runs it) on core 1 (taskset), as in bench/run.ts.
+//   HTTP/2: h2load -t1 -c10 -m10 (h2c prior knowledge) for --duration s → req/s, mean latency; the
+//           gateway's utime+stime from /proc/<pid>/stat → CPU µs per request. Rows: direct to the h2c
+//           upstream, gateway h2c → h2c upstream (service port protocol http2), gateway h2c → the
+//           HTTP/1.1 upstream (translation).
+//   gRPC:   a bounded @grpc/grpc-js unary loop (this file with --grpc-load; one channel, 50 calls in
+//           flight, at most --duration s and 2,000,000 calls) → calls/s, p50/p99; direct vs gateway
+//           (service port protocol grpc).
+// Every child is ended by PID, the temp dir removed.
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import http2 from "node:http2";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import { weftBundle } from "./weft-bundle.ts";
+import { cpuSeconds, freePort, markdownTable, processTable, processTree, waitForPort } from "./measure.ts";
+
+const ROOT = resolve(import.meta.dirname, "..");
+const GRPC_METHOD = "/weft.bench.Echo/Call";
+const GRPC_IN_FLIGHT = 50;
+const GRPC_MAX_CALLS = 2_000_000;
+const BODY = Buffer.from("hello from the upstream\n");
+
+/** Raw bytes both ways: the bench needs no protobuf, only gRPC's framing and trailers. */
+const rawMethod = {
+  path: GRPC_METHOD,
+  requestStream: false,
+  responseStream: false,
+  requestSerialize: (b: Buffer) => b,
+  requestDeserialize: (b: Buffer) => b,
+  responseSerialize: (b: Buffer) => b,
+  responseDeserialize: (b: Buffer) => b,
+} as const;
+
+/** The upstream child: h2c, HTTP/1.1 and gRPC servers on the ports given. */
+async function serve(h2Port: number, h1Port: number, grpcPort: number): Promise<void> {
+  http2
+    .createServer({ settings: { maxConcurrentStreams: 1000 } }, (req, res) => {
+      req.resume();
+      res.writeHead(200, { "content-type": "text/plain", "content-length": BODY.length });
+      res.end(BODY);
+    })
+    .listen(h2Port, "127.0.0.1");
+  http
+    .createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { "content-type": "text/plain", "content-length": BODY.length });
+      res.end(BODY);
+    })
+    .listen(h1Port, "127.0.0.1");
+  const server = new grpc.Server();
+  server.addService({ Call: rawMethod }, { Call: (call: grpc.ServerUnaryCall<Buffer, Buffer>, done: grpc.sendUnaryData<Buffer>) => done(null, call.request) });
+  await new Promise<void>((res, rej) => server.bindAsync(`127.0.0.1:${grpcPort}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? rej(err) : res())));
+}
+
+/** The gRPC load child: unary calls with GRPC_IN_FLIGHT in flight until `seconds` pass or the cap; prints JSON. */
+async function grpcLoad(port: number, seconds: number): Promise<void> {
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { "grpc.default_authority": "bench.test" });
+  const payload = Buffer.from([0x0a, 0x05, 0x68, 0x65, 0x6c, 0x6c, 0x6f]);
+  const latencies = new Float64Array(GRPC_MAX_CALLS);
+  let calls = 0;
+  let errors = 0;
+  const endAt = performance.now() + seconds * 1000;
+  const started = performance.now();
+  await new Promise<void>((done) => {
+    let inFlight = 0;
+    const next = () => {
+      if (calls >= GRPC_MAX_CALLS || performance.now() >= endAt) {
+        if (inFlight === 0) done();
+        return;
+      }
+      const sent = performance.now();
+      const index = calls++;
+      inFlight++;
+      client.makeUnaryRequest(GRPC_METHOD, rawMethod.requestSerialize, rawMethod.responseDeserialize, payload, (err) => {
+        inFlight--;
+        latencies[index] = performance.now() - sent;
+        if (err) errors++;
+        next();
+      });
+    };
+    for (let i = 0; i < GRPC_IN_FLIGHT; i++) next();
+  });
+  const elapsed = (performance.now() - started) / 1000;
+  client.close();
+  const sorted = latencies.subarray(0, calls).sort();
+  const pct = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+  process.stdout.write(JSON.stringify({ calls, errors, rps: calls / elapsed, p50Ms: pct(50), p99Ms: pct(99) }));
+}
+
+interface Run {
+  rps: number;
+  requests: number;
+  meanMs: number;
+  p50Ms?: number;
+  p99Ms?: number;
+  errors: number;
+  cpuUsPerRequest?: number;
+}
+
+/** Reads h2load's summary: "finished in 10.00s, 12345.60 req/s", "requests: … succeeded, … failed", "time for request: min max mean". */
+function parseH2load(out: string): Omit<Run, "cpuUsPerRequest"> {
+  const rps = Number(/finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(out)?.[1] ?? NaN);
+  const counts = /requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored/.exec(out);
+  const mean = /time for request:\s+\S+\s+\S+\s+(\S+)/.exec(out)?.[1] ?? "";
+  const meanMs = mean.endsWith("us") ? Number(mean.slice(0, -2)) / 1000 : mean.endsWith("ms") ? Number(mean.slice(0, -2)) : Number(mean.slice(0, -1)) * 1000;
+  return { rps, requests: Number(counts?.[3] ?? 0), meanMs, errors: Number(counts?.[4] ?? 0) + Number(counts?.[5] ?? 0) };
+}
+
+/**
+ * main runs the HTTP/2 and gRPC suite and prints its tables.
+ * @example
+ * await main(["--duration", "10"]);
+ */
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { duration: { type: "string" } } });
+  const duration = Number(values.duration ?? 10);
+  if (!(duration > 0)) throw new Error("--duration must be > 0");
+  const has = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
+  for (const tool of ["h2load", "taskset"]) {
+    if (!has(tool)) throw new Error(`${tool} is needed: apt-get install -y nghttp2-client util-linux`);
+  }
+  const dir = mkdtempSync(join(tmpdir(), "weft-bench-http2-"));
+  const children: ChildProcess[] = [];
+  const cleanup = () => {
+    const table = processTable();
+    for (const c of children) {
+      if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) continue;
+      for (const pid of processTree(c.pid, table)) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.on("exit", cleanup);
+  const start = (core: number, args: string[], log: string) => {
+    const child = spawn("taskset", ["-c", String(core), ...args], {
+      cwd: ROOT,
+      stdio: ["ignore", openSync(join(dir, `${log}.out`), "a"), openSync(join(dir, `${log}.err`), "a")],
+    });
+    children.push(child);
+    return child;
+  };
+  const output = (args: string[]) =>
+    new Promise<string>((done, fail) => {
+      const child = spawn("taskset", ["-c", "0", ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"] });
+      children.push(child);
+      let out = "";
+      child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
+      child.on("error", fail);
+      child.on("close", () => done(out));
+    });
+
+  try {
+    const [h2Port, h1Port, grpcPort, gatewayPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const upstream = start(0, [process.execPath, "--import", "tsx", "bench/http2.ts", "--serve", String(h2Port), String(h1Port), String(grpcPort)], "upstream");
+    await waitForPort(grpcPort, upstream, "upstream");
+    const config = join(dir, "weft.json");
+    writeFileSync(
+      config,
+      JSON.stringify({
+        accessLog: "json",
+        services: {
+          h2app: { ports: [{ port: h2Port, protocol: "http2" }], endpoints: [{ address: `127.0.0.1:${h2Port}` }] },
+          h1app: { endpoints: [{ address: `127.0.0.1:${h1Port}` }] },
+          grpcapp: { ports: [{ port: grpcPort, protocol: "grpc" }], endpoints: [{ address: `127.0.0.1:${grpcPort}` }] },
+        },
+        gateways: {
+          bench: {
+            listeners: [{ port: gatewayPort, address: "127.0.0.1", http2: true }],
+            routes: [
+              { name: "h2", match: { path: { prefix: "/bench" } }, forward: { to: [{ service: "h2app" }] } },
+              { name: "h1", match: { path: { prefix: "/h1" } }, forward: { to: [{ service: "h1app" }] } },
+              { name: "grpc", match: { path: { prefix: "/weft.bench.Echo/" } }, forward: { to: [{ service: "grpcapp" }] } },
+            ],
+          },
+        },
+      }),
+    );
+    const gateway = start(1, [process.execPath, weftBundle(), "gateway", "--config", config, "--admin", "127.0.0.1:0"], "gateway");
+    await waitForPort(gatewayPort, gateway, "gateway");
+
+    const h2load = async (url: string, seconds: number, pid?: number): Promise<Run> => {
+      const before = pid ? cpuSeconds(pid) : 0;
+      const run = parseH2load(await output(["h2load", "-t1", "-c10", "-m10", "-D", String(seconds), url]));
+      const after = pid ? cpuSeconds(pid) : 0;
+      return { ...run, cpuUsPerRequest: pid && run.requests > 0 ? ((after - before) * 1e6) / run.requests : undefined };
+    };
+    const grpcRun = async (port: number, seconds: number, pid?: number): Promise<Run> => {
+      const before = pid ? cpuSeconds(pid) : 0;
+      const out = JSON.parse(await output([process.execPath, "--import", "tsx", "bench/http2.ts", "--grpc-load", String(port), String(seconds)])) as {
+        calls: number;
+        errors: number;
+        rps: number;
+        p50Ms: number;
+        p99Ms: number;
+      };
+      const after = pid ? cpuSeconds(pid) : 0;
+      return { rps: out.rps, requests: out.calls, meanMs: NaN, p50Ms: out.p50Ms, p99Ms: out.p99Ms, errors: out.errors, cpuUsPerRequest: pid ? ((after - before) * 1e6) / out.calls : undefined };
+    };
+
+    console.log(`weft bench http2: ${duration}s runs; upstream + load generators on core 0, gateway (bundle) on core 1; node ${process.version}\n`);
+    const subjects: { name: string; url: string; pid?: number }[] = [
+      { name: "direct (h2c upstream)", url: `http://127.0.0.1:${h2Port}/bench` },
+      { name: "gateway h2c → h2c", url: `http://127.0.0.1:${gatewayPort}/bench`, pid: gateway.pid },
+      { name: "gateway h2c → HTTP/1.1", url: `http://127.0.0.1:${gatewayPort}/h1`, pid: gateway.pid },
+    ];
+    for (const s of subjects) await h2load(s.url, 2);
+    const h2 = new Map<string, Run>();
+    for (const s of subjects) h2.set(s.name, await h2load(s.url, duration, s.pid));
+    const direct = h2.get(subjects[0]!.name)!;
+    const fmt = (n: number | undefined, digits = 0) => (n !== undefined && Number.isFinite(n) ? n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "-");
+    console.log("HTTP/2 (h2load -t1 -c10 -m10, h2c prior knowledge)\n");
+    console.log(
+      markdownTable(
+        subjects.map((s) => {
+          const r = h2.get(s.name)!;
+          return { path: s.name, "req/s": fmt(r.rps), "× direct": fmt(r.rps / direct.rps, 2), "mean ms": fmt(r.meanMs, 2), errors: String(r.errors), "gateway CPU µs/req": fmt(r.cpuUsPerRequest, 1) };
+        }),
+      ),
+    );
+
+    await grpcRun(grpcPort, 2);
+    await grpcRun(gatewayPort, 2);
+    const grpcDirect = await grpcRun(grpcPort, duration);
+    const grpcGateway = await grpcRun(gatewayPort, duration, gateway.pid);
+    console.log(`\ngRPC unary (@grpc/grpc-js client, one channel, ${GRPC_IN_FLIGHT} in flight, 7-byte message)\n`);
+    console.log(
+      markdownTable(
+        [
+          ["direct (grpc-js server)", grpcDirect],
+          ["gateway h2c → grpc", grpcGateway],
+        ].map(([name, r]) => {
+          const run = r as Run;
+          return {
+            path: name as string,
+            "calls/s": fmt(run.rps),
+            "× direct": fmt(run.rps / grpcDirect.rps, 2),
+            "p50 ms": fmt(run.p50Ms, 2),
+            "p99 ms": fmt(run.p99Ms, 2),
+            errors: String(run.errors),
+            "gateway CPU µs/call": fmt(run.cpuUsPerRequest, 1),
+          };
+        }),
+      ),
+    );
+  } finally {
+    cleanup();
+    process.off("exit", cleanup);
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  const { values, positionals } = parseArgs({
+    options: { serve: { type: "boolean" }, "grpc-load": { type: "boolean" }, duration: { type: "string" } },
+    allowPositionals: true,
+  });
+  if (values.serve) await serve(Number(positionals[0]), Number(positionals[1]), Number(positionals[2]));
+  else if (values["grpc-load"]) {
+    await grpcLoad(Number(positionals[0]), Number(positionals[1]));
+    process.exit(0);
+  } else {
+    await main(process.argv.slice(2));
+    process.exit(0);
+  }
+}

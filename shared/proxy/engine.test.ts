@@ -1,0 +1,67 @@
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { compileMesh, TLS_MODE_LABEL, validateMesh, type Snapshot } from "../config/index.ts";
+import { createEngine } from "./engine.ts";
+import type { MeshIdentity, RequestHead, UpstreamClient, UpstreamRequest } from "./types.ts";
+import { createGatewayView } from "./view.ts";
+
+describe("the protocol a request leaves in", () => {
+  /** A gateway routing everything to `api`, whose endpoints are mesh sidecars (or not). */
+  function view(api: Record<string, unknown>, mesh: boolean) {
+    const r = validateMesh({
+      services: { api: { endpoints: [{ address: "10.0.0.1:15006" }], ...api } },
+      gateways: { edge: { listeners: [{ port: 0 }], routes: [{ forward: { to: [{ service: "api" }] } }] } },
+    });
+    assert.ok(r.ok, JSON.stringify(!r.ok && r.issues));
+    const compiled = compileMesh(r.value, 1);
+    const services = new Map(
+      [...compiled.services].map(([name, svc]) => [
+        name,
+        mesh ? { ...svc, endpoints: svc.endpoints.map((e) => ({ ...e, labels: { ...e.labels, [TLS_MODE_LABEL]: "mesh" } })) } : svc,
+      ]),
+    );
+    return createGatewayView({ ...compiled, services } as Snapshot, "edge");
+  }
+  const identity: MeshIdentity = {
+    trustDomain: "example.org",
+    spiffeId: "spiffe://example.org/ns/default/sa/edge",
+    current: () => ({ chainPem: [], keyPem: "", bundlePem: [] }),
+    generation: 1,
+    onUpdate: () => () => {},
+  };
+  const head = (headers: RequestHead["headers"] = {}): RequestHead => ({ method: "GET", scheme: "http", authority: "api", path: "/", headers, clientIp: "192.0.2.1", localPort: 80 });
+
+  /** Sends one request through the engine and returns what the upstream client was asked to send. */
+  async function sent(api: Record<string, unknown>, mesh: boolean, requestHead = head()): Promise<UpstreamRequest> {
+    const asked: UpstreamRequest[] = [];
+    const client: UpstreamClient = {
+      async forward(req) {
+        asked.push(req);
+        return { ok: true, response: { status: 200, headers: {}, discard() {} } };
+      },
+      async close() {},
+    };
+    const engine = createEngine({ client, edge: true, meshIdentity: identity });
+    const exchange = await engine.handle(requestHead, { length: 0, replayable: true }, view(api, mesh));
+    assert.equal(exchange.kind, "upstream");
+    assert.equal(asked.length, 1);
+    return asked[0]!;
+  }
+
+  test("a grpc or http2 port is reached over HTTP/2, to mesh and plain endpoints alike", async () => {
+    for (const protocol of ["grpc", "http2"]) {
+      for (const mesh of [true, false]) {
+        const req = await sent({ ports: [{ port: 50051, protocol }] }, mesh);
+        assert.equal(req.http2, true, `${protocol} mesh=${mesh}`);
+        assert.equal(req.mesh !== undefined, mesh);
+      }
+    }
+  });
+
+  test("an http port stays HTTP/1.1 unless h2UpgradePolicy is UPGRADE, which lifts only mesh endpoints", async () => {
+    assert.equal((await sent({}, true)).http2, false);
+    assert.equal((await sent({ traffic: { h2UpgradePolicy: "DO_NOT_UPGRADE" } }, true)).http2, false);
+    assert.equal((await sent({ traffic: { h2UpgradePolicy: "UPGRADE" } }, true)).http2, true);
+    assert.equal((await sent({ traffic: { h2UpgradePolicy: "UPGRADE" } }, false)).http2, false);
+  });
+});
