@@ -21,6 +21,8 @@ await build({
     loader: "js",
   },
   outfile,
+  // The image links it as /usr/local/bin/weft.
+  banner: { js: "#!/usr/bin/env node" },
   bundle: true,
   platform: "node",
   format: "esm",
