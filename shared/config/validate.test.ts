@@ -439,7 +439,7 @@ test("a valid tcp and tls gateway passes; a destination port defaults to none (t
 
 test("external services: every mistake is listed with its path", () => {
   const paths = pathsOf({
-    services: { egress: {} },
+    services: { egress: {}, orders: { namespace: "shop" } },
     gateways: {
       egress: { kind: "egress", listeners: [{ port: 15443, protocol: "https", tls: { certFile: "c", keyFile: "k" } }], routes: [] },
       ingress: { listeners: [{ port: 8080 }], routes: [] },
@@ -454,6 +454,7 @@ test("external services: every mistake is listed with its path", () => {
       },
       other: { hosts: ["ok.test"], ports: [{ port: 80, protocol: "http" }], endpoints: [{ address: "10.0.0.1:99999" }, { address: "not an address" }], egress: { gateway: "ghost" } },
       empty: { hosts: [], ports: [] },
+      shadow: { hosts: ["orders.shop.svc"], ports: [{ port: 80, protocol: "http" }] },
     },
   });
   assert.deepEqual(paths, [
@@ -471,6 +472,7 @@ test("external services: every mistake is listed with its path", () => {
     "externalServices.other.endpoints.0.address",
     "externalServices.other.endpoints.1.address",
     "externalServices.other.hosts.0",
+    "externalServices.shadow.hosts.0",
     "gateways.egress",
     "gateways.egress.listeners.0",
   ]);

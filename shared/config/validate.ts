@@ -169,13 +169,21 @@ function crossCheck(mesh: MeshConfig, options: ValidateOptions): ConfigIssue[] {
 function checkExternalServices(mesh: MeshConfig, options: ValidateOptions): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const hostOwner = new Map<string, string>();
+  // A mesh service's names are routed to the mesh first: an external host with one of them would never be reached.
+  const meshNames = new Map<string, string>();
+  for (const [name, svc] of Object.entries(mesh.services)) {
+    const ns = isObject(svc) && typeof svc.namespace === "string" ? svc.namespace : "default";
+    for (const host of [name, `${name}.${ns}`, `${name}.${ns}.svc`, `${name}.${ns}.svc.cluster.local`]) meshNames.set(host, name);
+  }
   for (const [name, ext] of Object.entries(mesh.externalServices ?? {})) {
     if (!isObject(ext)) continue;
     const at = `externalServices.${name}`;
     if (Array.isArray(ext.hosts)) ext.hosts.forEach((host, i) => {
       if (typeof host !== "string") return;
       const other = hostOwner.get(host);
-      if (other !== undefined && other !== name) issues.push({ path: `${at}.hosts.${i}`, message: `host "${host}" is already declared by external service "${other}"` });
+      const service = meshNames.get(host);
+      if (service !== undefined) issues.push({ path: `${at}.hosts.${i}`, message: `host "${host}" is a name of mesh service "${service}"` });
+      else if (other !== undefined && other !== name) issues.push({ path: `${at}.hosts.${i}`, message: `host "${host}" is already declared by external service "${other}"` });
       else if (other === name) issues.push({ path: `${at}.hosts.${i}`, message: `host "${host}" is listed twice` });
       hostOwner.set(host, name);
     });
