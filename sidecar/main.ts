@@ -8,7 +8,18 @@ import type { Attestation } from "../shared/identity/index.ts";
 import { parseEndpoint, readEnv, TLS_MODE_LABEL, type Endpoint, type Snapshot } from "../shared/config/index.ts";
 import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer, type LastGoodStore } from "../shared/discovery/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
-import { createEngine, createSidecarViews, createTcpProxy, INBOUND_CLUSTER, type InboundTcpView, type Listener, type ProxyRuntime, type SidecarViews } from "../shared/proxy/index.ts";
+import {
+  createEngine,
+  createSidecarViews,
+  createTcpForwardView,
+  createTcpProxy,
+  INBOUND_CLUSTER,
+  type InboundTcpView,
+  type Listener,
+  type ProxyRuntime,
+  type SidecarViews,
+  type TcpView,
+} from "../shared/proxy/index.ts";
 import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore } from "../shared/runtime/index.ts";
 import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
@@ -41,6 +52,8 @@ the control plane's CA, renewed at half-life), registration of the workload's en
   --grace-ms N            on SIGTERM, how long in-flight requests may take (default 10000)
   --drain-ms N            on SIGTERM, how long to keep serving after announcing draining (default 0)
   --discovery-wait-ms N   how long a request for an unknown Host waits for discovery (default 1500)
+  --tcp-outbound S:P[=L]  the app's TCP to port P (declared tcp/tls) of service S: listen on 127.0.0.1:L
+                          (default L = P; 0 = any free port) and send it over mTLS; repeatable
   --hold-app              start the --run app only once the sidecar is ready (startup ordering)
   --run -- cmd args...    run the app under the sidecar; the sidecar exits with its exit code`;
 
@@ -75,6 +88,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       "grace-ms": { type: "string" },
       "drain-ms": { type: "string" },
       "discovery-wait-ms": { type: "string" },
+      "tcp-outbound": { type: "string", multiple: true },
       "hold-app": { type: "boolean" },
       run: { type: "boolean" },
       help: { type: "boolean" },
@@ -106,6 +120,13 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     drainMs: numberOption(values["drain-ms"], 0, problems, "--drain-ms"),
     discoveryWaitMs: numberOption(values["discovery-wait-ms"], 1500, problems, "--discovery-wait-ms"),
   };
+  const tcpOutbound = (values["tcp-outbound"] ?? []).map((spec) => {
+    const m = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?):(\d{1,5})(=(\d{1,5}))?$/.exec(spec);
+    const port = Number(m?.[3]);
+    const localPort = m?.[5] === undefined ? port : Number(m[5]);
+    if (!m || port < 1 || port > 65535 || localPort > 65535) problems.push(`--tcp-outbound ${spec}: must be SERVICE:PORT or SERVICE:PORT=LOCALPORT`);
+    return { service: m?.[1] ?? "", port, localPort };
+  });
   if (problems.length > 0) {
     for (const p of problems) log.error("bad arguments", { problem: p });
     console.error(USAGE);
@@ -130,6 +151,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     graceMs: ports.graceMs,
     drainMs: ports.drainMs,
     discoveryWaitMs: ports.discoveryWaitMs,
+    tcpOutbound,
     run: command.length > 0 ? { command, holdApp: values["hold-app"] ?? false } : undefined,
     onExit: (code) => process.exit(code),
   });
@@ -159,6 +181,8 @@ export interface SidecarOptions {
   readonly graceMs: number;
   readonly drainMs: number;
   readonly discoveryWaitMs: number;
+  /** Outbound TCP listeners on 127.0.0.1: each takes the app's connections for one service port (default none). */
+  readonly tcpOutbound?: readonly { readonly service: string; readonly port: number; readonly localPort: number }[];
   /** Supervise the app: run it, exit with its code when it ends; holdApp starts it once ready. */
   readonly run?: { readonly command: readonly string[]; readonly holdApp: boolean };
   /** The sidecar ended itself (quit, app exit, refused certificate, listen failure) after stopping. */
@@ -191,6 +215,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
   let views: SidecarViews | undefined;
   let inboundTcp: InboundTcpView | undefined;
+  const tcpOutbound = o.tcpOutbound ?? [];
+  let tcpOutboundViews: readonly TcpView[] = [];
   const tcpProxy = createTcpProxy({ meshIdentity: identity, onConnectionDone: telemetry.onConnectionDone });
   let bus: Bus | undefined;
   let wantService: (name: string) => void = () => {};
@@ -239,11 +265,25 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
     );
     if (o.outbound.socket) bridge = await bridgeUnixSocket(o.outbound.socket, outboundListener.port);
     listeners.push(inboundListener, outboundListener);
+    const tcpPorts: { service: string; port: number; local: number }[] = [];
+    for (const [i, t] of tcpOutbound.entries()) {
+      if (!runtime.listenTcp) {
+        log.error("tcp outbound skipped: this runtime does not proxy tcp yet", { service: t.service, port: t.port, runtime: runtime.name });
+        continue;
+      }
+      const listener = await runtime.listenTcp(
+        { port: t.localPort, address: "127.0.0.1", protocol: "tcp" },
+        { proxy: tcpProxy, current: () => tcpOutboundViews[i] },
+      );
+      listeners.push(listener);
+      tcpPorts.push({ service: t.service, port: t.port, local: listener.port });
+    }
     opened({ inbound: inboundListener.port, outbound: outboundListener.port });
     log.info("sidecar listening", {
       inbound: inboundListener.port,
       outbound: outboundListener.port,
       ...(bridge ? { outboundSocket: bridge.path } : {}),
+      ...(tcpPorts.length > 0 ? { tcpOutbound: tcpPorts } : {}),
       app: app.address,
       runtime: runtime.name,
     });
@@ -257,6 +297,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
       createPolicy: (p) => activeGate(createPolicyGate(p, { bus, domain: serviceName, shared: policyShared })),
     });
     inboundTcp = nextInboundTcp;
+    tcpOutboundViews = tcpOutbound.map((t) => createTcpForwardView(snapshot, t.service, t.port));
     outbound.applied();
     telemetry.applied(snapshot);
     startIdentity();
@@ -309,6 +350,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   follow.watcher.then(
     (w) => {
       wantService = (name) => w.want(name);
+      // An app's TCP names no Host to discover on first use: the services of --tcp-outbound are watched from the start.
+      for (const t of tcpOutbound) w.want(t.service);
       startIdentity();
     },
     () => {},

@@ -282,3 +282,14 @@ export function createTcpProxy(options: TcpProxyOptions = {}): TcpProxy {
     active: () => counts,
   };
 }
+
+/**
+ * createTcpForwardView routes every connection of one listener to one service port: a sidecar's
+ * outbound listener for a `tcp` port of a service it calls (an app's TCP carries no Host).
+ * @example
+ * const view = createTcpForwardView(snapshot, "db", 5432);
+ */
+export function createTcpForwardView(snapshot: Snapshot, service: string, port: number): TcpView {
+  const route = { name: `${service}:${port}`, to: [{ service, port, weight: 1 }] };
+  return { revision: snapshot.revision, router: createL4Router([route], []), cluster: clusterLookup(snapshot) };
+}

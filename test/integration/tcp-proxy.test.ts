@@ -202,3 +202,71 @@ test("a tcp listener proxies bytes both ways to the route's destination, and log
   const r = gw.records[0]!;
   assert.deepEqual([r.protocol, r.route, r.service, r.upstream, r.bytesIn, r.bytesOut, r.reason], ["tcp", "echo", "echo", `127.0.0.1:${echoPort}`, payload.length, payload.length, undefined]);
 });
+
+/** Opens a connection through the gateway and resolves once it is established and has echoed one byte. */
+function openEcho(port: number): Promise<{ socket: net.Socket; closed: Promise<void> }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1");
+    const closed = new Promise<void>((r) => socket.once("close", () => r()));
+    socket.on("error", () => {});
+    socket.once("data", () => resolve({ socket, closed }));
+    socket.once("close", () => reject(new Error("closed before the echo")));
+    socket.write("x");
+  });
+}
+
+test("limits: maxConnections closes the connection beyond it (overflow), an idle connection is closed after tcpIdleTimeoutMs, a dead endpoint is upstream_connect_failure", async () => {
+  const echoPort = await startEcho();
+  const gone = net.createServer();
+  await new Promise<void>((r) => gone.listen(0, "127.0.0.1", r));
+  const deadPort = (gone.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => gone.close(() => r()));
+  const gw = await startGateway({
+    services: {
+      echo: { ports: [{ port: 7000, protocol: "tcp" }], endpoints: [{ address: `127.0.0.1:${echoPort}` }], traffic: { tcpIdleTimeoutMs: 300, connectionPool: { maxConnections: 1 } } },
+    },
+    gateways: {
+      edge: {
+        listeners: [{ port: 0, address: "127.0.0.1", protocol: "tcp" }],
+        routes: [],
+        tcpRoutes: [{ name: "echo", to: [{ service: "echo" }] }],
+      },
+    },
+  });
+  const first = await openEcho(gw.ports[0]!);
+  await assert.rejects(openEcho(gw.ports[0]!), /closed before the echo/);
+  await gw.until(1);
+  assert.equal(gw.records[0]!.reason, "overflow");
+  // Nothing either way: the first connection is closed by the idle timeout, freeing its slot.
+  await first.closed;
+  await gw.until(2);
+  assert.equal(gw.records[1]!.reason, "idle_timeout");
+  const third = await openEcho(gw.ports[0]!);
+  third.socket.destroy();
+  await gw.until(3);
+
+  const dead = await startGateway({
+    services: { dead: { ports: [{ port: 7000, protocol: "tcp" }], endpoints: [{ address: `127.0.0.1:${deadPort}` }] } },
+    gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1", protocol: "tcp" }], routes: [], tcpRoutes: [{ to: [{ service: "dead" }] }] } },
+  });
+  await assert.rejects(openEcho(dead.ports[0]!), /closed before the echo/);
+  await dead.until(1);
+  assert.equal(dead.records[0]!.reason, "upstream_connect_failure");
+});
+
+test("a drain closes the tcp connections still open at the end of the grace period", async () => {
+  const echoPort = await startEcho();
+  const valid = validateMesh({
+    services: { echo: { ports: [{ port: 7000, protocol: "tcp" }], endpoints: [{ address: `127.0.0.1:${echoPort}` }] } },
+    gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1", protocol: "tcp" }], routes: [], tcpRoutes: [{ to: [{ service: "echo" }] }] } },
+  });
+  assert.ok(valid.ok);
+  const records: TcpRecord[] = [];
+  const ingress = createIngress({ runtime: nodeRuntime, name: "edge", log: createLogger({ component: "test", level: "error", write: () => {} }), onConnectionDone: (r) => records.push({ ...r }) });
+  await ingress.apply(compileMesh(valid.value));
+  const open = await openEcho([...ingress.ports.values()][0]!);
+  await ingress.stop(200);
+  await open.closed;
+  for (let i = 0; i < 100 && records.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(records[0]?.reason, "drained");
+});
