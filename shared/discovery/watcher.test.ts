@@ -129,6 +129,27 @@ test("a gateway watches its own key, the mesh record and the services its routes
   }
 });
 
+test("a gateway also watches the services its tcp and tls routes send to", async () => {
+  const input = mesh();
+  input.services.alpha = { ports: [{ port: 5432, protocol: "tcp" }], endpoints: [{ address: "127.0.0.1:9101" }] };
+  input.services.delta = { ports: [{ port: 443, protocol: "tls" }], endpoints: [{ address: "127.0.0.1:9104" }] };
+  input.gateways = {
+    edge: {
+      listeners: [{ port: 8080 }, { port: 5432, protocol: "tcp" }, { port: 8443, protocol: "tls" }],
+      routes: [{ forward: { to: [{ service: "beta" }] } }],
+      tcpRoutes: [{ to: [{ service: "alpha" }] }],
+      tlsRoutes: [{ match: { sniHosts: ["db.example.com"] }, to: [{ service: "delta" }] }],
+    },
+  };
+  const f = await start({ kind: "gateway", name: "edge" }, { initial: input });
+  try {
+    await until("first ACK", () => f.acks(1).length === 1);
+    assert.deepEqual([...f.applied[0]!.services.keys()].sort(), ["alpha", "beta", "delta", "gamma"]);
+  } finally {
+    await f.close();
+  }
+});
+
 test("a change to a service the proxy does not depend on brings neither an apply nor a status report", async () => {
   const f = await start({ kind: "gateway", name: "edge" }, { initial: mesh() });
   try {

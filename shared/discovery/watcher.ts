@@ -187,7 +187,10 @@ export function createConfigWatcher(options: ConfigWatcherOptions): ConfigWatche
     const own = value(ownKey) as GatewayResource | ServiceResource | undefined;
     // A sidecar's own service may route to other services (its callers apply those routes): validation
     // needs their sections, so they are dependencies for the sidecar too.
-    const routes = (own as GatewayResource | ServiceResource | undefined)?.config?.routes ?? [];
+    const config = (own as GatewayResource | ServiceResource | undefined)?.config;
+    // A gateway's tcp and tls routes send to services too (their bytes are never routed again).
+    const l4 = config && "tcpRoutes" in config ? [...(config.tcpRoutes ?? []), ...(config.tlsRoutes ?? [])].map((r) => ({ forward: { to: r.to } })) : [];
+    const routes = [...(config?.routes ?? []), ...l4];
     const deps = serviceDependencies(routes, serviceConfig);
     if (role.kind === "sidecar") deps.add(role.service);
     for (const name of wanted) {

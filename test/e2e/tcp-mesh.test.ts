@@ -74,6 +74,8 @@ describe("TCP between sidecars", () => {
   let clientPort: number;
   let otherPort: number;
   let server: WeftProcess;
+  let gateway: WeftProcess;
+  let gatewayPort: number;
 
   const joinToken = async (sa: string) => {
     const r = await runWeft(["token", "--ns", "default", "--sa", sa, "--state-dir", join(dir, "control")]);
@@ -92,10 +94,15 @@ describe("TCP between sidecars", () => {
       services: {
         "db-svc": {
           ports: [{ port: 8080 }, { port: echo.port, protocol: "tcp" }],
-          inbound: { authz: [{ name: "client-only", rules: [{ from: [{ principals: ["cluster.local/ns/default/sa/client-svc"] }] }] }] },
+          inbound: {
+            authz: [{ name: "client-and-edge", rules: [{ from: [{ principals: ["cluster.local/ns/default/sa/client-svc", "cluster.local/ns/default/sa/edge"] }] }] }],
+          },
         },
         "client-svc": {},
         "other-svc": {},
+      },
+      gateways: {
+        edge: { listeners: [{ port: 0, address: "127.0.0.1", protocol: "tcp" }], routes: [], tcpRoutes: [{ name: "db", to: [{ service: "db-svc", port: echo.port }] }] },
       },
     };
     await writeFile(file, `export default ${JSON.stringify(config)};\n`);
@@ -118,9 +125,13 @@ describe("TCP between sidecars", () => {
     clientPort = await portOf(client);
     otherPort = await portOf(other);
     for (const p of sidecars) await p.waitForLog((l) => l.msg === "sidecar ready");
+    gateway = spawnWeft(["gateway", "--nats", nats.url, "--name", "edge", "--proxy-id", "gw-edge", "--admin", "127.0.0.1:0", "--join-token", await joinToken("edge")], { env });
+    gatewayPort = (await gateway.waitForLog((l) => l.msg === "listening" && l.protocol === "tcp")).port as number;
+    await gateway.waitForLog((l) => l.msg === "certificate held");
   });
 
   after(async () => {
+    await gateway?.stop();
     for (const p of sidecars.reverse()) await p.stop();
     await control?.stop();
     await nats?.stop();
@@ -143,6 +154,19 @@ describe("TCP between sidecars", () => {
       [entry.source_principal, entry.upstream_host, entry.bytes_sent],
       ["spiffe://cluster.local/ns/default/sa/client-svc", `127.0.0.1:${echo.port}`, payload.length],
     );
+  });
+
+  test("a gateway following the control plane proxies its tcp listener to the service's sidecar over mTLS", async () => {
+    const payload = Buffer.alloc(2 * 1024 * 1024, 0x5a);
+    let back: Buffer | "closed" = "closed";
+    for (let i = 0; i < 100 && back === "closed"; i++) {
+      back = await echoThrough(gatewayPort, payload);
+      if (back === "closed") await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(back !== "closed" && back.equals(payload));
+    const g = await accessLine(gateway, (l) => l.protocol === "TCP" && l.bytes_received === payload.length);
+    assert.deepEqual([g.route, g.upstream_service, g.bytes_sent, g.reason], ["db", "db-svc", payload.length, null]);
+    await accessLine(server, (l) => l.protocol === "TCP" && l.source_principal === "spiffe://cluster.local/ns/default/sa/edge" && l.bytes_sent === payload.length);
   });
 
   test("another workload's TCP is refused by the server's sidecar before anything reaches the app", async () => {
