@@ -3,6 +3,8 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { once } from "node:events";
+import net from "node:net";
 import { createTestIssuer } from "../../shared/policy/testing.ts";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { rawExchange } from "../harness/upstream.ts";
@@ -54,11 +56,12 @@ describe("gateway on Node: WebSocket upgrades", () => {
               {
                 name: "shop",
                 rules: [
-                  { to: [{ paths: ["/chat*", "/push*", "/refuse*", "/idle*", "/closed*", "/plain*", "/big*"] }] },
+                  { to: [{ paths: ["/chat*", "/push*", "/refuse*", "/idle*", "/closed*", "/plain*", "/limited*"] }] },
                   { from: [{ requestPrincipals: [`${idp.issuer}/*`] }], to: [{ paths: ["/secure*"] }] },
                 ],
               },
             ],
+            rateLimit: { local: [{ name: "limited", match: { paths: ["/limited*"] }, tokensPerFill: 1, fillIntervalMs: 600_000, maxTokens: 1 }] },
           },
         },
       },
@@ -128,6 +131,30 @@ describe("gateway on Node: WebSocket upgrades", () => {
     assert.equal(app.upgrades.length, before);
   });
 
+  test("a refused upgrade's connection is closed after the answer, not left hanging", async () => {
+    const socket = net.connect(port, "127.0.0.1");
+    let text = "";
+    socket.on("data", (d: Buffer) => (text += d.toString("latin1")));
+    const ended = once(socket, "end");
+    socket.write("GET /secure/x HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n");
+    const timer = setTimeout(() => socket.destroy(new Error("not closed by the gateway")), 5000);
+    await ended;
+    clearTimeout(timer);
+    socket.destroy();
+    assert.match(text, /^HTTP\/1\.1 403 /);
+    assert.match(text, /\r\nx-weft-reason: denied\r\n/i);
+    assert.match(text, /\r\nconnection: close\r\n/i);
+  });
+
+  test("upgrades count against rate limits: beyond the bucket one gets 429 rate_limited", async () => {
+    const first = await openWs(url("/limited/a"));
+    assert.ok(first.ok);
+    const second = await openWs(url("/limited/b"));
+    assert.deepEqual(second.ok ? "open" : [second.status, second.reason], [429, "rate_limited"]);
+    first.ws.close();
+    await closed(first.ws);
+  });
+
   test("an upgrade with an invalid token is refused 401; a valid one passes", async () => {
     const before = app.upgrades.length;
     const bad = await openWs(url("/secure/room"), { headers: { authorization: "Bearer not.a.token" } });
@@ -192,5 +219,33 @@ describe("gateway on Node: WebSocket upgrades", () => {
     assert.match(raw, /^HTTP\/1\.1 101 /);
     // The echo comes back unmasked: 0x81, length 2, "hi".
     assert.ok(raw.endsWith("\x81\x02hi"), JSON.stringify(raw.slice(-8)));
+  });
+});
+
+describe("gateway on Node: a drain closes upgraded connections at the end of its grace period", () => {
+  test("SIGTERM with an open WebSocket: it closes once the grace period is over and the gateway exits", async () => {
+    const app = await startWsApp();
+    const gw = await startGateway(
+      {
+        services: { app: { endpoints: [{ address: app.address }] } },
+        gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1" }], routes: [{ forward: { to: [{ service: "app" }] } }] } },
+      },
+      { args: ["--grace-ms", "300"] },
+    );
+    try {
+      const r = await openWs(`ws://127.0.0.1:${gw.ports[0]}/chat`);
+      assert.ok(r.ok);
+      assert.equal((await roundTrip(r.ws, "before")).toString(), "before");
+      const code = closed(r.ws, 4000);
+      process.kill(gw.pid, "SIGTERM");
+      // Open during the grace period...
+      await new Promise((res) => setTimeout(res, 100));
+      assert.equal(r.ws.readyState, r.ws.OPEN);
+      // ...closed after it (the harness would SIGKILL only after 5 s).
+      assert.equal(await code, 1006);
+    } finally {
+      await gw.stop();
+      await app.close();
+    }
   });
 });
