@@ -198,13 +198,13 @@ describe("gateway on Node: live reload", () => {
     try {
       const rerouted = structuredClone(config);
       (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
-      // 40 writes 30 ms apart: a reload delay restarted by every change would never fire during them.
-      for (let i = 0; i < 40; i++) {
+      // 50 writes 30 ms apart: a reload delay restarted by every change would never fire during them.
+      for (let i = 0; i < 50; i++) {
         await gw.writeConfig(i % 2 === 0 ? rerouted : config);
         await new Promise((r) => setTimeout(r, 30));
       }
       const during = gw.logs().filter((l) => l.msg === "config reloaded").length;
-      assert.ok(during >= 2, `reloads during the edits: ${during}`);
+      assert.ok(during >= 1, `reloads during the edits: ${during}`);
       assert.equal(gw.logs().filter((l) => l.msg === "invalid config").length, 0);
     } finally {
       await gw.stop();
