@@ -2,7 +2,8 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { compileMesh, TLS_MODE_LABEL, validateMesh, type Snapshot } from "../config/index.ts";
 import { createEngine } from "./engine.ts";
-import type { MeshIdentity, RequestHead, UpstreamClient, UpstreamRequest } from "./types.ts";
+import type { RequestRecord } from "./engine.ts";
+import type { MeshIdentity, RequestHead, UpstreamClient, UpstreamRequest, UpstreamResult } from "./types.ts";
 import { createGatewayView } from "./view.ts";
 
 describe("the protocol a request leaves in", () => {
@@ -63,5 +64,48 @@ describe("the protocol a request leaves in", () => {
     assert.equal((await sent({ traffic: { h2UpgradePolicy: "DO_NOT_UPGRADE" } }, true)).http2, false);
     assert.equal((await sent({ traffic: { h2UpgradePolicy: "UPGRADE" } }, true)).http2, true);
     assert.equal((await sent({ traffic: { h2UpgradePolicy: "UPGRADE" } }, false)).http2, false);
+  });
+});
+
+describe("the grpc-status a gRPC call is recorded with", () => {
+  const r = validateMesh({
+    services: { api: { ports: [{ port: 50051, protocol: "grpc" }], endpoints: [{ address: "10.0.0.1:50051" }] } },
+    gateways: { edge: { listeners: [{ port: 0 }], routes: [{ match: { path: { prefix: "/pkg.Api/" } }, forward: { to: [{ service: "api" }] } }] } },
+  });
+  assert.ok(r.ok);
+  const view = createGatewayView(compileMesh(r.value, 1), "edge");
+  const grpcHead = (path: string, contentType = "application/grpc"): RequestHead => ({
+    method: "POST",
+    scheme: "http",
+    authority: "api",
+    path,
+    headers: { "content-type": contentType, te: "trailers" },
+    clientIp: "192.0.2.1",
+    localPort: 80,
+    protocol: "HTTP/2",
+  });
+
+  /** Runs one request; the upstream answers `answer`; the adapter reports `trailers` when it finishes. */
+  async function recorded(head: RequestHead, answer: UpstreamResult, trailers?: Record<string, string>): Promise<RequestRecord> {
+    const done: RequestRecord[] = [];
+    const client: UpstreamClient = { forward: async () => answer, async close() {} };
+    const engine = createEngine({ client, edge: true, onRequestDone: (record) => done.push({ ...record }) });
+    const exchange = await engine.handle(head, { length: undefined, replayable: true }, view);
+    exchange.finish(0, 0, undefined, trailers);
+    return done[0]!;
+  }
+  const ok = (headers: Record<string, string>): UpstreamResult => ({ ok: true, response: { status: 200, headers, discard() {} } });
+
+  test("weft's own answer: no route is 12 UNIMPLEMENTED", async () => {
+    assert.equal((await recorded(grpcHead("/pkg.Other/Call"), ok({}))).grpcStatus, 12);
+  });
+
+  test("the upstream's trailers-only answer, or its trailers at the end of the body", async () => {
+    assert.equal((await recorded(grpcHead("/pkg.Api/Call"), ok({ "content-type": "application/grpc", "grpc-status": "5" }))).grpcStatus, 5);
+    assert.equal((await recorded(grpcHead("/pkg.Api/Call"), ok({ "content-type": "application/grpc" }), { "grpc-status": "0" })).grpcStatus, 0);
+  });
+
+  test("a request that is not gRPC has none, whatever its trailers say", async () => {
+    assert.equal((await recorded(grpcHead("/pkg.Api/Call", "application/json"), ok({}), { "grpc-status": "0" })).grpcStatus, undefined);
   });
 });

@@ -11,7 +11,7 @@ import { backoffMs, isIdempotent, shouldRetryFailure, shouldRetryStatus } from "
 import { chooseWeighted, type RouteMatch } from "./router.ts";
 import { toOriginForm } from "./request-target.ts";
 import { applyHeaderOps, redirectLocation, rewritePath } from "./route-actions.ts";
-import type { Endpoint, MeshIdentity, RequestBody, RequestHead, UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamResult } from "./types.ts";
+import type { Endpoint, HeaderMap, MeshIdentity, RequestBody, RequestHead, UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamResult } from "./types.ts";
 import { WEBSOCKET } from "./upgrade.ts";
 
 /** What one request needs from the live config; built once per config swap (see view.ts). */
@@ -65,6 +65,8 @@ export interface RequestRecord {
   clientIp: string;
   userAgent?: string;
   attempts: number;
+  /** A gRPC call's grpc-status: of weft's own answer, a trailers-only answer, or the upstream's trailers. */
+  grpcStatus?: number;
 }
 
 /** The engine's answer: a local response or an upstream one, and a hook to call when it is sent. */
@@ -72,8 +74,8 @@ export type Exchange = (
   | { readonly kind: "local"; readonly status: number; readonly headers: OutgoingHeaders; readonly body: string }
   | { readonly kind: "upstream"; readonly status: number; readonly headers: OutgoingHeaders; readonly response: UpstreamResponse }
 ) & {
-  /** Call once the response is written (or failed), with the byte counts the adapter saw. */
-  finish(bytesIn: number, bytesOut: number, error?: string): void;
+  /** Call once the response is written (or failed), with the byte counts the adapter saw and the trailers it relayed. */
+  finish(bytesIn: number, bytesOut: number, error?: string, trailers?: HeaderMap): void;
 };
 
 /** What telemetry decides when a request starts (see EngineOptions.onRequestStart). */
@@ -196,6 +198,7 @@ export function createEngine(options: EngineOptions): Engine {
       for (const name in grpc) headers[name] = grpc[name]!;
       record.status = 200;
       record.reason = reason;
+      record.grpcStatus = Number(grpc["grpc-status"]);
       return { kind: "local", status: 200, headers, body: "", finish: finisher(record) };
     }
     record.status = status;
@@ -204,10 +207,11 @@ export function createEngine(options: EngineOptions): Engine {
   }
 
   function finisher(record: RequestRecord): Exchange["finish"] {
-    return (bytesIn, bytesOut, error) => {
+    return (bytesIn, bytesOut, error, trailers) => {
       if (!onRequestDone) return;
       record.bytesIn = bytesIn;
       record.bytesOut = bytesOut;
+      if (trailers !== undefined && grpcCalls.has(record)) record.grpcStatus = grpcStatusOfResponse(trailers) ?? record.grpcStatus;
       record.durationMs = now() - record.startTimeMs;
       if (error && record.reason === undefined) record.reason = error;
       onRequestDone(record);
@@ -398,8 +402,8 @@ export function createEngine(options: EngineOptions): Engine {
     const length = body.length;
     return {
       ...exchange,
-      finish(bytesIn, bytesOut, error) {
-        finish(bytesIn, bytesOut, error);
+      finish(bytesIn, bytesOut, error, trailers) {
+        finish(bytesIn, bytesOut, error, trailers);
         if (bytesIn === length && body.replayable) mirrorNow(mirror, head);
       },
     };
@@ -447,12 +451,12 @@ export function createEngine(options: EngineOptions): Engine {
     let left = false;
     return {
       ...exchange,
-      finish(bytesIn, bytesOut, error) {
+      finish(bytesIn, bytesOut, error, trailers) {
         if (!left) {
           left = true;
           circuit.leave();
         }
-        finish(bytesIn, bytesOut, error);
+        finish(bytesIn, bytesOut, error, trailers);
       },
     };
   }
@@ -562,6 +566,8 @@ export function createEngine(options: EngineOptions): Engine {
       headers.upgrade = firstValue(response.headers, "upgrade") ?? WEBSOCKET;
     }
     record.status = response.status;
+    // A trailers-only answer carries it here; a full one in its trailers (see finisher).
+    if (grpcCalls.has(record)) record.grpcStatus = grpcStatusOfResponse(response.headers);
     return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };
   }
 

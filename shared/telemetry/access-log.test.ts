@@ -53,11 +53,14 @@ test("a JSON line carries every field in order, absent ones as null, and parses 
     request_principal: null,
     client_ip: "203.0.113.7",
     user_agent: "curl/8",
+    grpc_status: null,
   });
   const local = JSON.parse(formatJsonLine({ ...base, route: undefined, service: undefined, upstream: undefined, upstreamDurationMs: undefined, status: 404, reason: "no_route" }));
   assert.equal(local.reason, "no_route");
   assert.equal(local.route, null);
   assert.equal(local.upstream_duration_ms, null);
+  const grpcCall = JSON.parse(formatJsonLine({ ...base, protocol: "HTTP/2", grpcStatus: 5 }));
+  assert.equal(grpcCall.grpc_status, 5);
 });
 
 test("start_time stays right across seconds and for every millisecond width", () => {

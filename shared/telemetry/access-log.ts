@@ -31,6 +31,7 @@ export const ACCESS_LOG_FIELDS = [
   "request_principal",
   "client_ip",
   "user_agent",
+  "grpc_status",
 ] as const;
 
 export type AccessLogField = (typeof ACCESS_LOG_FIELDS)[number];
@@ -60,6 +61,7 @@ const READERS: Record<AccessLogField, (r: TelemetryRecord) => FieldValue> = {
   request_principal: (r) => r.requestPrincipal,
   client_ip: (r) => r.clientIp,
   user_agent: (r) => r.userAgent,
+  grpc_status: (r) => r.grpcStatus,
 };
 
 let cachedSecond = Number.NaN;
@@ -117,7 +119,8 @@ export function formatJsonLine(r: TelemetryRecord): string {
     `,"source_principal":${jsonValue(r.sourcePrincipal)}` +
     `,"request_principal":${jsonValue(r.requestPrincipal)}` +
     `,"client_ip":${jsonString(r.clientIp)}` +
-    `,"user_agent":${jsonValue(r.userAgent)}}`
+    `,"user_agent":${jsonValue(r.userAgent)}` +
+    `,"grpc_status":${jsonValue(r.grpcStatus)}}`
   );
 }
 

@@ -33,4 +33,6 @@ export interface TelemetryRecord {
   readonly clientIp: string;
   readonly userAgent?: string;
   readonly attempts: number;
+  /** A gRPC call's grpc-status (weft's own answer or the upstream's); absent for other requests. */
+  readonly grpcStatus?: number;
 }

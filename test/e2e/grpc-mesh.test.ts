@@ -126,6 +126,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
   const procs: WeftProcess[] = [];
   let echoSidecar: WeftProcess;
   let webSidecar: WeftProcess;
+  let gateway: WeftProcess;
   let gatewayPort: number;
   let viaGateway: EchoClient;
   let viaOutbound: EchoClient;
@@ -211,7 +212,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
     echoSidecar = await sidecar("echo", grpcPort);
     const echobSidecar = await sidecar("echob", other.port);
     webSidecar = await sidecar("web", web.port);
-    const gateway = spawnWeft(["gateway", "--nats", nats.url, "--name", "ingress", "--admin", "127.0.0.1:0", "--proxy-id", "gw", "--join-token", await control.ca!.mintToken("default", "ingress", 600_000)], { env });
+    gateway = spawnWeft(["gateway", "--nats", nats.url, "--name", "ingress", "--admin", "127.0.0.1:0", "--proxy-id", "gw", "--join-token", await control.ca!.mintToken("default", "ingress", 600_000)], { env });
     procs.push(echoSidecar, echobSidecar, webSidecar, gateway);
     const outboundPort = (await webSidecar.waitForLog((l) => l.msg === "sidecar listening")).outbound as number;
     for (const p of [echoSidecar, echobSidecar, webSidecar]) await p.waitForLog((l) => l.msg === "sidecar ready");
@@ -297,6 +298,20 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
     assert.ok(principals.has("spiffe://cluster.local/ns/default/sa/ingress"), JSON.stringify(entries()));
     assert.ok(principals.has("spiffe://cluster.local/ns/default/sa/web"));
     assert.ok(entries().every((l) => l.protocol === "HTTP/2"));
+  });
+
+  test("the access logs of gateway and sidecar carry the call's grpc-status: the server's OK and its error", async () => {
+    await unary(viaGateway.Unary, viaGateway, "logged");
+    await unary(viaGateway.Fail, viaGateway, "logged");
+    const deadline = Date.now() + 5000;
+    const statuses = (p: WeftProcess, method: string) => p.accessLog().filter((l) => l.path === `/weft.test.Echo/${method}`).map((l) => l.grpc_status);
+    while ((statuses(gateway, "Fail").length === 0 || statuses(echoSidecar, "Fail").length < 2) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const p of [gateway, echoSidecar]) {
+      assert.ok(statuses(p, "Unary").length > 0);
+      assert.ok(statuses(p, "Unary").every((s) => s === 0), JSON.stringify(statuses(p, "Unary")));
+      assert.ok(statuses(p, "Fail").length > 0);
+      assert.ok(statuses(p, "Fail").every((s) => s === grpc.status.NOT_FOUND));
+    }
   });
 
   test("an HTTP/1.1 request leaves the gateway as HTTP/2 for an http2 service, and the answer comes back as HTTP/1.1", async () => {

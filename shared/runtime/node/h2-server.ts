@@ -256,7 +256,7 @@ class H2Relay {
       const trailers = h2Fields(message.trailers);
       if (Object.keys(trailers).length > 0) this.res.addTrailers(trailers);
       this.res.end();
-      this.finish();
+      this.finish(undefined, message.trailers);
     });
     message.once("aborted", () => {
       // The upstream went away mid-body: the client cannot get a complete response, so reset the stream too.
@@ -270,9 +270,9 @@ class H2Relay {
     });
   }
 
-  finish(error?: string): void {
+  finish(error?: string, trailers?: HeaderMap): void {
     if (this.done) return;
     this.done = true;
-    this.exchange.finish(this.body.bytesRead, this.bytesOut, error);
+    this.exchange.finish(this.body.bytesRead, this.bytesOut, error, trailers);
   }
 }

@@ -2,7 +2,7 @@ import http from "node:http";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { switchingProtocolsHead, upgradeProtocol, WEBSOCKET, withoutUpgrade, type Exchange, type Listener, type ListenOptions, type RequestHead, type ServeTarget } from "../../proxy/index.ts";
+import { switchingProtocolsHead, upgradeProtocol, WEBSOCKET, withoutUpgrade, type Exchange, type HeaderMap, type Listener, type ListenOptions, type RequestHead, type ServeTarget } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
 import { createH2Sessions, createHttp2Front } from "./h2-server.ts";
 import { createMeshFront, type MeshFront } from "./mesh-tls.ts";
@@ -260,10 +260,10 @@ class Relay {
     this.body = body;
     this.upstream = upstream;
   }
-  finish(error?: string): void {
+  finish(error?: string, trailers?: HeaderMap): void {
     if (this.done) return;
     this.done = true;
-    this.exchange.finish(this.body.bytesRead, this.bytesOut, error);
+    this.exchange.finish(this.body.bytesRead, this.bytesOut, error, trailers);
   }
 }
 
@@ -283,7 +283,8 @@ function onClientDrain(this: RelayResponse): void {
 function onRelayEnd(this: RelayMessage): void {
   const relay = this[RELAY];
   relay.res.end();
-  relay.finish();
+  // The trailers are not sent to an HTTP/1.1 client, but their grpc-status is logged.
+  relay.finish(undefined, this.trailers);
 }
 
 function onRelayAborted(this: RelayMessage): void {
