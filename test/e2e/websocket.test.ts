@@ -243,6 +243,9 @@ describe("gateway on Node: a drain closes upgraded connections at the end of its
       assert.equal(r.ws.readyState, r.ws.OPEN);
       // ...closed after it (the harness would SIGKILL only after 5 s).
       assert.equal(await code, 1006);
+      // Closed by the drain itself, not by the process going away.
+      const line = await accessLine(gw, (l) => l.path === "/chat");
+      assert.deepEqual([line?.status, line?.reason], [101, "drained"]);
     } finally {
       await gw.stop();
       await app.close();

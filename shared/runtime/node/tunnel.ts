@@ -54,6 +54,13 @@ class TunnelImpl implements Tunnel {
   }
   close(): void {
     this.fail("drained");
+    // Told now rather than on the sockets' close events: a stopping proxy flushes its log next.
+    this.finish();
+  }
+  finish(): void {
+    if (this.done) return;
+    this.done = true;
+    this.onClose(this.client.bytes, this.upstream.bytes, this.error);
   }
 }
 
@@ -129,7 +136,5 @@ function onClose(this: Side): void {
     else socket.end();
     return;
   }
-  if (tunnel.done) return;
-  tunnel.done = true;
-  tunnel.onClose(tunnel.client.bytes, tunnel.upstream.bytes, tunnel.error);
+  tunnel.finish();
 }
