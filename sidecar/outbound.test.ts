@@ -147,9 +147,10 @@ test("REGISTRY_ONLY: a Host discovery does not find gets 502 no_route, and is no
   assert.equal(https.status, 400);
 });
 
-test("ALLOW_ANY: an unknown host passes through to the host:port it names, and a request that looped back is refused", async () => {
+test("ALLOW_ANY: an unknown host passes through to the host:port it names, and a request that looped back is refused and logged", async () => {
   await withUpstream(async (address) => {
-    const engine = createEngine({ client: createNodeUpstreamClient(), edge: false });
+    const records: RequestRecord[] = [];
+    const engine = createEngine({ client: createNodeUpstreamClient(), edge: false, onRequestDone: (r) => void records.push(r) });
     const views = createSidecarViews(snapshot({ outboundTrafficPolicy: "ALLOW_ANY", services: { web: {} } }), "web", { app: parseEndpoint("127.0.0.1:1") });
     const outbound = createOutbound({ engine, current: () => views, proxyId: "sc-web", discoveryWaitMs: 10, want: () => {} });
     const passed = await through(outbound, "/out?x=1", { host: address });
@@ -158,6 +159,7 @@ test("ALLOW_ANY: an unknown host passes through to the host:port it names, and a
     const looped = await through(outbound, "/", { host: address, "x-weft-outbound": "sc-web" });
     assert.equal(looped.status, 508);
     assert.equal(looped.reason, "loop_detected");
+    assert.deepEqual(records.map((r) => r.reason), [undefined, "loop_detected"]);
   });
 });
 

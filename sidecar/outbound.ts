@@ -131,9 +131,9 @@ export function createOutbound(options: OutboundOptions): Outbound {
 
   async function handle(incoming: RequestHead, body: RequestBody): Promise<Exchange> {
     const head = toOriginForm(incoming);
-    if (head === undefined) return localExchange(400, "bad_request", incoming);
+    if (head === undefined) return engine.refuse(incoming, "bad_request");
     let views = current();
-    if (!views) return localExchange(503, "no_config", head);
+    if (!views) return engine.refuse(head, "no_config");
     if (views.serviceOf(head.authority) !== undefined) return engine.handle(head, body, views.outbound);
     // A declared external service (ServiceEntry) is reachable whatever the outbound traffic policy.
     if (views.external.accepts(head.authority)) return engine.handle(head, body, views.external);
@@ -150,7 +150,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
       notFound.set(name, now() + negativeCacheMs);
     }
     if (views.snapshot.outboundTrafficPolicy === "ALLOW_ANY") {
-      if (firstHeader(head.headers[OUTBOUND_MARK_HEADER]) === proxyId) return localExchange(508, "loop_detected", head);
+      if (firstHeader(head.headers[OUTBOUND_MARK_HEADER]) === proxyId) return engine.refuse(head, "loop_detected");
       const view = passthroughView(views, head.authority);
       if (view) return engine.handle(head, body, view);
     }
@@ -209,14 +209,3 @@ function firstHeader(value: string | readonly string[] | undefined): string | un
   return typeof value === "string" ? value : value?.[0];
 }
 
-/** A response the sidecar makes itself, shaped like the engine's (x-weft-reason carries the reason). */
-function localExchange(status: number, reason: string, head: RequestHead): Exchange {
-  const requestId = firstHeader(head.headers["x-request-id"]) ?? crypto.randomUUID();
-  return {
-    kind: "local",
-    status,
-    headers: { "content-type": "text/plain; charset=utf-8", "x-weft-reason": reason, "x-request-id": requestId },
-    body: `${reason}\n`,
-    finish() {},
-  };
-}

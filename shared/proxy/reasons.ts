@@ -22,12 +22,16 @@ export const REASONS = {
   // TLS originated to an external host failed: handshake, or a certificate not valid for the host.
   upstream_tls_failure: 502,
   no_healthy_upstream: 503,
+  // A sidecar asked before it holds any config.
+  no_config: 503,
   upstream_connect_failure: 503,
   retries_exhausted: 503,
   circuit_open: 503,
   mtls_unavailable: 503,
   overflow: 503,
   timeout: 504,
+  // An ALLOW_ANY pass-through that came back to the sidecar that sent it.
+  loop_detected: 508,
   // Injected by a route's fault.abort, whose httpStatus replaces this default.
   fault_abort: 503,
 } as const;
