@@ -4,7 +4,12 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { once } from "node:events";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import tls from "node:tls";
 import { createTestIssuer } from "../../shared/policy/testing.ts";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { rawExchange } from "../harness/upstream.ts";
@@ -20,6 +25,18 @@ async function accessLine(gw: GatewayProcess, match: (l: Record<string, unknown>
   }
   return undefined;
 }
+
+// A self-signed certificate for the gateway's HTTPS listener (wss://).
+const certDir = mkdtempSync(join(tmpdir(), "weft-ws-tls-"));
+const certFile = join(certDir, "cert.pem");
+const keyFile = join(certDir, "key.pem");
+execFileSync("openssl", [
+  "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+  "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+  "-keyout", keyFile, "-out", certFile,
+], { stdio: "ignore" });
+const cert = readFileSync(certFile, "utf8");
+after(() => rmSync(certDir, { recursive: true, force: true }));
 
 describe("gateway on Node: WebSocket upgrades", () => {
   const idp = createTestIssuer({ issuer: "https://idp.weft.test" });
@@ -38,7 +55,11 @@ describe("gateway on Node: WebSocket upgrades", () => {
       },
       gateways: {
         edge: {
-          listeners: [{ port: 0, address: "127.0.0.1" }],
+          listeners: [
+            { port: 0, address: "127.0.0.1" },
+            { port: 0, address: "127.0.0.1", http2: true },
+            { port: 0, address: "127.0.0.1", protocol: "https", tls: { certFile, keyFile } },
+          ],
           routes: [
             { name: "idle", match: { path: { prefix: "/idle" } }, forward: { to: [{ service: "idle" }] } },
             { name: "closed", match: { path: { prefix: "/closed" } }, forward: { to: [{ service: "closed" }] } },
@@ -88,6 +109,32 @@ describe("gateway on Node: WebSocket upgrades", () => {
     assert.equal(seen.headers["x-forwarded-for"], "127.0.0.1");
     r.ws.close(1000, "bye");
     assert.equal(await closed(r.ws), 1000);
+  });
+
+  test("a listener that also serves h2c carries HTTP/1.1 upgrades the same way", async () => {
+    const r = await openWs(`ws://127.0.0.1:${gw.ports[1]}/chat/h2-listener`);
+    assert.ok(r.ok);
+    assert.equal((await roundTrip(r.ws, "on the h2c port")).toString(), "on the h2c port");
+    r.ws.close();
+    await closed(r.ws);
+  });
+
+  test("wss: an upgrade over the HTTPS listener is carried, and an h2c upgrade there goes on as plain HTTP", async () => {
+    const r = await openWs(`wss://127.0.0.1:${gw.ports[2]}/chat/tls`, { ca: cert });
+    assert.ok(r.ok);
+    assert.equal((await roundTrip(r.ws, "over tls")).toString(), "over tls");
+    assert.equal(app.upgrades.at(-1)!.headers["x-forwarded-proto"], "https");
+    r.ws.close();
+    await closed(r.ws);
+    const socket = tls.connect({ port: gw.ports[2]!, host: "127.0.0.1", ca: cert, servername: "localhost" });
+    let text = "";
+    socket.on("data", (d: Buffer) => (text += d.toString("latin1")));
+    await once(socket, "secureConnect");
+    socket.write("GET /plain/tls HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMA\r\n\r\n");
+    await once(socket, "end");
+    socket.destroy();
+    assert.match(text, /^HTTP\/1\.1 200 /);
+    assert.match(text, /plain$/);
   });
 
   test("messages of a few MB pass intact both ways", async () => {

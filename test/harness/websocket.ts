@@ -68,9 +68,14 @@ export type WsOpen = { ok: true; ws: WebSocket; protocol: string } | { ok: false
  * @example
  * const r = await openWs(`ws://127.0.0.1:${port}/chat`, { headers: { host: "shop.test" } });
  */
-export function openWs(url: string, options: { headers?: Record<string, string>; protocols?: string[]; timeoutMs?: number } = {}): Promise<WsOpen> {
+export function openWs(url: string, options: { headers?: Record<string, string>; protocols?: string[]; timeoutMs?: number; ca?: string } = {}): Promise<WsOpen> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, options.protocols ?? [], { headers: options.headers, maxPayload: 64 * 1024 * 1024, handshakeTimeout: options.timeoutMs ?? 5000 });
+    const ws = new WebSocket(url, options.protocols ?? [], {
+      headers: options.headers,
+      maxPayload: 64 * 1024 * 1024,
+      handshakeTimeout: options.timeoutMs ?? 5000,
+      ...(options.ca ? { ca: options.ca, servername: "localhost" } : {}),
+    });
     ws.once("open", () => resolve({ ok: true, ws, protocol: ws.protocol }));
     ws.once("unexpected-response", (_req, res) => {
       let body = "";
