@@ -5,6 +5,9 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh, type Snapshot } from "../../shared/config/index.ts";
 import { createCertificateAuthority, createKeyAndCsr, type CertificateAuthority } from "../../shared/identity/index.ts";
 import { activeGate, createPolicyGate } from "../../shared/policy/index.ts";
@@ -139,4 +142,28 @@ test("an upgrade the receiving sidecar's policy denies gets 403 through both pro
 test("an app refusing the upgrade has its status relayed across the mesh", async () => {
   const r = await openWs(`ws://127.0.0.1:${outbound.port}/refuse/404`, { headers: { host: "api" } });
   assert.deepEqual(r.ok ? "open" : [r.status, r.body], [404, "refused\n"]);
+});
+
+test("an app on a Unix socket (sidecar --app-socket) gets the upgrade from the inbound side", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "weft-ws-uds-"));
+  const socketApp = await startWsApp({ path: join(dir, "app.sock") });
+  const client = nodeRuntime.createUpstreamClient();
+  const views = createSidecarViews(snapshot, "api", { app: parseEndpoint(`unix:${join(dir, "app.sock")}`) });
+  const listener = await nodeRuntime.listen(
+    { port: 0, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 },
+    { engine: createEngine({ client, edge: false }), current: () => views.inbound },
+  );
+  try {
+    const r = await openWs(`ws://127.0.0.1:${listener.port}/chat/uds`, { headers: { host: "api" } });
+    assert.ok(r.ok);
+    assert.equal((await roundTrip(r.ws, "over uds")).toString(), "over uds");
+    assert.equal(socketApp.upgrades.at(-1)!.url, "/chat/uds");
+    r.ws.close();
+    await closed(r.ws);
+  } finally {
+    await listener.close();
+    await client.close();
+    await socketApp.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
