@@ -97,6 +97,8 @@ export const RouteMatchSchema = v.strictObject({
 // The gRPC ones (Envoy's retry_grpc_on) retry a trailers-only answer with that grpc-status, POST or not.
 const RetryOn = v.picklist([
   "connect-failure",
+  // An HTTP/2 stream the upstream refused (RST_STREAM or GOAWAY with REFUSED_STREAM) never reached the app (RFC 9113 §8.7).
+  "refused-stream",
   "reset",
   "5xx",
   "gateway-error",
@@ -114,8 +116,8 @@ export const RetryPolicySchema = v.strictObject({
   attempts: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(10)), 1),
   /** Timeout of each try; default: the route timeout. */
   perTryTimeoutMs: v.optional(PositiveDurationMs),
-  /** Conditions that trigger a retry (default ["connect-failure"]). */
-  retryOn: v.optional(v.array(RetryOn), ["connect-failure"]),
+  /** Conditions that trigger a retry (default ["connect-failure", "refused-stream"]). */
+  retryOn: v.optional(v.array(RetryOn), ["connect-failure", "refused-stream"]),
   /** Status codes retried with "retriable-status-codes" (default [503]). */
   retriableStatusCodes: v.optional(v.array(v.pipe(v.number(), v.integer(), v.minValue(100), v.maxValue(599))), [503]),
   /** Exponential backoff base (default 25 ms) and cap (default 250 ms); full jitter. */

@@ -327,7 +327,7 @@ test("a small valid mesh passes and every omitted field gets its documented defa
   assert.deepEqual(edge.routes[0]!.forward!.to, [{ service: "web", weight: 1 }]);
   assert.deepEqual(edge.routes[0]!.forward!.retries, {
     attempts: 1,
-    retryOn: ["connect-failure"],
+    retryOn: ["connect-failure", "refused-stream"],
     retriableStatusCodes: [503],
     backoff: { baseMs: 25, maxMs: 250 },
     retryNonIdempotent: false,

@@ -109,3 +109,37 @@ describe("the grpc-status a gRPC call is recorded with", () => {
     assert.equal((await recorded(grpcHead("/pkg.Api/Call", "application/json"), ok({}), { "grpc-status": "0" })).grpcStatus, undefined);
   });
 });
+
+describe("a refused HTTP/2 stream", () => {
+  const r = validateMesh({
+    services: { api: { ports: [{ port: 50051, protocol: "grpc" }], endpoints: [{ address: "10.0.0.1:50051" }, { address: "10.0.0.2:50051" }] } },
+    gateways: { edge: { listeners: [{ port: 0 }], routes: [{ forward: { to: [{ service: "api" }] } }] } },
+  });
+  assert.ok(r.ok);
+  const view = createGatewayView(compileMesh(r.value, 1), "edge");
+  const post: RequestHead = { method: "POST", scheme: "http", authority: "api", path: "/pkg.Api/Call", headers: { "content-type": "application/grpc" }, clientIp: "192.0.2.1", localPort: 80 };
+
+  /** The first try fails with `first`, the next one is answered 200; returns the tries and the status. */
+  async function run(first: UpstreamResult): Promise<{ tries: number; status: number }> {
+    let tries = 0;
+    const client: UpstreamClient = {
+      async forward() {
+        tries++;
+        return tries === 1 ? first : { ok: true, response: { status: 200, headers: { "grpc-status": "0" }, discard() {} } };
+      },
+      async close() {},
+    };
+    const engine = createEngine({ client, edge: true, sleep: async () => {} });
+    const exchange = await engine.handle(post, { length: 0, replayable: true }, view);
+    return { tries, status: exchange.status };
+  }
+
+  test("is retried by default even for a POST: the upstream never saw it", async () => {
+    assert.deepEqual(await run({ ok: false, reason: "upstream_reset", detail: "refused_stream" }), { tries: 2, status: 200 });
+  });
+
+  test("another reset of a POST is not retried by default", async () => {
+    const r = await run({ ok: false, reason: "upstream_reset", detail: "ECONNRESET" });
+    assert.equal(r.tries, 1);
+  });
+});

@@ -7,7 +7,7 @@ import { grpcLocalHeaders, grpcStatusOfResponse, isGrpcRequest, parseGrpcTimeout
 import { appendForwardedFor, copyForwardable, firstValue, trustedClientIp, type OutgoingHeaders } from "./headers.ts";
 import type { OutlierDetector } from "./outlier.ts";
 import { REASONS, type Reason } from "./reasons.ts";
-import { backoffMs, isIdempotent, shouldRetryFailure, shouldRetryStatus } from "./retry.ts";
+import { backoffMs, isIdempotent, isRefusedStream, shouldRetryFailure, shouldRetryStatus } from "./retry.ts";
 import { chooseWeighted, type RouteMatch } from "./router.ts";
 import { toOriginForm } from "./request-target.ts";
 import { applyHeaderOps, redirectLocation, rewritePath } from "./route-actions.ts";
@@ -143,7 +143,7 @@ const VALID_AUTHORITY = /^[^\s,/\\@]+$/;
 
 const DEFAULT_RETRIES: RetryPolicyConfig = {
   attempts: 1,
-  retryOn: ["connect-failure"],
+  retryOn: ["connect-failure", "refused-stream"],
   retriableStatusCodes: [503],
   backoff: { baseMs: 25, maxMs: 250 },
   retryNonIdempotent: false,
@@ -542,9 +542,9 @@ export function createEngine(options: EngineOptions): Engine {
           return upstreamExchange(last.response, route, record, verdict);
         }
         if (last.reason === "body_too_large") return local(record, "body_too_large");
-        // A connect failure never reached the upstream, so even a POST is safe to send again.
-        const safe = last.reason === "upstream_connect_failure" || mayReplayMethod;
-        if (canRetry && safe && shouldRetryFailure(retry, last.reason) && (circuit === undefined || (retrying = circuit.tryRetry()))) {
+        // A connect failure or a refused stream never reached the upstream, so even a POST is safe to send again.
+        const safe = last.reason === "upstream_connect_failure" || isRefusedStream(last.reason, last.detail) || mayReplayMethod;
+        if (canRetry && safe && shouldRetryFailure(retry, last.reason, last.detail) && (circuit === undefined || (retrying = circuit.tryRetry()))) {
           await sleep(backoffMs(retry, attempt, random));
           continue;
         }

@@ -32,6 +32,14 @@ test("connect-failure covers only failed connects; reset covers resets and per-t
   assert.equal(shouldRetryFailure(policy(["5xx"]), "body_too_large"), false);
 });
 
+test("refused-stream covers only HTTP/2 streams the upstream refused; reset covers them too", () => {
+  assert.equal(shouldRetryFailure(policy(["refused-stream"]), "upstream_reset", "refused_stream"), true);
+  assert.equal(shouldRetryFailure(policy(["refused-stream"]), "upstream_reset", "ECONNRESET"), false);
+  assert.equal(shouldRetryFailure(policy(["refused-stream"]), "upstream_connect_failure"), false);
+  assert.equal(shouldRetryFailure(policy(["connect-failure"]), "upstream_reset", "refused_stream"), false);
+  assert.equal(shouldRetryFailure(policy(["reset"]), "upstream_reset", "refused_stream"), true);
+});
+
 test("non-idempotent methods are not retried by default", () => {
   assert.equal(isIdempotent("GET"), true);
   assert.equal(isIdempotent("PUT"), true);

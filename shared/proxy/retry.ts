@@ -26,18 +26,33 @@ export function shouldRetryStatus(policy: RetryPolicyConfig, status: number): bo
 
 /**
  * shouldRetryFailure tells whether a local upstream failure triggers a retry: `connect-failure`
- * covers failed connects, `reset` covers resets and per-try timeouts, `5xx` and `gateway-error` cover both.
+ * covers failed connects, `refused-stream` HTTP/2 streams the upstream refused, `reset` covers resets
+ * (refused streams too) and per-try timeouts, `5xx` and `gateway-error` cover all of them.
  * @example
  * shouldRetryFailure({ ...policy, retryOn: ["reset"] }, "upstream_reset") // true
  */
-export function shouldRetryFailure(policy: RetryPolicyConfig, reason: UpstreamFailure): boolean {
+export function shouldRetryFailure(policy: RetryPolicyConfig, reason: UpstreamFailure, detail?: string): boolean {
   for (const on of policy.retryOn) {
     if (on === "5xx" || on === "gateway-error") return reason !== "body_too_large";
     if (on === "connect-failure" && reason === "upstream_connect_failure") return true;
+    if (on === "refused-stream" && isRefusedStream(reason, detail)) return true;
     if (on === "reset" && (reason === "upstream_reset" || reason === "timeout" || reason === "upstream_protocol_error")) return true;
   }
   return false;
 }
+
+/**
+ * isRefusedStream tells whether a failure is an HTTP/2 stream the upstream refused (REFUSED_STREAM,
+ * also for the streams a GOAWAY left out): the application never saw it, so any method may go again.
+ * @example
+ * isRefusedStream("upstream_reset", "refused_stream") // true
+ */
+export function isRefusedStream(reason: UpstreamFailure, detail: string | undefined): boolean {
+  return reason === "upstream_reset" && detail === REFUSED_STREAM_DETAIL;
+}
+
+/** The detail an UpstreamClient gives a refused HTTP/2 stream (with reason upstream_reset). */
+export const REFUSED_STREAM_DETAIL = "refused_stream";
 
 /**
  * backoffMs is the wait before retry number `attempt + 1`: exponential from `baseMs`, capped at

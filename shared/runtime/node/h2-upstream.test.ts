@@ -69,6 +69,11 @@ describe("HTTP/2 upstream client (h2c)", () => {
         stream.end("payload");
         return;
       }
+      if (path === "/refuse") {
+        stream.on("error", () => {});
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        return;
+      }
       if (path === "/headers-only") {
         stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "14" }, { endStream: true });
         return;
@@ -176,6 +181,16 @@ describe("HTTP/2 upstream client (h2c)", () => {
       assert.equal(result.response.headers["grpc-status"], "14");
       assert.equal(((result.response as NodeUpstreamResponse).message as unknown as RelayedStream).headersOnly, true);
       result.response.discard();
+    } finally {
+      await client.close();
+    }
+  });
+
+  test("a stream the server refuses (REFUSED_STREAM) is upstream_reset with detail refused_stream, which retries treat as unseen", async () => {
+    const client = createNodeH2UpstreamClient();
+    try {
+      const r = await client.forward(requestTo(port, { path: "/refuse" }));
+      assert.deepEqual(r, { ok: false, reason: "upstream_reset", detail: "refused_stream" });
     } finally {
       await client.close();
     }

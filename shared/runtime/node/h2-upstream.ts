@@ -2,7 +2,7 @@ import type http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import tls from "node:tls";
-import type { HeaderMap, UpstreamClient, UpstreamFailure, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
+import { REFUSED_STREAM_DETAIL, type HeaderMap, type UpstreamClient, type UpstreamFailure, type UpstreamRequest, type UpstreamResult } from "../../proxy/index.ts";
 import type { NodeRequestBody } from "./body.ts";
 import { meshClientTlsOptions } from "./mesh-tls.ts";
 import type { NodeUpstreamResponse } from "./upstream.ts";
@@ -279,7 +279,7 @@ class H2Call {
       // Closed before any response: refused streams never reached the application (RFC 9113 §8.7).
       const code = stream.rstCode;
       if (this.pooled.error === ALPN_HTTP1 || !this.pooled.connected) this.fail("upstream_connect_failure", this.pooled.error ?? this.error);
-      else if (code === NGHTTP2_REFUSED_STREAM) this.fail("upstream_reset", "refused_stream");
+      else if (code === NGHTTP2_REFUSED_STREAM) this.fail("upstream_reset", REFUSED_STREAM_DETAIL);
       else this.fail("upstream_reset", this.pooled.error ?? `rst_stream ${code}`);
       return;
     }
