@@ -4,55 +4,12 @@
 // against the service's authorization policy and pipes to the app's tcp port.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
+import { echoThrough, startTcpEcho } from "../harness/tcp-echo.ts";
 import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
-
-/** A TCP echo app counting the connections it accepted. */
-async function startEcho() {
-  const sockets = new Set<net.Socket>();
-  let accepted = 0;
-  const server = net.createServer((socket) => {
-    accepted++;
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {});
-    socket.pipe(socket);
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    accepted: () => accepted,
-    close: () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  };
-}
-
-/** Sends the payload, reads the echo until every byte is back; "closed" when the connection ends first. */
-function echoThrough(port: number, payload: Buffer): Promise<Buffer | "closed"> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    const chunks: Buffer[] = [];
-    let length = 0;
-    socket.on("data", (d: Buffer) => {
-      chunks.push(d);
-      length += d.length;
-      if (length >= payload.length) {
-        socket.end();
-        resolve(Buffer.concat(chunks));
-      }
-    });
-    socket.on("error", () => {});
-    socket.on("close", () => resolve("closed"));
-    socket.write(payload);
-  });
-}
 
 /** Polls the process's access log until a line satisfies `match`. */
 async function accessLine(p: WeftProcess, match: (l: Record<string, unknown>) => boolean, timeoutMs = 20_000): Promise<Record<string, unknown>> {
@@ -69,7 +26,7 @@ describe("TCP between sidecars", () => {
   let dir: string;
   let nats: NatsServer;
   let control: WeftProcess;
-  let echo: Awaited<ReturnType<typeof startEcho>>;
+  let echo: Awaited<ReturnType<typeof startTcpEcho>>;
   const sidecars: WeftProcess[] = [];
   let clientPort: number;
   let otherPort: number;
@@ -86,7 +43,7 @@ describe("TCP between sidecars", () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "weft-tcp-mesh-"));
     nats = await startNatsServer();
-    echo = await startEcho();
+    echo = await startTcpEcho();
     control = spawnWeft(["control", "--nats", nats.url, "--id", "control-1", "--state-dir", join(dir, "control")]);
     await control.waitForLog((l) => l.msg === "control plane ready");
     const file = join(dir, "weft.config.ts");

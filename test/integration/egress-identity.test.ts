@@ -4,22 +4,15 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh, type Snapshot } from "../../shared/config/index.ts";
-import { createCertificateAuthority, createKeyAndCsr } from "../../shared/identity/index.ts";
-import { createEngine, createSidecarViews, type MeshIdentity, type MeshTlsMaterial, type RouteView } from "../../shared/proxy/index.ts";
+import { createCertificateAuthority } from "../../shared/identity/index.ts";
+import { createEngine, createSidecarViews, type MeshIdentity, type RouteView } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createOutbound } from "../../sidecar/outbound.ts";
+import { meshIdentity } from "../harness/mesh-identity.ts";
 import { request } from "../harness/upstream.ts";
 
 const TD = "example.org";
 const ca = await createCertificateAuthority({ trustDomain: TD });
-
-async function identity(spiffeId: string): Promise<MeshIdentity> {
-  const { keyPem, csrPem } = await createKeyAndCsr(spiffeId);
-  const r = await ca.sign(csrPem, { spiffeId, ttlMs: 3_600_000 });
-  if (!r.ok) throw new Error(r.reason);
-  const material: MeshTlsMaterial = { chainPem: r.chainPem, keyPem, bundlePem: ca.bundle() };
-  return { trustDomain: TD, spiffeId, current: () => material, generation: 1, onUpdate: () => () => {} };
-}
 
 /** A mesh mTLS listener that answers every request itself, standing in for whoever holds `id`. */
 async function meshServer(id: MeshIdentity) {
@@ -59,9 +52,9 @@ after(async () => {
 });
 
 test("the sidecar reaches a server holding the egress gateway's SPIFFE ID, and refuses one holding another workload's", async () => {
-  const web = await identity(`spiffe://${TD}/ns/default/sa/web`);
-  const real = await meshServer(await identity(`spiffe://${TD}/ns/default/sa/egress`));
-  const rogue = await meshServer(await identity(`spiffe://${TD}/ns/default/sa/rogue`));
+  const web = await meshIdentity(ca, `spiffe://${TD}/ns/default/sa/web`);
+  const real = await meshServer(await meshIdentity(ca, `spiffe://${TD}/ns/default/sa/egress`));
+  const rogue = await meshServer(await meshIdentity(ca, `spiffe://${TD}/ns/default/sa/rogue`));
   cleanups.push(real.close, rogue.close);
   const client = nodeRuntime.createUpstreamClient();
   cleanups.push(() => client.close());

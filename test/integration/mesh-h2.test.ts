@@ -9,48 +9,17 @@ import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { X509Certificate } from "node:crypto";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh } from "../../shared/config/index.ts";
-import { createCertificateAuthority, createKeyAndCsr, type CertificateAuthority } from "../../shared/identity/index.ts";
-import { createEngine, createSidecarViews, type MeshIdentity, type MeshTlsMaterial, type RequestRecord, type UpstreamRequest } from "../../shared/proxy/index.ts";
+import { createCertificateAuthority } from "../../shared/identity/index.ts";
+import { createEngine, createSidecarViews, type MeshIdentity, type RequestRecord, type UpstreamRequest } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import type { NodeRequestBody } from "../../shared/runtime/node/body.ts";
 import { createMeshFront, meshTlsOptions } from "../../shared/runtime/node/mesh-tls.ts";
 import type { NodeUpstreamResponse } from "../../shared/runtime/node/upstream.ts";
+import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
 
 const TD = "example.org";
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
 const API = `spiffe://${TD}/ns/default/sa/api`;
-
-async function material(ca: CertificateAuthority, spiffeId: string): Promise<MeshTlsMaterial> {
-  const { keyPem, csrPem } = await createKeyAndCsr(spiffeId);
-  const r = await ca.sign(csrPem, { spiffeId, ttlMs: 3_600_000 });
-  if (!r.ok) throw new Error(r.reason);
-  return { chainPem: r.chainPem, keyPem, bundlePem: ca.bundle() };
-}
-
-/** A MeshIdentity over material the test hands in; `set` plays the identity agent's renewal. */
-function heldIdentity(spiffeId: string, first: MeshTlsMaterial) {
-  let held = first;
-  let generation = 1;
-  const listeners = new Set<(m: MeshTlsMaterial) => void>();
-  const identity: MeshIdentity & { set(next: MeshTlsMaterial): void } = {
-    trustDomain: TD,
-    spiffeId,
-    current: () => held,
-    get generation() {
-      return generation;
-    },
-    onUpdate(listener) {
-      listeners.add(listener);
-      return () => listeners.delete(listener);
-    },
-    set(next) {
-      held = next;
-      generation += 1;
-      for (const l of listeners) l(next);
-    },
-  };
-  return identity;
-}
 
 /** An app answering with the protocol it was spoken to in and the caller identity it was told. */
 function describeRequest(req: http.IncomingMessage | http2.Http2ServerRequest) {
@@ -143,10 +112,10 @@ const apps = await startApps();
 cleanups.push(apps.close);
 
 test("an h2 mesh call reaches an h2c app with its trailers, and the inbound side records the caller's SPIFFE ID and HTTP/2", async () => {
-  const inbound = await startInbound(heldIdentity(API, await material(ca, API)), apps.h2, "http2", () => "STRICT");
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h2, "http2", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await material(ca, WEB)), API));
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
     assert.ok(r.ok, JSON.stringify(r));
     assert.deepEqual([r.status, r.body.version, r.body.xfcc], [200, "2.0", `URI=${WEB}`]);
     assert.equal(r.trailers["x-app-trailer"], "kept");
@@ -163,10 +132,10 @@ test("an h2 mesh call reaches an h2c app with its trailers, and the inbound side
 });
 
 test("a request that arrives over HTTP/2 leaves for an HTTP/1.1 app over HTTP/1.1", async () => {
-  const inbound = await startInbound(heldIdentity(API, await material(ca, API)), apps.h1, "http", () => "STRICT");
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h1, "http", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await material(ca, WEB)), API));
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
     assert.ok(r.ok, JSON.stringify(r));
     assert.deepEqual([r.status, r.body.version, r.body.xfcc], [200, "1.1", `URI=${WEB}`]);
   } finally {
@@ -176,10 +145,10 @@ test("a request that arrives over HTTP/2 leaves for an HTTP/1.1 app over HTTP/1.
 });
 
 test("the h2 caller refuses a server that is not the destination's workload (wrong SPIFFE ID)", async () => {
-  const inbound = await startInbound(heldIdentity(WEB, await material(ca, WEB)), apps.h2, "http2", () => "STRICT");
+  const inbound = await startInbound(heldIdentity(WEB, await issueSvid(ca, WEB)), apps.h2, "http2", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await material(ca, WEB)), API));
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
     assert.deepEqual(r, { ok: false, reason: "upstream_connect_failure", detail: "svid_id_mismatch" });
   } finally {
     await client.close();
@@ -189,7 +158,7 @@ test("the h2 caller refuses a server that is not the destination's workload (wro
 
 test("STRICT refuses h2c prior knowledge; PERMISSIVE serves it without a peer identity", async () => {
   let mode: "STRICT" | "PERMISSIVE" = "STRICT";
-  const inbound = await startInbound(heldIdentity(API, await material(ca, API)), apps.h2, "http2", () => mode);
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h2, "http2", () => mode);
   const h2c = () =>
     new Promise<{ status: number; body: string } | "refused">((resolve) => {
       const session = http2.connect(`http://127.0.0.1:${inbound.port}`);
@@ -226,7 +195,7 @@ test("STRICT refuses h2c prior knowledge; PERMISSIVE serves it without a peer id
 
 test("after a renewal new requests open a session with the new certificate while a request on the old one finishes", async () => {
   // A bare h2 mTLS server in the peer's place, to see which client certificate each connection shows.
-  const apiMaterial = await material(ca, API);
+  const apiMaterial = await issueSvid(ca, API);
   const serials: string[] = [];
   const held: http2.ServerHttp2Stream[] = [];
   const server = http2.createSecureServer({ ...meshTlsOptions(apiMaterial), requestCert: true, rejectUnauthorized: true });
@@ -240,14 +209,14 @@ test("after a renewal new requests open a session with the new certificate while
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const port = (server.address() as AddressInfo).port;
-  const caller = heldIdentity(WEB, await material(ca, WEB));
+  const caller = heldIdentity(WEB, await issueSvid(ca, WEB));
   const client = nodeRuntime.createUpstreamClient();
   try {
     assert.equal((await callMesh(client, meshRequest(port, caller, API))).ok, true);
     const slow = client.forward(meshRequest(port, caller, API, "/hold"));
     while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
     assert.equal(serials.length, 1, "one multiplexed session so far");
-    caller.set(await material(ca, WEB));
+    caller.set(await issueSvid(ca, WEB));
     for (let i = 0; i < 3; i++) assert.equal((await callMesh(client, meshRequest(port, caller, API))).ok, true);
     assert.equal(serials.length, 2, "one new session after the renewal");
     assert.notEqual(serials[1], serials[0]);
@@ -267,12 +236,12 @@ test("after a renewal new requests open a session with the new certificate while
 test("a mesh peer that offers only HTTP/1.1 is called over HTTP/1.1 instead", async () => {
   // An older or Web-runtime (Bun, Deno) inbound port: mesh mTLS in front of node:http alone.
   const app = http.createServer((req, res) => res.end(describeRequest(req)));
-  const front = createMeshFront({ identity: heldIdentity(API, await material(ca, API)), mode: () => "STRICT" }, app);
+  const front = createMeshFront({ identity: heldIdentity(API, await issueSvid(ca, API)), mode: () => "STRICT" }, app);
   await new Promise<void>((r) => front.server.listen(0, "127.0.0.1", r));
   const port = (front.server.address() as AddressInfo).port;
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const caller = heldIdentity(WEB, await material(ca, WEB));
+    const caller = heldIdentity(WEB, await issueSvid(ca, WEB));
     for (let i = 0; i < 2; i++) {
       const r = await callMesh(client, meshRequest(port, caller, API));
       assert.ok(r.ok, JSON.stringify(r));

@@ -10,46 +10,15 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh } from "../../shared/config/index.ts";
-import { createCertificateAuthority, createKeyAndCsr, type CertificateAuthority } from "../../shared/identity/index.ts";
-import { createEngine, createSidecarViews, type MeshIdentity, type MeshTlsMaterial } from "../../shared/proxy/index.ts";
+import { createCertificateAuthority } from "../../shared/identity/index.ts";
+import { createEngine, createSidecarViews, type MeshIdentity } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import type { NodeRequestBody } from "../../shared/runtime/node/body.ts";
+import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
 
 const TD = "example.org";
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
 const API = `spiffe://${TD}/ns/default/sa/api`;
-
-async function material(ca: CertificateAuthority, spiffeId: string, ttlMs = 3_600_000): Promise<MeshTlsMaterial> {
-  const { keyPem, csrPem } = await createKeyAndCsr(spiffeId);
-  const r = await ca.sign(csrPem, { spiffeId, ttlMs });
-  if (!r.ok) throw new Error(r.reason);
-  return { chainPem: r.chainPem, keyPem, bundlePem: ca.bundle() };
-}
-
-/** A MeshIdentity over material the test hands in; `set` plays the identity agent's renewal. */
-function heldIdentity(spiffeId: string, first: MeshTlsMaterial, trustDomain = TD) {
-  let held = first;
-  let generation = 1;
-  const listeners = new Set<(m: MeshTlsMaterial) => void>();
-  const identity: MeshIdentity & { set(next: MeshTlsMaterial): void } = {
-    trustDomain,
-    spiffeId,
-    current: () => held,
-    get generation() {
-      return generation;
-    },
-    onUpdate(listener) {
-      listeners.add(listener);
-      return () => listeners.delete(listener);
-    },
-    set(next) {
-      held = next;
-      generation += 1;
-      for (const l of listeners) l(next);
-    },
-  };
-  return identity;
-}
 
 /** A plain app that answers with the x-forwarded-client-cert it received. */
 async function startApp() {
@@ -118,10 +87,10 @@ const app = await startApp();
 cleanups.push(app.close);
 
 test("a mesh call over mTLS reaches the app, which sees the caller's verified SPIFFE ID and never a forged one", async () => {
-  const inbound = await startInbound(heldIdentity(API, await material(ca, API)), app.port, () => "STRICT");
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), app.port, () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, inbound.port, heldIdentity(WEB, await material(ca, WEB)), API);
+    const r = await callMesh(client, inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API);
     assert.equal(r.ok, true);
     if (r.ok) assert.deepEqual([r.status, r.body.xfcc], [200, `URI=${WEB}`]);
     assert.deepEqual(inbound.refused, []);
@@ -133,10 +102,10 @@ test("a mesh call over mTLS reaches the app, which sees the caller's verified SP
 
 test("the caller refuses a server that is not the destination's workload (wrong SPIFFE ID)", async () => {
   // The port presents web's certificate while the caller expects api.
-  const inbound = await startInbound(heldIdentity(WEB, await material(ca, WEB)), app.port, () => "STRICT");
+  const inbound = await startInbound(heldIdentity(WEB, await issueSvid(ca, WEB)), app.port, () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, inbound.port, heldIdentity(WEB, await material(ca, WEB)), API);
+    const r = await callMesh(client, inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API);
     assert.deepEqual(r, { ok: false, reason: "upstream_connect_failure", detail: "svid_id_mismatch" });
   } finally {
     await client.close();
@@ -146,7 +115,7 @@ test("the caller refuses a server that is not the destination's workload (wrong 
 
 test("STRICT refuses plaintext and TLS without a client certificate; PERMISSIVE serves plaintext without a peer identity", async () => {
   let mode: "STRICT" | "PERMISSIVE" = "STRICT";
-  const inbound = await startInbound(heldIdentity(API, await material(ca, API)), app.port, () => mode);
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), app.port, () => mode);
   try {
     const plain = await fetch(`http://127.0.0.1:${inbound.port}/`, { headers: { "x-forwarded-client-cert": "URI=spiffe://example.org/ns/x/sa/forged" } }).then(
       (r) => r.status,
@@ -174,12 +143,12 @@ test("STRICT refuses plaintext and TLS without a client certificate; PERMISSIVE 
 
 test("a client certificate from another trust domain is refused even when the TLS layer trusts its root", async () => {
   const foreign = await createCertificateAuthority({ trustDomain: "other.org" });
-  const apiMaterial = await material(ca, API);
+  const apiMaterial = await issueSvid(ca, API);
   // The server's TLS layer trusts both roots; the SPIFFE trust-domain rule must still refuse the peer.
   const inbound = await startInbound(heldIdentity(API, { ...apiMaterial, bundlePem: [...ca.bundle(), ...foreign.bundle()] }), app.port, () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const foreignWeb = await material(foreign, "spiffe://other.org/ns/default/sa/web");
+    const foreignWeb = await issueSvid(foreign, "spiffe://other.org/ns/default/sa/web");
     const caller = heldIdentity("spiffe://other.org/ns/default/sa/web", { ...foreignWeb, bundlePem: ca.bundle() }, TD);
     const r = await callMesh(client, inbound.port, caller, API);
     assert.equal(r.ok, false);
@@ -191,8 +160,8 @@ test("a client certificate from another trust domain is refused even when the TL
 });
 
 test("after a renewal new connections get the new certificate on both sides, and calls keep working", async () => {
-  const serverId = heldIdentity(API, await material(ca, API));
-  const callerId = heldIdentity(WEB, await material(ca, WEB));
+  const serverId = heldIdentity(API, await issueSvid(ca, API));
+  const callerId = heldIdentity(WEB, await issueSvid(ca, WEB));
   const inbound = await startInbound(serverId, app.port, () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   const serialOf = () =>
@@ -210,8 +179,8 @@ test("after a renewal new connections get the new certificate on both sides, and
   try {
     const before = await serialOf();
     assert.equal((await callMesh(client, inbound.port, callerId, API)).ok, true);
-    serverId.set(await material(ca, API));
-    callerId.set(await material(ca, WEB));
+    serverId.set(await issueSvid(ca, API));
+    callerId.set(await issueSvid(ca, WEB));
     const afterRenewal = await serialOf();
     assert.notEqual(afterRenewal, before);
     for (let i = 0; i < 5; i++) assert.equal((await callMesh(client, inbound.port, callerId, API)).ok, true);
@@ -240,14 +209,14 @@ function sClient(port: number, args: string[], input: string): Promise<{ code: n
 test("openssl s_client with an SVID completes the handshake and gets the app's answer; without one it is refused in STRICT and served in PERMISSIVE", async () => {
   const dir = mkdtempSync(join(tmpdir(), "weft-mtls-"));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  const web = await material(ca, WEB);
+  const web = await issueSvid(ca, WEB);
   // s_client sends only the first certificate of -cert; the intermediate goes in -cert_chain.
   writeFileSync(join(dir, "web.pem"), web.chainPem[0]!);
   writeFileSync(join(dir, "chain.pem"), web.chainPem.slice(1).join(""));
   writeFileSync(join(dir, "web.key"), web.keyPem, { mode: 0o600 });
   writeFileSync(join(dir, "bundle.pem"), ca.bundle().join(""));
   let mode: "STRICT" | "PERMISSIVE" = "STRICT";
-  const inbound = await startInbound(heldIdentity(API, await material(ca, API)), app.port, () => mode);
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), app.port, () => mode);
   const request = "GET /openssl HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n";
   try {
     const ok = await sClient(inbound.port, ["-cert", join(dir, "web.pem"), "-cert_chain", join(dir, "chain.pem"), "-key", join(dir, "web.key"), "-CAfile", join(dir, "bundle.pem"), "-verify_return_error"], request);
@@ -270,13 +239,13 @@ test("openssl s_client with an SVID completes the handshake and gets the app's a
 });
 
 test("client certificates from another root of the trust domain, or expired, are refused as untrusted", async () => {
-  const inbound = await startInbound(heldIdentity(API, await material(ca, API)), app.port, () => "STRICT");
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), app.port, () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
     const otherRoot = await createCertificateAuthority({ trustDomain: TD });
-    const impostor = await material(otherRoot, WEB);
+    const impostor = await issueSvid(otherRoot, WEB);
     assert.equal((await callMesh(client, inbound.port, heldIdentity(WEB, { ...impostor, bundlePem: ca.bundle() }), API)).ok, false);
-    const expired = await material(ca, WEB, 1);
+    const expired = await issueSvid(ca, WEB, 1);
     await new Promise((r) => setTimeout(r, 1100));
     assert.equal((await callMesh(client, inbound.port, heldIdentity(WEB, expired), API)).ok, false);
     assert.deepEqual(inbound.refused, ["untrusted", "untrusted"]);

@@ -4,14 +4,15 @@
 // anything to the app, then pipes to the app's port on loopback.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh, type MeshInput, type Snapshot } from "../../shared/config/index.ts";
-import { createCertificateAuthority, createKeyAndCsr, type CertificateAuthority } from "../../shared/identity/index.ts";
-import { createEngine, createTcpProxy, type MeshIdentity, type MeshTlsMaterial, type TcpRecord } from "../../shared/proxy/index.ts";
+import { createCertificateAuthority } from "../../shared/identity/index.ts";
+import { createEngine, createTcpProxy, type MeshIdentity, type TcpRecord } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createLogger } from "../../shared/telemetry/index.ts";
 import { createIngress } from "../../gateway/ingress.ts";
 import { createInboundTcpView } from "../../sidecar/inbound.ts";
+import { meshIdentity } from "../harness/mesh-identity.ts";
+import { echoThrough, startTcpEcho } from "../harness/tcp-echo.ts";
 
 const TD = "example.org";
 const EDGE = `spiffe://${TD}/ns/default/sa/edge`;
@@ -22,36 +23,6 @@ const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
-
-async function identityOf(ca: CertificateAuthority, spiffeId: string): Promise<MeshIdentity> {
-  const { keyPem, csrPem } = await createKeyAndCsr(spiffeId);
-  const r = await ca.sign(csrPem, { spiffeId, ttlMs: 3_600_000 });
-  if (!r.ok) throw new Error(r.reason);
-  const material: MeshTlsMaterial = { chainPem: r.chainPem, keyPem, bundlePem: ca.bundle() };
-  return { trustDomain: TD, spiffeId, current: () => material, generation: 1, onUpdate: () => () => {} };
-}
-
-/** A TCP echo app that counts the connections it ever accepted. */
-async function startEchoApp() {
-  const sockets = new Set<net.Socket>();
-  let accepted = 0;
-  const server = net.createServer((socket) => {
-    accepted++;
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    socket.on("error", () => {});
-    socket.pipe(socket);
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  cleanups.push(
-    () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  );
-  return { port: (server.address() as net.AddressInfo).port, accepted: () => accepted };
-}
 
 function collector() {
   const records: TcpRecord[] = [];
@@ -112,28 +83,9 @@ async function startGateway(name: string, snapshot: Snapshot, identity: MeshIden
   return { port: [...ingress.ports.values()][0]!, ...gateway };
 }
 
-/** Writes the payload and reads the echo until every byte is back; or "closed" if the connection ends first. */
-function echoThrough(port: number, payload: Buffer): Promise<Buffer | "closed"> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    const chunks: Buffer[] = [];
-    let length = 0;
-    socket.on("data", (d: Buffer) => {
-      chunks.push(d);
-      length += d.length;
-      if (length >= payload.length) {
-        socket.end();
-        resolve(Buffer.concat(chunks));
-      }
-    });
-    socket.on("error", () => {});
-    socket.on("close", () => resolve("closed"));
-    socket.write(payload);
-  });
-}
-
 const ca = await createCertificateAuthority({ trustDomain: TD, intermediate: true });
-const app = await startEchoApp();
+const app = await startTcpEcho();
+cleanups.push(app.close);
 
 function config(appPort: number): MeshInput {
   const tcpGateway = () => ({
@@ -154,11 +106,11 @@ function config(appPort: number): MeshInput {
 }
 
 test("a gateway tcp listener reaches the app through the destination's sidecar over mTLS, several MB intact both ways", async () => {
-  const dbIdentity = await identityOf(ca, DB);
+  const dbIdentity = await meshIdentity(ca, DB);
   const placeholder = meshSnapshot(config(app.port), 1);
   const inbound = await startInbound(placeholder, dbIdentity, app.port);
   const snapshot = meshSnapshot(config(app.port), inbound.port);
-  const gw = await startGateway("edge", snapshot, await identityOf(ca, EDGE));
+  const gw = await startGateway("edge", snapshot, await meshIdentity(ca, EDGE));
   const payload = Buffer.alloc(4 * 1024 * 1024);
   for (let i = 0; i < payload.length; i++) payload[i] = (i * 131 + (i >> 9)) & 0xff;
   const back = await echoThrough(gw.port, payload);
@@ -173,11 +125,11 @@ test("a gateway tcp listener reaches the app through the destination's sidecar o
 });
 
 test("authorization by source principal on a tcp port: another workload is refused before any byte reaches the app", async () => {
-  const dbIdentity = await identityOf(ca, DB);
+  const dbIdentity = await meshIdentity(ca, DB);
   const inbound = await startInbound(meshSnapshot(config(app.port), 1), dbIdentity, app.port);
   const snapshot = meshSnapshot(config(app.port), inbound.port);
-  const edge = await startGateway("edge", snapshot, await identityOf(ca, EDGE));
-  const intruder = await startGateway("intruder", snapshot, await identityOf(ca, INTRUDER));
+  const edge = await startGateway("edge", snapshot, await meshIdentity(ca, EDGE));
+  const intruder = await startGateway("intruder", snapshot, await meshIdentity(ca, INTRUDER));
 
   const before = app.accepted();
   assert.equal(await echoThrough(intruder.port, Buffer.from("let me in")), "closed");
@@ -193,7 +145,7 @@ test("authorization by source principal on a tcp port: another workload is refus
 });
 
 test("the inbound refuses a port the service does not declare as tcp, so it cannot reach any other loopback port", async () => {
-  const dbIdentity = await identityOf(ca, DB);
+  const dbIdentity = await meshIdentity(ca, DB);
   const inbound = await startInbound(meshSnapshot(config(app.port), 1), dbIdentity, app.port);
   // The gateway's route names db's http port: the inbound must not pipe bytes to it.
   const input = config(app.port);
@@ -202,7 +154,7 @@ test("the inbound refuses a port the service does not declare as tcp, so it cann
     ...snapshot,
     gateways: new Map([["edge", { ...snapshot.gateways.get("edge")!, tcpRoutes: [{ name: "db", to: [{ service: "db", weight: 1, port: 8080 }] }] }]]),
   };
-  const gw = await startGateway("edge", gwSnapshot, await identityOf(ca, EDGE));
+  const gw = await startGateway("edge", gwSnapshot, await meshIdentity(ca, EDGE));
   assert.equal(await echoThrough(gw.port, Buffer.from("GET / HTTP/1.1\r\n\r\n")), "closed");
   await inbound.until(1);
   assert.deepEqual([inbound.records[0]!.reason, inbound.records[0]!.localPort], ["unknown_port", 8080]);

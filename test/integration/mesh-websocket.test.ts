@@ -9,25 +9,18 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh, type Snapshot } from "../../shared/config/index.ts";
-import { createCertificateAuthority, createKeyAndCsr, type CertificateAuthority } from "../../shared/identity/index.ts";
+import { createCertificateAuthority } from "../../shared/identity/index.ts";
 import { activeGate, createPolicyGate } from "../../shared/policy/index.ts";
-import { createEngine, createGatewayView, createSidecarViews, type MeshIdentity, type MeshTlsMaterial, type RequestRecord, type SidecarViews } from "../../shared/proxy/index.ts";
+import { createEngine, createGatewayView, createSidecarViews, type RequestRecord, type SidecarViews } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createOutbound } from "../../sidecar/outbound.ts";
 import { closed, openWs, roundTrip, startWsApp } from "../harness/websocket.ts";
+import { meshIdentity } from "../harness/mesh-identity.ts";
 
 const TD = "example.org";
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
 const API = `spiffe://${TD}/ns/default/sa/api`;
 const EDGE = `spiffe://${TD}/ns/default/sa/edge`;
-
-async function identityOf(ca: CertificateAuthority, spiffeId: string): Promise<MeshIdentity> {
-  const { keyPem, csrPem } = await createKeyAndCsr(spiffeId);
-  const r = await ca.sign(csrPem, { spiffeId, ttlMs: 3_600_000 });
-  if (!r.ok) throw new Error(r.reason);
-  const material: MeshTlsMaterial = { chainPem: r.chainPem, keyPem, bundlePem: ca.bundle() };
-  return { trustDomain: TD, spiffeId, current: () => material, generation: 1, onUpdate: () => () => {} };
-}
 
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -59,7 +52,7 @@ const inboundRecords: RequestRecord[] = [];
 const apiClient = nodeRuntime.createUpstreamClient();
 let apiViews: SidecarViews | undefined;
 const inbound = await nodeRuntime.listen(
-  { port: 0, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384, mesh: { identity: await identityOf(ca, API), mode: () => "STRICT" } },
+  { port: 0, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384, mesh: { identity: await meshIdentity(ca, API), mode: () => "STRICT" } },
   { engine: createEngine({ client: apiClient, edge: false, onRequestDone: (r) => inboundRecords.push({ ...r }) }), current: () => apiViews!.inbound },
 );
 cleanups.push(async () => {
@@ -76,7 +69,7 @@ const edgeClient = nodeRuntime.createUpstreamClient();
 const edgeView = createGatewayView(snapshot, "edge");
 const gateway = await nodeRuntime.listen(
   { port: 0, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 },
-  { engine: createEngine({ client: edgeClient, edge: true, meshIdentity: await identityOf(ca, EDGE) }), current: () => edgeView },
+  { engine: createEngine({ client: edgeClient, edge: true, meshIdentity: await meshIdentity(ca, EDGE) }), current: () => edgeView },
 );
 cleanups.push(async () => {
   await gateway.close();
@@ -88,7 +81,7 @@ const webClient = nodeRuntime.createUpstreamClient();
 const webViews = createSidecarViews(snapshot, "web", { app: parseEndpoint("127.0.0.1:1") });
 const outbound = await nodeRuntime.listen(
   { port: 0, address: "127.0.0.1", maxHeaderCount: 100, maxHeaderBytes: 16384 },
-  createOutbound({ engine: createEngine({ client: webClient, edge: false, meshIdentity: await identityOf(ca, WEB) }), current: () => webViews, want: () => {}, proxyId: "web-test" }),
+  createOutbound({ engine: createEngine({ client: webClient, edge: false, meshIdentity: await meshIdentity(ca, WEB) }), current: () => webViews, want: () => {}, proxyId: "web-test" }),
 );
 cleanups.push(async () => {
   await outbound.close();
