@@ -1,11 +1,11 @@
 import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { connectNatsBus, toBusToken } from "../shared/bus/index.ts";
 import { readEnv } from "../shared/config/index.ts";
+import { isEntryModule } from "../shared/runtime/index.ts";
 import { createLogger } from "../shared/telemetry/index.ts";
 import { SA_TOKEN_AUDIENCE } from "./inject.ts";
 import { createTokenReviewer, inClusterApi, IN_CLUSTER_DIR } from "./kube.ts";
@@ -114,14 +114,8 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   };
 }
 
-function isEntry(): boolean {
-  // Bun and Deno say so; the bundle (scripts/build.mjs) defines it false, since every module shares its URL.
-  const main = (import.meta as ImportMeta & { main?: boolean }).main;
-  if (main !== undefined) return main;
-  return process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
-}
-
-if (isEntry()) {
+// import.meta.main as written: the bundle defines this expression (scripts/build.mjs).
+if (isEntryModule(import.meta.url, (import.meta as ImportMeta & { main?: boolean }).main)) {
   const stop = await main(process.argv.slice(2));
   for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => void stop().then(() => process.exit(0)));
 }

@@ -1,16 +1,27 @@
 import { watch } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import process from "node:process";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { hostname, networkInterfaces } from "node:os";
+import { hostname } from "node:os";
 import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
 import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, type Announcer, type LastGoodStore } from "../shared/discovery/index.ts";
 import { compileMesh, readEnv, TLS_MODE_LABEL, type ConfigIssue, type Snapshot, type WeftEnv } from "../shared/config/index.ts";
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import type { Attestation } from "../shared/identity/index.ts";
 import type { ProxyRuntime, ViewDeps } from "../shared/proxy/index.ts";
-import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore, loadMeshModule, type ProxyTelemetry } from "../shared/runtime/index.ts";
+import {
+  attestationSource,
+  createAdminApp,
+  createProxyTelemetry,
+  detectRuntime,
+  fileStore,
+  isEntryModule,
+  loadMeshModule,
+  registrationHost,
+  splitAddress,
+  type ProxyTelemetry,
+} from "../shared/runtime/index.ts";
 import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { createIngress, type Ingress } from "./ingress.ts";
 
@@ -329,27 +340,9 @@ async function applyWithTelemetry(ingress: Ingress, telemetry: ProxyTelemetry, s
 }
 
 /** The address sidecars reach a listener at: its bind address, or this host's first non-loopback IPv4. */
-function registrationHost(bind: string): string {
-  if (bind !== "0.0.0.0" && bind !== "::") return bind;
-  for (const list of Object.values(networkInterfaces())) {
-    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
-  }
-  return "127.0.0.1";
-}
 
-function splitAddress(address: string): [string, number] {
-  const colon = address.lastIndexOf(":");
-  return [address.slice(0, colon) || "127.0.0.1", Number(address.slice(colon + 1))];
-}
-
-function isEntry(): boolean {
-  // Bun and Deno say so; the bundle (scripts/build.mjs) defines it false, since every module shares its URL.
-  const main = (import.meta as ImportMeta & { main?: boolean }).main;
-  if (main !== undefined) return main;
-  return process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
-}
-
-if (isEntry()) {
+// import.meta.main as written: the bundle defines this expression (scripts/build.mjs).
+if (isEntryModule(import.meta.url, (import.meta as ImportMeta & { main?: boolean }).main)) {
   const stop = await main(process.argv.slice(2));
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.once(signal, () => {

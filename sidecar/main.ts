@@ -1,7 +1,6 @@
-import { hostname, networkInterfaces } from "node:os";
+import { hostname } from "node:os";
 import { resolve } from "node:path";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { connectNatsBus, toBusToken, type Bus } from "../shared/bus/index.ts";
 import type { Attestation } from "../shared/identity/index.ts";
@@ -20,7 +19,7 @@ import {
   type SidecarViews,
   type TcpView,
 } from "../shared/proxy/index.ts";
-import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore } from "../shared/runtime/index.ts";
+import { attestationSource, createAdminApp, createProxyTelemetry, detectRuntime, fileStore, isEntryModule, registrationHost, splitAddress } from "../shared/runtime/index.ts";
 import { createLogger, type Logger } from "../shared/telemetry/index.ts";
 import { bridgeUnixSocket, type UnixSocketBridge } from "./capture/uds.ts";
 import { createInbound, createInboundTcpView, inboundListenOptions } from "./inbound.ts";
@@ -426,27 +425,9 @@ function numberOption(raw: string | undefined, fallback: number, problems: strin
 }
 
 /** The address callers reach this workload at: the bind address, or this host's first non-loopback IPv4. */
-function registrationHost(bind: string | undefined): string {
-  if (bind && bind !== "0.0.0.0" && bind !== "::") return bind;
-  for (const list of Object.values(networkInterfaces())) {
-    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
-  }
-  return "127.0.0.1";
-}
 
-function splitAddress(address: string): [string, number] {
-  const colon = address.lastIndexOf(":");
-  return [address.slice(0, colon) || "127.0.0.1", Number(address.slice(colon + 1))];
-}
-
-function isEntry(): boolean {
-  // Bun and Deno say so; the bundle (scripts/build.mjs) defines it false, since every module shares its URL.
-  const main = (import.meta as ImportMeta & { main?: boolean }).main;
-  if (main !== undefined) return main;
-  return process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
-}
-
-if (isEntry()) {
+// import.meta.main as written: the bundle defines this expression (scripts/build.mjs).
+if (isEntryModule(import.meta.url, (import.meta as ImportMeta & { main?: boolean }).main)) {
   const stop = await main(process.argv.slice(2));
   for (const signal of ["SIGTERM", "SIGINT"] as const) process.once(signal, () => void stop().then(() => process.exit(0)));
 }

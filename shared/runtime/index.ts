@@ -23,3 +23,4 @@ export { loadMeshModule, type Loaded } from "./load-config.ts";
 export { attestationSource, KUBERNETES_SA_TOKEN, type AttestationFlags } from "./attestation.ts";
 export { createAdminApp, dumpSnapshot, redactSecrets, type AdminState } from "./admin.ts";
 export { createProxyTelemetry, type ProxyTelemetry } from "./proxy-telemetry.ts";
+export { isEntryModule, registrationHost, splitAddress } from "./role-process.ts";
