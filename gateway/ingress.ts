@@ -1,14 +1,18 @@
 import { readFile } from "node:fs/promises";
 import type { GatewaySnapshot, Snapshot } from "../shared/config/index.ts";
+import { compileAuthz } from "../shared/policy/index.ts";
 import {
+  createEgressTcpView,
   createEngine,
   type ClusterHealthReport,
+  type ConnectionHead,
   createGatewayView,
   createTcpGatewayView,
   createTcpProxy,
   type TcpRecord,
   type TcpView,
   type EngineOptions,
+  type ExternalTcpView,
   type Listener,
   type MeshIdentity,
   type ProxyRuntime,
@@ -81,6 +85,9 @@ export function createIngress(options: IngressOptions): Ingress {
   let view: RouteView | undefined;
   let tcpView: TcpView | undefined;
   const tcpTarget = { proxy: tcpProxy, current: () => tcpView };
+  // An egress gateway's mesh port also takes raw TCP (ALPN weft-tcp) for external tcp and tls ports.
+  let egressTcpView: ExternalTcpView | undefined;
+  const egressTcpTarget = { proxy: tcpProxy, current: () => undefined, external: () => egressTcpView };
   let snapshot: Snapshot | undefined;
   let waitingForCertificate = false;
   // Applies and reconciles open and close sockets one at a time, so none opens the same port twice.
@@ -127,7 +134,12 @@ export function createIngress(options: IngressOptions): Ingress {
       const identity = options.meshIdentity;
       const mesh =
         gateway.kind === "egress" && identity !== undefined && identity.current() !== undefined
-          ? { identity, mode: () => "STRICT" as const, onRefused: (reason: string, remote: string) => log.warn("egress peer refused", { reason, remote }) }
+          ? {
+              identity,
+              mode: () => "STRICT" as const,
+              onRefused: (reason: string, remote: string) => log.warn("egress peer refused", { reason, remote }),
+              tcp: egressTcpTarget,
+            }
           : undefined;
       if (gateway.kind === "egress" && mesh === undefined) {
         if (!waitingForCertificate) log.warn("egress listeners wait for the gateway's mesh certificate", { listener: key });
@@ -158,8 +170,10 @@ export function createIngress(options: IngressOptions): Ingress {
       // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
       const nextView = createGatewayView(next, name, options.viewDeps);
       const nextTcpView = createTcpGatewayView(next, name);
+      const nextEgressTcp = gateway.kind === "egress" ? createEgressTcpView(next, name, egressAuthorizer(gateway)) : undefined;
       view = nextView;
       tcpView = nextTcpView;
+      egressTcpView = nextEgressTcp;
       snapshot = next;
       await serially(() => reconcileListeners(gateway));
     },
@@ -189,4 +203,23 @@ export function createIngress(options: IngressOptions): Ingress {
       await client.close();
     },
   };
+}
+
+/**
+ * The egress gateway's policy for raw TCP, with Istio's TCP semantics (the caller's SPIFFE ID,
+ * namespace, address, port; HTTP-only rules never allow), as on a sidecar's inbound TCP.
+ */
+function egressAuthorizer(gateway: GatewaySnapshot): (head: ConnectionHead) => boolean {
+  const authz = compileAuthz(gateway.policy?.authz ?? [], gateway.policy?.pathNormalization);
+  return (head) =>
+    authz.evaluate({
+      tcp: true,
+      method: "",
+      authority: "",
+      path: "",
+      headers: {},
+      port: head.localPort,
+      sourceIp: head.clientIp,
+      sourcePrincipal: head.peer?.spiffeId,
+    }).allowed;
 }

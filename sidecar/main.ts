@@ -9,10 +9,12 @@ import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, ty
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import {
   createEngine,
+  createExternalTcpForwardView,
   createSidecarViews,
   createTcpForwardView,
   createTcpProxy,
   INBOUND_CLUSTER,
+  type ExternalTcpView,
   type InboundTcpView,
   type Listener,
   type ProxyRuntime,
@@ -52,7 +54,9 @@ the control plane's CA, renewed at half-life), registration of the workload's en
   --drain-ms N            on SIGTERM, how long to keep serving after announcing draining (default 0)
   --discovery-wait-ms N   how long a request for an unknown Host waits for discovery (default 1500)
   --tcp-outbound S:P[=L]  the app's TCP to port P (declared tcp/tls) of service S: listen on 127.0.0.1:L
-                          (default L = P; 0 = any free port) and send it over mTLS; repeatable
+                          (default L = P; 0 = any free port) and send it over mTLS; repeatable.
+                          S with a dot is a host of an external service (its tcp or tls port P):
+                          through its egress gateway over mTLS, or straight out; TLS is never terminated
   --hold-app              start the --run app only once the sidecar is ready (startup ordering)
   --run -- cmd args...    run the app under the sidecar; the sidecar exits with its exit code`;
 
@@ -120,11 +124,13 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     discoveryWaitMs: numberOption(values["discovery-wait-ms"], 1500, problems, "--discovery-wait-ms"),
   };
   const tcpOutbound = (values["tcp-outbound"] ?? []).map((spec) => {
-    const m = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?):(\d{1,5})(=(\d{1,5}))?$/.exec(spec);
-    const port = Number(m?.[3]);
-    const localPort = m?.[5] === undefined ? port : Number(m[5]);
-    if (!m || port < 1 || port > 65535 || localPort > 65535) problems.push(`--tcp-outbound ${spec}: must be SERVICE:PORT or SERVICE:PORT=LOCALPORT`);
-    return { service: m?.[1] ?? "", port, localPort };
+    const m = /^((?=[^:]{1,253}:)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?):(\d{1,5})(=(\d{1,5}))?$/i.exec(spec);
+    const port = Number(m?.[5]);
+    const localPort = m?.[7] === undefined ? port : Number(m[7]);
+    if (!m || port < 1 || port > 65535 || localPort > 65535) problems.push(`--tcp-outbound ${spec}: must be SERVICE:PORT, HOST:PORT, or either with =LOCALPORT`);
+    const name = (m?.[1] ?? "").toLowerCase().replace(/\.$/, "");
+    // A mesh service name has no dot; a name with one is an external service's host.
+    return name.includes(".") ? { host: name, port, localPort } : { service: name, port, localPort };
   });
   if (problems.length > 0) {
     for (const p of problems) log.error("bad arguments", { problem: p });
@@ -180,13 +186,21 @@ export interface SidecarOptions {
   readonly graceMs: number;
   readonly drainMs: number;
   readonly discoveryWaitMs: number;
-  /** Outbound TCP listeners on 127.0.0.1: each takes the app's connections for one service port (default none). */
-  readonly tcpOutbound?: readonly { readonly service: string; readonly port: number; readonly localPort: number }[];
+  /**
+   * Outbound TCP listeners on 127.0.0.1: each takes the app's connections for one service port, or
+   * one tcp/tls port of an external service named by one of its hosts (default none).
+   */
+  readonly tcpOutbound?: readonly TcpOutboundSpec[];
   /** Supervise the app: run it, exit with its code when it ends; holdApp starts it once ready. */
   readonly run?: { readonly command: readonly string[]; readonly holdApp: boolean };
   /** The sidecar ended itself (quit, app exit, refused certificate, listen failure) after stopping. */
   onExit(code: number): void;
 }
+
+/** One `--tcp-outbound` listener: a mesh service's port, or an external service's port by host. */
+export type TcpOutboundSpec =
+  | { readonly service: string; readonly port: number; readonly localPort: number }
+  | { readonly host: string; readonly port: number; readonly localPort: number };
 
 export interface Sidecar {
   readonly readiness: Readiness;
@@ -215,7 +229,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   let views: SidecarViews | undefined;
   let inboundTcp: InboundTcpView | undefined;
   const tcpOutbound = o.tcpOutbound ?? [];
-  let tcpOutboundViews: readonly TcpView[] = [];
+  let tcpOutboundViews: readonly (TcpView | undefined)[] = [];
+  let externalTcpViews: readonly (ExternalTcpView | undefined)[] = [];
   const tcpProxy = createTcpProxy({ meshIdentity: identity, onConnectionDone: telemetry.onConnectionDone });
   let bus: Bus | undefined;
   let wantService: (name: string) => void = () => {};
@@ -264,18 +279,28 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
     );
     if (o.outbound.socket) bridge = await bridgeUnixSocket(o.outbound.socket, outboundListener.port);
     listeners.push(inboundListener, outboundListener);
-    const tcpPorts: { service: string; port: number; local: number }[] = [];
+    const tcpPorts: { service?: string; host?: string; port: number; local: number; protocol: "tcp" | "tls" }[] = [];
     for (const [i, t] of tcpOutbound.entries()) {
+      const name = "host" in t ? { host: t.host } : { service: t.service };
       if (!runtime.listenTcp) {
-        log.error("tcp outbound skipped: this runtime does not proxy tcp yet", { service: t.service, port: t.port, runtime: runtime.name });
+        log.error("tcp outbound skipped: this runtime does not proxy tcp yet", { ...name, port: t.port, runtime: runtime.name });
         continue;
       }
+      // An external tls port reads the ClientHello's SNI: the protocol is the one declared when the listener opens.
+      let protocol: "tcp" | "tls" = "tcp";
+      if ("host" in t) {
+        const declared = externalTcpViews[i]?.protocolOf(t.port);
+        if (declared === undefined) log.error("tcp outbound: not a tcp or tls port of an external service; its connections are refused (no_route)", { host: t.host, port: t.port });
+        protocol = declared ?? "tcp";
+      }
       const listener = await runtime.listenTcp(
-        { port: t.localPort, address: "127.0.0.1", protocol: "tcp" },
-        { proxy: tcpProxy, current: () => tcpOutboundViews[i] },
+        { port: t.localPort, address: "127.0.0.1", protocol },
+        "host" in t
+          ? { proxy: tcpProxy, current: () => undefined, external: () => externalTcpViews[i] }
+          : { proxy: tcpProxy, current: () => tcpOutboundViews[i] },
       );
       listeners.push(listener);
-      tcpPorts.push({ service: t.service, port: t.port, local: listener.port });
+      tcpPorts.push({ ...name, port: t.port, local: listener.port, protocol });
     }
     opened({ inbound: inboundListener.port, outbound: outboundListener.port });
     log.info("sidecar listening", {
@@ -296,7 +321,8 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
       createPolicy: (p) => activeGate(createPolicyGate(p, { bus, domain: serviceName, shared: policyShared })),
     });
     inboundTcp = nextInboundTcp;
-    tcpOutboundViews = tcpOutbound.map((t) => createTcpForwardView(snapshot, t.service, t.port));
+    tcpOutboundViews = tcpOutbound.map((t) => ("host" in t ? undefined : createTcpForwardView(snapshot, t.service, t.port)));
+    externalTcpViews = tcpOutbound.map((t) => ("host" in t ? createExternalTcpForwardView(snapshot, t.host, t.port) : undefined));
     outbound.applied();
     telemetry.applied(snapshot);
     startIdentity();
@@ -350,7 +376,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
     (w) => {
       wantService = (name) => w.want(name);
       // An app's TCP names no Host to discover on first use: the services of --tcp-outbound are watched from the start.
-      for (const t of tcpOutbound) w.want(t.service);
+      for (const t of tcpOutbound) if ("service" in t) w.want(t.service);
       startIdentity();
     },
     () => {},

@@ -499,3 +499,26 @@ test("an external service routed through a declared egress gateway is valid; a p
   assert.deepEqual(pathsOf(partial), ["externalServices.api.egress.gateway"]);
   assert.equal(validateMesh(partial, { partialGateways: true }).ok, true);
 });
+
+test("external tcp ports through one egress gateway: a tcp port shared with another service is refused with its path; tls ports may share (the SNI tells them apart)", () => {
+  const gw = { egress: { kind: "egress", listeners: [{ port: 15443 }], routes: [] } };
+  const ext = (hosts: string[], port: number, protocol: string, gateway = "egress") => ({
+    hosts,
+    ports: [{ port: 80, protocol: "http" }, { port, protocol }],
+    egress: { gateway },
+  });
+  assert.deepEqual(
+    pathsOf({
+      gateways: { ...gw, other: { kind: "egress", listeners: [{ port: 15444 }], routes: [] } },
+      externalServices: {
+        a: ext(["a.test"], 443, "tls"),
+        b: ext(["b.test"], 443, "tls"),
+        c: ext(["c.test"], 5432, "tcp"),
+        d: ext(["d.test"], 5432, "tcp"),
+        e: ext(["e.test"], 443, "tcp"),
+        f: ext(["f.test"], 5432, "tcp", "other"),
+      },
+    }),
+    ["externalServices.d.ports.1.port", "externalServices.e.ports.1.port"],
+  );
+});

@@ -175,9 +175,21 @@ function checkExternalServices(mesh: MeshConfig, options: ValidateOptions): Conf
     const ns = isObject(svc) && typeof svc.namespace === "string" ? svc.namespace : "default";
     for (const host of [name, `${name}.${ns}`, `${name}.${ns}.svc`, `${name}.${ns}.svc.cluster.local`]) meshNames.set(host, name);
   }
+  // Through one egress gateway a tcp port is routed by its number alone, so it must not be shared.
+  const egressPorts = new Map<string, { service: string; protocol: string }>();
   for (const [name, ext] of Object.entries(mesh.externalServices ?? {})) {
     if (!isObject(ext)) continue;
     const at = `externalServices.${name}`;
+    const via = isObject(ext.egress) && typeof ext.egress.gateway === "string" ? ext.egress.gateway : undefined;
+    if (via !== undefined && Array.isArray(ext.ports)) ext.ports.forEach((p, i) => {
+      if (!isObject(p) || (p.protocol !== "tcp" && p.protocol !== "tls")) return;
+      const key = `${via}:${p.port}`;
+      const other = egressPorts.get(key);
+      if (other === undefined) egressPorts.set(key, { service: name, protocol: p.protocol });
+      else if (other.service !== name && (other.protocol === "tcp" || p.protocol === "tcp")) {
+        issues.push({ path: `${at}.ports.${i}.port`, message: `port ${p.port} is also a ${other.protocol} port of external service "${other.service}" through egress gateway "${via}": a tcp port is routed by its number alone` });
+      }
+    });
     if (Array.isArray(ext.hosts)) ext.hosts.forEach((host, i) => {
       if (typeof host !== "string") return;
       const other = hostOwner.get(host);

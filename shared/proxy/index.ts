@@ -18,4 +18,5 @@ export * from "./sni.ts";
 export * from "./tcp-router.ts";
 export * from "./tcp.ts";
 export * from "./external.ts";
+export * from "./external-tcp.ts";
 export * from "./upgrade.ts";

@@ -3,6 +3,7 @@ import { createCircuitBreaker, type CircuitBreaker } from "./circuit.ts";
 import { clusterLookup } from "./view.ts";
 import type { Cluster } from "./cluster.ts";
 import { chooseWeighted } from "./router.ts";
+import type { ExternalTcpView } from "./external-tcp.ts";
 import { createL4Router, type L4Router } from "./tcp-router.ts";
 import type { MeshIdentity, PeerIdentity, RequestHead } from "./types.ts";
 
@@ -65,6 +66,7 @@ export type TcpReason =
   | "denied"
   | "unknown_port"
   | "bad_transport_header"
+  | "sni_mismatch"
   | "drained";
 
 /** What is known of a connection when it is routed. */
@@ -160,6 +162,11 @@ export interface TcpProxy {
   refuse(head: ConnectionHead, protocol: "tcp" | "tls", reason: TcpReason): TcpSession;
   /** An inbound mesh connection for one of the service's ports: port declared, authorized, then the app. */
   openInbound(head: ConnectionHead, view: InboundTcpView): TcpSession;
+  /**
+   * A connection for an external service's tcp or tls port: on a sidecar's `--tcp-outbound HOST:PORT`
+   * listener, or on an egress gateway's mesh port (`head.localPort` the declared port, `head.peer` the caller).
+   */
+  openExternal(head: ConnectionHead, protocol: "tcp" | "tls", view: ExternalTcpView): TcpSession;
   /** Open proxied connections per service. */
   active(): ReadonlyMap<string, number>;
 }
@@ -216,23 +223,23 @@ export function createTcpProxy(options: TcpProxyOptions = {}): TcpProxy {
     return session(record, undefined);
   }
 
-  function take(service: ServiceSnapshot): (() => void) | "overflow" {
-    const max = service.traffic.connectionPool?.maxConnections;
-    let held = limits.get(service.name);
+  function take(name: string, traffic: ServiceSnapshot["traffic"]): (() => void) | "overflow" {
+    const max = traffic.connectionPool?.maxConnections;
+    let held = limits.get(name);
     if (max === undefined) {
-      if (held) limits.delete(service.name);
+      if (held) limits.delete(name);
     } else if (!held || held.max !== max) {
       held = { max, circuit: createCircuitBreaker({ maxRequests: max, maxPendingRequests: 0 }) };
-      limits.set(service.name, held);
+      limits.set(name, held);
     }
     const circuit = max === undefined ? undefined : held!.circuit;
     if (circuit && circuit.enter() !== "entered") return "overflow";
-    counts.set(service.name, (counts.get(service.name) ?? 0) + 1);
+    counts.set(name, (counts.get(name) ?? 0) + 1);
     return () => {
       circuit?.leave();
-      const left = (counts.get(service.name) ?? 1) - 1;
-      if (left <= 0) counts.delete(service.name);
-      else counts.set(service.name, left);
+      const left = (counts.get(name) ?? 1) - 1;
+      if (left <= 0) counts.delete(name);
+      else counts.set(name, left);
     };
   }
 
@@ -257,7 +264,7 @@ export function createTcpProxy(options: TcpProxyOptions = {}): TcpProxy {
         mesh = { identity: meshIdentity, expectedId: service.spiffeId, port };
       }
       record.upstream = endpoint.address;
-      const release = take(service);
+      const release = take(service.name, service.traffic);
       if (release === "overflow") return refused(record, "overflow");
       const traffic = service.traffic;
       return session(record, { endpoint, mesh, connectTimeoutMs: traffic.connectTimeoutMs, idleTimeoutMs: traffic.tcpIdleTimeoutMs ?? DEFAULT_TCP_IDLE_TIMEOUT_MS }, release);
@@ -278,6 +285,26 @@ export function createTcpProxy(options: TcpProxyOptions = {}): TcpProxy {
       record.upstream = endpoint.address;
       const traffic = service.traffic;
       return session(record, { endpoint, connectTimeoutMs: traffic.connectTimeoutMs, idleTimeoutMs: traffic.tcpIdleTimeoutMs ?? DEFAULT_TCP_IDLE_TIMEOUT_MS });
+    },
+    openExternal(head, protocol, view) {
+      const record = newRecord(head, protocol);
+      const target = view.resolve(head, random);
+      if (!target.ok) {
+        record.route = target.route;
+        return refused(record, target.reason);
+      }
+      record.route = target.route;
+      record.service = target.cluster;
+      let mesh: TcpUpstream["mesh"];
+      if (target.mesh !== undefined) {
+        if (meshIdentity?.current() === undefined) return refused(record, "mtls_unavailable");
+        mesh = { identity: meshIdentity, expectedId: target.mesh.expectedId, port: target.mesh.port };
+      }
+      record.upstream = target.endpoint.address;
+      const release = take(target.cluster, target.traffic);
+      if (release === "overflow") return refused(record, "overflow");
+      const traffic = target.traffic;
+      return session(record, { endpoint: target.endpoint, mesh, connectTimeoutMs: traffic.connectTimeoutMs, idleTimeoutMs: traffic.tcpIdleTimeoutMs ?? DEFAULT_TCP_IDLE_TIMEOUT_MS }, release);
     },
     active: () => counts,
   };

@@ -83,6 +83,8 @@ export interface MeshListen {
 export interface InboundTcpTarget {
   readonly proxy: import("./tcp.ts").TcpProxy;
   current(): import("./tcp.ts").InboundTcpView | undefined;
+  /** An egress gateway: mesh TCP goes to external services (SNI read on tls ports) instead of an app. */
+  external?(): import("./external-tcp.ts").ExternalTcpView | undefined;
 }
 
 /** A gateway's tcp or tls (passthrough) listener. */
@@ -98,6 +100,8 @@ export interface TcpListenOptions {
 export interface TcpServeTarget {
   readonly proxy: import("./tcp.ts").TcpProxy;
   current(): import("./tcp.ts").TcpView | undefined;
+  /** A sidecar's listener for an external service port: connections go through this view instead of `current`. */
+  external?(): import("./external-tcp.ts").ExternalTcpView | undefined;
 }
 
 /** What the engine asks an UpstreamClient to send. */

@@ -52,8 +52,7 @@ export async function listenTcpNode(options: TcpListenOptions, target: TcpServeT
   });
 
   function route(socket: net.Socket, head: ConnectionHead, buffered: Buffer[]) {
-    const view = target.current();
-    const session = view ? target.proxy.open(head, options.protocol, view) : target.proxy.refuse(head, options.protocol, "no_route");
+    const session = target.external ? openExternal(target, head, options.protocol) : openRouted(target, head, options.protocol);
     if (!session.upstream) {
       socket.destroy();
       session.done(bytesOf(buffered), 0);
@@ -75,6 +74,16 @@ export async function listenTcpNode(options: TcpListenOptions, target: TcpServeT
     setTls() {},
     destroy: () => pairs.destroyAll("drained"),
   };
+}
+
+function openRouted(target: TcpServeTarget, head: ConnectionHead, protocol: "tcp" | "tls"): TcpSession {
+  const view = target.current();
+  return view ? target.proxy.open(head, protocol, view) : target.proxy.refuse(head, protocol, "no_route");
+}
+
+function openExternal(target: TcpServeTarget | InboundTcpTarget, head: ConnectionHead, protocol: "tcp" | "tls"): TcpSession {
+  const view = target.external!();
+  return view ? target.proxy.openExternal(head, protocol, view) : target.proxy.refuse(head, protocol, "no_route");
 }
 
 /**
@@ -105,10 +114,12 @@ export function serveMeshTcp(socket: tls.TLSSocket, peer: PeerIdentity | undefin
     clearTimeout(timer);
     socket.off("data", onData);
     socket.pause();
+    const rest0 = buffered.subarray(TRANSPORT_HEADER_BYTES);
+    if (target.external) return serveEgress(socket, { clientIp, localPort: header.port, peer }, rest0, target, pairs as PairSet);
     const view = target.current();
     const head: ConnectionHead = { clientIp, localPort: header.port, peer };
     const session = view ? target.proxy.openInbound(head, view) : target.proxy.refuse(head, "tcp", "unknown_port");
-    const rest = buffered.subarray(TRANSPORT_HEADER_BYTES);
+    const rest = rest0;
     if (!session.upstream) {
       socket.destroy();
       session.done(rest.length, 0);
@@ -118,6 +129,31 @@ export function serveMeshTcp(socket: tls.TLSSocket, peer: PeerIdentity | undefin
   }
   socket.on("error", () => socket.destroy());
   socket.on("data", onData);
+}
+
+/**
+ * An egress gateway's mesh TCP connection: on a tls port the SNI is read from the caller's ClientHello
+ * (passed on unchanged), then the external view authorizes and routes it.
+ */
+function serveEgress(socket: tls.TLSSocket, head: ConnectionHead, rest: Buffer, target: InboundTcpTarget, pairs: PairSet): void {
+  const protocol = target.external!()?.protocolOf(head.localPort) ?? "tcp";
+  const open = (h: ConnectionHead, buffered: Buffer[]) => {
+    const session = openExternal(target, h, protocol);
+    if (!session.upstream) {
+      socket.destroy();
+      session.done(bytesOf(buffered), 0);
+      return;
+    }
+    new Pair(socket, session, session.upstream, buffered, pairs).connect();
+  };
+  if (protocol === "tcp") return open(head, rest.length > 0 ? [rest] : []);
+  if (rest.length > 0) socket.unshift(rest);
+  readHello(socket, DEFAULT_HELLO_TIMEOUT_MS, (result, buffered) => {
+    if (typeof result !== "string") return open({ ...head, sni: result.sni }, buffered);
+    const session = target.proxy.refuse(head, "tls", result);
+    socket.destroy();
+    session.done(bytesOf(buffered), 0);
+  });
 }
 
 /** A PairSet for the mesh inbound port; `destroyAll` ends its proxied connections. */
