@@ -151,6 +151,8 @@ export function createIngress(options: IngressOptions): Ingress {
         log.error("listener skipped: this runtime does not proxy tcp or tls yet", { listener: key, protocol: l4, runtime: runtime.name });
         continue;
       }
+      // Only node:http2 serves HTTP/2 here; Bun.serve and Deno.serve listeners answer HTTP/1.1.
+      if (spec.http2 === true && runtime.name !== "node") log.warn("http2 not served on this runtime: HTTP/1.1 only", { listener: key, runtime: runtime.name });
       const listener = l4
         ? await runtime.listenTcp!({ port: spec.port, address: spec.address, protocol: l4 }, tcpTarget)
         : await runtime.listen(
