@@ -8,9 +8,13 @@ import http from "node:http";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { X509Certificate } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh } from "../../shared/config/index.ts";
 import { createCertificateAuthority } from "../../shared/identity/index.ts";
 import { createEngine, createSidecarViews, type MeshIdentity, type RequestRecord, type UpstreamRequest } from "../../shared/proxy/index.ts";
+import { activeGate, createPolicyGate } from "../../shared/policy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import type { NodeRequestBody } from "../../shared/runtime/node/body.ts";
 import { createMeshFront, meshTlsOptions } from "../../shared/runtime/node/mesh-tls.ts";
@@ -46,11 +50,16 @@ async function startApps() {
   };
 }
 
-/** The "api" workload's inbound port; its app speaks HTTP/1.1 or (appProtocol http2) h2c. */
-async function startInbound(identity: MeshIdentity, appPort: number, appProtocol: "http" | "http2", mode: () => "STRICT" | "PERMISSIVE") {
-  const valid = validateMesh({ trustDomain: TD, services: { api: { ports: [{ port: 8080, protocol: appProtocol }] }, web: {} } });
+/** The "api" workload's inbound port; its app (a port on loopback or a Unix socket path) speaks HTTP/1.1 or (appProtocol http2) h2c. */
+async function startInbound(identity: MeshIdentity, app: number | string, appProtocol: "http" | "http2", mode: () => "STRICT" | "PERMISSIVE", onlyWeb = false) {
+  // With onlyWeb, api's inbound policy allows the web workload alone (by the mTLS peer's SPIFFE ID).
+  const inbound = onlyWeb ? { authz: [{ name: "web-only", rules: [{ from: [{ principals: [`${TD}/ns/default/sa/web`] }] }] }] } : {};
+  const valid = validateMesh({ trustDomain: TD, services: { api: { ports: [{ port: 8080, protocol: appProtocol }], inbound }, web: {} } });
   assert.ok(valid.ok);
-  const views = createSidecarViews(compileMesh(valid.value), "api", { app: parseEndpoint(`127.0.0.1:${appPort}`) });
+  const views = createSidecarViews(compileMesh(valid.value), "api", {
+    app: parseEndpoint(typeof app === "string" ? `unix:${app}` : `127.0.0.1:${app}`),
+    createPolicy: (p) => activeGate(createPolicyGate(p)),
+  });
   const client = nodeRuntime.createUpstreamClient();
   const refused: string[] = [];
   const records: RequestRecord[] = [];
@@ -131,6 +140,29 @@ test("an h2 mesh call reaches an h2c app with its trailers, and the inbound side
   }
 });
 
+test("the inbound side speaks h2c to an app on a Unix socket", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "weft-h2-uds-"));
+  const path = join(dir, "app.sock");
+  const app = http2.createServer((req, res) => {
+    res.addTrailers({ "x-app-trailer": "over-uds" });
+    res.end(describeRequest(req));
+  });
+  await new Promise<void>((r) => app.listen(path, r));
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), path, "http2", () => "STRICT");
+  const client = nodeRuntime.createUpstreamClient();
+  try {
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual([r.status, r.body.version, r.body.xfcc], [200, "2.0", `URI=${WEB}`]);
+    assert.equal(r.trailers["x-app-trailer"], "over-uds");
+  } finally {
+    await client.close();
+    await inbound.close();
+    await new Promise<void>((r) => app.close(() => r()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("a request that arrives over HTTP/2 leaves for an HTTP/1.1 app over HTTP/1.1", async () => {
   const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h1, "http", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
@@ -138,6 +170,31 @@ test("a request that arrives over HTTP/2 leaves for an HTTP/1.1 app over HTTP/1.
     const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
     assert.ok(r.ok, JSON.stringify(r));
     assert.deepEqual([r.status, r.body.version, r.body.xfcc], [200, "1.1", `URI=${WEB}`]);
+  } finally {
+    await client.close();
+    await inbound.close();
+  }
+});
+
+test("authorization sees the caller's SPIFFE ID on an h2 connection: web is allowed, another workload denied", async () => {
+  const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h2, "http2", () => "STRICT", true);
+  const client = nodeRuntime.createUpstreamClient();
+  try {
+    const allowed = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
+    assert.ok(allowed.ok);
+    assert.equal(allowed.status, 200);
+    // Another proxy (a client holds one identity: its pools are per endpoint and expected peer).
+    const other = `spiffe://${TD}/ns/default/sa/intruder`;
+    const otherClient = nodeRuntime.createUpstreamClient();
+    const denied = await otherClient.forward(meshRequest(inbound.port, heldIdentity(other, await issueSvid(ca, other)), API));
+    assert.ok(denied.ok);
+    assert.deepEqual([denied.response.status, denied.response.headers["x-weft-reason"]], [403, "denied"]);
+    denied.response.discard();
+    await otherClient.close();
+    assert.deepEqual(
+      inbound.records.map((rec) => [rec.protocol, rec.sourcePrincipal, rec.status]),
+      [["HTTP/2", WEB, 200], ["HTTP/2", other, 403]],
+    );
   } finally {
     await client.close();
     await inbound.close();
