@@ -162,14 +162,17 @@ describe("gateway on Node: gRPC through an h2c listener to an HTTP/2 upstream", 
     assert.equal(error?.metadata.get("x-weft-reason")[0], "no_route");
   });
 
-  test("a deadline shorter than the server's delay is DEADLINE_EXCEEDED, and the gateway gives up on the upstream call too", async () => {
+  test("a deadline shorter than the server's delay is DEADLINE_EXCEEDED, and the gateway ends the upstream call too", async () => {
     const { error } = await unary(echo.Slow, echo, { delay_ms: 3000 }, { deadline: Date.now() + 300 });
     assert.equal(error?.code, grpc.status.DEADLINE_EXCEEDED);
-    // The gateway's own timer (grpc-timeout capping the 10 s route timeout) ends the upstream call: its log says so.
+    // The upstream call ends long before the server's 3 s. grpc-js sends grpc-timeout and cancels at the
+    // same deadline, so either the gateway's timer (grpc-timeout capping the 10 s route timeout: reason
+    // timeout) or the client's cancel (downstream_disconnect) gets there first, by a millisecond or so;
+    // http2.test.ts pins the gateway's own timer with a grpc-timeout and no cancel.
     const deadline = Date.now() + 3000;
     const entry = () => gw.accessLog().find((l) => l.path === "/weft.test.Echo/Slow");
     while ((!entry() || !slowCancelled) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
-    assert.equal(entry()?.reason, "timeout");
+    assert.ok(["timeout", "downstream_disconnect"].includes(entry()?.reason as string), String(entry()?.reason));
     assert.equal(slowCancelled, true);
   });
 
