@@ -34,6 +34,10 @@ test("finished requests count by route, service, code and reason, with duration,
   metrics.requestDone({ ...base, route: undefined, service: undefined, status: 404, reason: "no_route", durationMs: 0 });
   metrics.requestStarted();
   metrics.requestDone({ ...base, sourcePrincipal: "spiffe://cluster.local/ns/shop/sa/web" });
+  for (const grpcStatus of [0, 0, 14]) {
+    metrics.requestStarted();
+    metrics.requestDone({ ...base, route: "rpc", service: "rpc", protocol: "HTTP/2", grpcStatus });
+  }
   metrics.requestStarted();
   metrics.configApplied(7);
   metrics.certificateExpires(new Date(1_900_000_000_000));
@@ -46,8 +50,14 @@ test("finished requests count by route, service, code and reason, with duration,
     [{ source: "", route: "web", service: "web", code: "503", reason: "retries_exhausted" }, 1],
     [{ source: "", route: "", service: "", code: "404", reason: "no_route" }, 1],
     [{ source: "ns/shop/sa/web", route: "web", service: "web", code: "200", reason: "" }, 1],
+    [{ source: "", route: "rpc", service: "rpc", code: "200", reason: "" }, 3],
   ]);
-  assert.deepEqual(values("weft_upstream_rq_retry_total"), [[{ route: "web", service: "web" }, 2], [{ route: "", service: "" }, 0]]);
+  assert.deepEqual(values("weft_upstream_rq_retry_total"), [[{ route: "web", service: "web" }, 2], [{ route: "", service: "" }, 0], [{ route: "rpc", service: "rpc" }, 0]]);
+  // Only gRPC calls have a grpc-status.
+  assert.deepEqual(values("weft_grpc_requests_total"), [
+    [{ route: "rpc", service: "rpc", grpc_status: "0" }, 2],
+    [{ route: "rpc", service: "rpc", grpc_status: "14" }, 1],
+  ]);
   assert.deepEqual(values("weft_request_bytes_total")[0], [{ route: "web", service: "web" }, 50]);
   assert.deepEqual(values("weft_response_bytes_total")[0], [{ route: "web", service: "web" }, 500]);
   assert.deepEqual(values("weft_requests_in_flight"), [[{}, 1]]);

@@ -56,6 +56,8 @@ interface RouteSeries {
   readonly responseBytes: Counter;
   readonly retries: Counter;
   readonly byOutcome: Map<number | string, { readonly requests: Counter; readonly duration: Histogram }>;
+  /** gRPC calls by grpc-status (at most 17 codes). */
+  readonly byGrpcStatus: Map<number, Counter>;
 }
 
 /**
@@ -82,6 +84,11 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
     name: "weft_upstream_rq_retry_total",
     help: "Upstream requests sent again after a failed try.",
     labelNames: ["route", "service"],
+  });
+  const grpcCalls = registry.counter({
+    name: "weft_grpc_requests_total",
+    help: "gRPC calls handled, by route, destination service and grpc-status (weft's own answer, or the upstream's trailers).",
+    labelNames: ["route", "service", "grpc_status"],
   });
   const requestBytes = registry.counter({
     name: "weft_request_bytes_total",
@@ -170,6 +177,7 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
         responseBytes: responseBytes.labels(route, service),
         retries: retries.labels(route, service),
         byOutcome: new Map(),
+        byGrpcStatus: new Map(),
       };
       byRoute.set(key, found);
     }
@@ -200,6 +208,11 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
       series.requestBytes.inc(record.bytesIn);
       series.responseBytes.inc(record.bytesOut);
       if (record.attempts > 1) series.retries.inc(record.attempts - 1);
+      if (record.grpcStatus !== undefined) {
+        let calls = series.byGrpcStatus.get(record.grpcStatus);
+        if (!calls) series.byGrpcStatus.set(record.grpcStatus, (calls = grpcCalls.labels(route, service, String(record.grpcStatus))));
+        calls.inc();
+      }
     },
     connectionDone(c) {
       const route = c.route ?? "";

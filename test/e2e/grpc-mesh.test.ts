@@ -300,7 +300,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
     assert.ok(entries().every((l) => l.protocol === "HTTP/2"));
   });
 
-  test("the access logs of gateway and sidecar carry the call's grpc-status: the server's OK and its error", async () => {
+  test("the access logs of gateway and sidecar carry the call's grpc-status (the server's OK and its error), and the metrics count it", async () => {
     await unary(viaGateway.Unary, viaGateway, "logged");
     await unary(viaGateway.Fail, viaGateway, "logged");
     const deadline = Date.now() + 5000;
@@ -312,6 +312,11 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
       assert.ok(statuses(p, "Fail").length > 0);
       assert.ok(statuses(p, "Fail").every((s) => s === grpc.status.NOT_FOUND));
     }
+    // And the metrics count them by grpc-status.
+    const admin = (await echoSidecar.waitForLog((l) => l.msg === "admin listening")).port as number;
+    const text = await (await fetch(`http://127.0.0.1:${admin}/stats/prometheus`)).text();
+    assert.match(text, /weft_grpc_requests_total\{route="inbound",service="inbound\|app",grpc_status="5"\} [1-9]/);
+    assert.match(text, /weft_grpc_requests_total\{route="inbound",service="inbound\|app",grpc_status="0"\} [1-9]/);
   });
 
   test("an HTTP/1.1 request leaves the gateway as HTTP/2 for an http2 service, and the answer comes back as HTTP/1.1", async () => {
