@@ -300,6 +300,35 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
     assert.ok(entries().every((l) => l.protocol === "HTTP/2"));
   });
 
+  test("a trailers-only error stays trailers-only through gateway and sidecar: one HEADERS frame with grpc-status and the metadata", async () => {
+    const session = http2.connect(`http://127.0.0.1:${gatewayPort}`);
+    try {
+      const answer = await new Promise<{ headers: http2.IncomingHttpHeaders; headersOnly: boolean; data: number }>((resolve, reject) => {
+        const stream = session.request({ ":method": "POST", ":path": "/weft.test.Echo/Fail", ":authority": "echo", "content-type": "application/grpc", te: "trailers" });
+        let headers: http2.IncomingHttpHeaders = {};
+        let headersOnly = false;
+        let data = 0;
+        stream.on("response", (h, flags) => {
+          headers = h;
+          headersOnly = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+        });
+        stream.on("data", (c: Buffer) => (data += c.length));
+        stream.on("end", () => resolve({ headers, headersOnly, data }));
+        stream.on("error", reject);
+        // An empty Ping in gRPC's framing: not compressed, length 0.
+        stream.end(Buffer.alloc(5));
+      });
+      assert.equal(answer.headersOnly, true);
+      assert.equal(answer.data, 0);
+      assert.equal(answer.headers[":status"], 200);
+      assert.equal(answer.headers["grpc-status"], String(grpc.status.NOT_FOUND));
+      assert.equal(decodeURIComponent(String(answer.headers["grpc-message"])), "no such order");
+      assert.equal(answer.headers["x-error-detail"], "order-42-missing");
+    } finally {
+      session.close();
+    }
+  });
+
   test("the access logs of gateway and sidecar carry the call's grpc-status (the server's OK and its error), and the metrics count it", async () => {
     await unary(viaGateway.Unary, viaGateway, "logged");
     await unary(viaGateway.Fail, viaGateway, "logged");
