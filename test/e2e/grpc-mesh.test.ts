@@ -1,6 +1,6 @@
 // gRPC through the mesh with real processes: nats-server, the control plane (its CA signs every
 // proxy's SVID), a gateway and three sidecars, each its own process. Two chains:
-//   @grpc/grpc-js client → gateway (h2c) → (mTLS, ALPN h2) → echo's sidecar → gRPC server (h2c)
+//   @grpc/grpc-js client → gateway (h2c, or TLS with ALPN h2) → (mTLS, ALPN h2) → echo's sidecar → gRPC server (h2c)
 //   @grpc/grpc-js client as web's app → web's sidecar outbound (h2c) → (mTLS h2) → echo's sidecar → gRPC server
 // and HTTP/1.1 ↔ HTTP/2 translation between a client, the gateway and apps of either protocol.
 import { after, before, describe, test } from "node:test";
@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -129,6 +131,8 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
   let gateway: WeftProcess;
   let gatewayPort: number;
   let viaGateway: EchoClient;
+  let viaGatewayTls: EchoClient;
+  let tlsPort: number;
   let viaOutbound: EchoClient;
   const calls = { Unary: 0, Stream: 0, Fail: 0, Flaky: 0, Other: 0 };
   const callers: string[] = [];
@@ -181,6 +185,14 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
     bus = await connectNatsBus({ servers: [nats.url], name: "grpc-mesh-test" });
     control = await startControlPlane({ bus, id: "control-1", ca: { trustDomain: "cluster.local", stateDir: join(dir, "control") } });
     gatewayPort = await freePort();
+    tlsPort = await freePort();
+    // The gateway's TLS certificate for the edge (not a mesh SVID): gRPC clients over TLS, ALPN h2.
+    const certFile = join(dir, "edge.pem");
+    const keyFile = join(dir, "edge.key");
+    execFileSync("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+      "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", keyFile, "-out", certFile,
+    ], { stdio: "ignore" });
     const byMethod = (service: string) => [
       { name: "other", match: { path: { exact: "/weft.test.Echo/Other" } }, forward: { to: [{ service: "echob" }] } },
       { name: "flaky", match: { path: { exact: "/weft.test.Echo/Flaky" } }, forward: { to: [{ service }], retries: { attempts: 2, retryOn: ["unavailable"] } } },
@@ -195,7 +207,10 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
       },
       gateways: {
         ingress: {
-          listeners: [{ port: gatewayPort, address: "127.0.0.1", http2: true }],
+          listeners: [
+            { port: gatewayPort, address: "127.0.0.1", http2: true },
+            { port: tlsPort, address: "127.0.0.1", protocol: "https", tls: { certFile, keyFile }, http2: true },
+          ],
           routes: [
             ...byMethod("echo"),
             { name: "plain-b", match: { path: { prefix: "/plain" } }, forward: { to: [{ service: "echob" }] } },
@@ -219,6 +234,10 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
     await gateway.waitForLog((l) => l.msg === "certificate held");
 
     viaGateway = new Echo(`127.0.0.1:${gatewayPort}`, grpc.credentials.createInsecure()) as unknown as EchoClient;
+    viaGatewayTls = new Echo(`127.0.0.1:${tlsPort}`, grpc.credentials.createSsl(readFileSync(certFile)), {
+      "grpc.ssl_target_name_override": "localhost",
+      "grpc.default_authority": "localhost",
+    }) as unknown as EchoClient;
     // The app names the service as its authority, as a client of `echo:50051` in a cluster would.
     viaOutbound = new Echo(`127.0.0.1:${outboundPort}`, grpc.credentials.createInsecure(), { "grpc.default_authority": "echo" }) as unknown as EchoClient;
     // Registration reaches the gateway's view asynchronously: wait until a call gets through.
@@ -233,6 +252,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
 
   after(async () => {
     viaGateway?.close();
+    viaGatewayTls?.close();
     viaOutbound?.close();
     for (const p of procs) await p.stop();
     await control?.stop();
@@ -246,6 +266,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
 
   for (const [path, client] of [
     ["gateway", () => viaGateway],
+    ["gateway over TLS", () => viaGatewayTls],
     ["outbound", () => viaOutbound],
   ] as const) {
     test(`via ${path}: a unary call reaches the server over the mesh, which names the calling proxy's identity`, async () => {
@@ -253,7 +274,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
       assert.equal(error, undefined);
       assert.equal(response?.text, "echo:hello");
       // echo's sidecar set x-forwarded-client-cert from the mTLS peer it verified.
-      const caller = path === "gateway" ? "ingress" : "web";
+      const caller = path === "outbound" ? "web" : "ingress";
       assert.equal(callers.at(-1), `URI=spiffe://cluster.local/ns/default/sa/${caller}`);
     });
 
