@@ -222,7 +222,13 @@ export function withHttp2Upstreams(http1: UpstreamClient, h2: UpstreamClient = c
  */
 export type RelayedStream = http2.ClientHttp2Stream & { trailers?: HeaderMap; headersOnly?: boolean };
 
-/** One try on an HTTP/2 stream. */
+const CALL = Symbol("weft.h2Call");
+type CallStream = RelayedStream & { [CALL]: H2Call };
+
+/**
+ * One try on an HTTP/2 stream. The hot path allocates this object and no closures (but the body's
+ * size guard): the stream's listeners are shared functions that find their call on the stream.
+ */
 class H2Call {
   readonly req: UpstreamRequest;
   readonly pooled: PooledSession;
@@ -240,19 +246,17 @@ class H2Call {
     this.pooled = pooled;
     this.stream = stream;
     this.resolve = resolve;
-    this.timer = setTimeout(() => this.fail("timeout"), req.timeoutMs);
+    this.timer = setTimeout(onCallTimeout, req.timeoutMs, this);
   }
 
   start(body: NodeRequestBody): void {
-    const stream = this.stream;
-    stream.on("response", (raw: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, flags: number) => {
-      stream.headersOnly = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
-      this.onResponse(raw);
-    });
-    stream.on("trailers", (raw: http2.IncomingHttpHeaders) => (stream.trailers = withoutPseudo(raw)));
+    const stream = this.stream as CallStream;
+    stream[CALL] = this;
+    stream.on("response", onCallResponse);
+    stream.on("trailers", onCallTrailers);
     // A stream error is reported through `close` below; without a listener it would throw.
-    stream.on("error", (err: NodeJS.ErrnoException) => (this.error ??= err.code));
-    stream.once("close", () => this.onClose());
+    stream.on("error", onCallError);
+    stream.once("close", onCallClose);
     if (body.length !== 0) body.sendTo(stream, this.req.maxBodyBytes, this.req.maxReplayBytes, () => this.fail("body_too_large"));
   }
 
@@ -261,15 +265,7 @@ class H2Call {
     this.settled = true;
     this.responded = true;
     clearTimeout(this.timer);
-    const response: NodeUpstreamResponse = {
-      status: Number(raw[":status"] ?? 502),
-      headers: withoutPseudo(raw),
-      // The relays use only the stream calls an IncomingMessage and a ClientRequest share with it.
-      message: this.stream as unknown as http.IncomingMessage,
-      request: this.stream as unknown as http.ClientRequest,
-      discard: () => this.stream.close(NGHTTP2_CANCEL),
-    };
-    this.resolve({ ok: true, response });
+    this.resolve({ ok: true, response: new H2Response(raw, this.stream) });
   }
 
   onClose(): void {
@@ -300,6 +296,44 @@ class H2Call {
     if (!this.stream.closed) this.stream.close(NGHTTP2_CANCEL);
     this.resolve({ ok: false, reason, detail });
   }
+}
+
+/** An HTTP/2 upstream answer; the relays use only the stream calls an IncomingMessage and a ClientRequest share with it. */
+class H2Response implements NodeUpstreamResponse {
+  readonly status: number;
+  readonly headers: HeaderMap;
+  readonly message: http.IncomingMessage;
+  readonly request: http.ClientRequest;
+  constructor(raw: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, stream: RelayedStream) {
+    this.status = Number(raw[":status"] ?? 502);
+    this.headers = withoutPseudo(raw);
+    this.message = stream as unknown as http.IncomingMessage;
+    this.request = stream as unknown as http.ClientRequest;
+  }
+  discard(): void {
+    (this.message as unknown as http2.ClientHttp2Stream).close(NGHTTP2_CANCEL);
+  }
+}
+
+function onCallTimeout(call: H2Call): void {
+  call.fail("timeout");
+}
+
+function onCallResponse(this: CallStream, raw: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, flags: number): void {
+  this.headersOnly = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
+  this[CALL].onResponse(raw);
+}
+
+function onCallTrailers(this: CallStream, raw: http2.IncomingHttpHeaders): void {
+  this.trailers = withoutPseudo(raw);
+}
+
+function onCallError(this: CallStream, err: NodeJS.ErrnoException): void {
+  this[CALL].error ??= err.code;
+}
+
+function onCallClose(this: CallStream): void {
+  this[CALL].onClose();
 }
 
 function withoutPseudo(raw: http2.IncomingHttpHeaders): HeaderMap {
