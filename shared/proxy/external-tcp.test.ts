@@ -2,8 +2,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { compileMesh, validateMesh, type Endpoint, type Snapshot } from "../config/index.ts";
 import { createEgressTcpView, createExternalTcpForwardView } from "./external-tcp.ts";
+import { createTcpProxy, type TcpRecord } from "./tcp.ts";
+import type { MeshIdentity } from "./types.ts";
 
-function snapshot(egress: boolean, gatewayEndpoints: Endpoint[] = []): Snapshot {
+function snapshot(egress: boolean, gatewayEndpoints: Endpoint[] = [], maxConnections?: number): Snapshot {
   const r = validateMesh({
     gateways: { egress: { kind: "egress", listeners: [{ port: 15443 }], routes: [] } },
     externalServices: {
@@ -12,7 +14,14 @@ function snapshot(egress: boolean, gatewayEndpoints: Endpoint[] = []): Snapshot 
         ports: [{ port: 443, protocol: "tls", targetPort: 8443 }, { port: 80, protocol: "http" }],
         ...(egress ? { egress: { gateway: "egress" } } : {}),
       },
-      pg: { hosts: ["pg.example.test"], ports: [{ port: 5432, protocol: "tcp" }], resolution: "STATIC", endpoints: [{ address: "10.0.0.9" }], ...(egress ? { egress: { gateway: "egress" } } : {}) },
+      pg: {
+        hosts: ["pg.example.test"],
+        ports: [{ port: 5432, protocol: "tcp" }],
+        resolution: "STATIC",
+        endpoints: [{ address: "10.0.0.9" }],
+        ...(egress ? { egress: { gateway: "egress" } } : {}),
+        ...(maxConnections ? { traffic: { connectionPool: { maxConnections } } } : {}),
+      },
     },
   });
   assert.equal(r.ok, true, JSON.stringify(!r.ok && r.issues));
@@ -61,4 +70,28 @@ test("the egress gateway: authorizes first, routes tls by SNI among its services
   const tcp = view.resolve(head(5432, undefined, allowed), () => 0);
   assert.ok(tcp.ok);
   assert.deepEqual([tcp.endpoint.address, tcp.route], ["10.0.0.9:5432", "pg"]);
+});
+
+const identity: MeshIdentity = {
+  trustDomain: "cluster.local",
+  spiffeId: "spiffe://cluster.local/ns/default/sa/web",
+  current: () => ({ chainPem: ["c"], keyPem: "k", bundlePem: ["b"] }),
+  generation: 1,
+  onUpdate: () => () => {},
+};
+
+test("openExternal: through the gateway it needs the proxy's mesh identity (mtls_unavailable), records route and cluster, and counts maxConnections per cluster (overflow)", () => {
+  const records: TcpRecord[] = [];
+  const view = createExternalTcpForwardView(snapshot(true, [gwEndpoint], 1), "pg.example.test", 5432);
+  const without = createTcpProxy({ onConnectionDone: (r) => records.push(r) }).openExternal(head(15432), "tcp", view);
+  assert.equal(without.upstream, undefined);
+  assert.equal(without.record.reason, "mtls_unavailable");
+  const proxy = createTcpProxy({ meshIdentity: identity, onConnectionDone: (r) => records.push(r) });
+  const first = proxy.openExternal(head(15432), "tcp", view);
+  assert.deepEqual(first.upstream?.mesh, { identity, expectedId: "spiffe://cluster.local/ns/default/sa/egress", port: 5432 });
+  assert.deepEqual([first.record.route, first.record.service, first.record.upstream], ["pg", "pg|egress", "10.1.0.1:15443"]);
+  assert.equal(proxy.openExternal(head(15432), "tcp", view).record.reason, "overflow");
+  first.done(3, 4);
+  assert.equal(proxy.active().size, 0);
+  assert.ok(proxy.openExternal(head(15432), "tcp", view).upstream, "the slot is free again once the first connection ended");
 });

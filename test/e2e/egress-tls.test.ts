@@ -118,6 +118,7 @@ describe("egress gateway: TLS passthrough and TCP to external services", () => {
   let raw: EchoServer;
   let apiFingerprint: string;
   let caPem: string;
+  let egressAdmin: number;
   const ports = { clientTls: 0, clientTcp: 0, otherTls: 0 };
 
   const joinToken = async (sa: string) => {
@@ -182,6 +183,7 @@ describe("egress gateway: TLS passthrough and TCP to external services", () => {
       { env },
     );
     await egress.waitForLog((l) => l.msg === "egress gateway registered");
+    egressAdmin = (await egress.waitForLog((l) => l.msg === "admin listening")).port as number;
     const listening = (p: WeftProcess) => p.waitForLog((l) => l.msg === "sidecar listening");
     const [c, o] = await Promise.all([listening(client), listening(other)]);
     const local = (line: Record<string, unknown>, host: string) => (line.tcpOutbound as { host?: string; local: number }[]).find((t) => t.host === host)!.local;
@@ -232,6 +234,16 @@ describe("egress gateway: TLS passthrough and TCP to external services", () => {
     );
     assert.equal(line.protocol, "TLS");
     assert.equal(api.connections(), before);
+  });
+
+  test("the egress gateway counts its passthrough connections and refusals in weft_tcp_* metrics", async () => {
+    const text = await (await fetch(`http://127.0.0.1:${egressAdmin}/stats/prometheus`)).text();
+    const tcpLines = text.split("\n").filter((l) => l.startsWith("weft_tcp")).join("\n");
+    const closed = (labels: RegExp) => text.split("\n").some((l) => l.startsWith("weft_tcp_connections_closed_total{") && labels.test(l));
+    assert.ok(closed(/source="ns\/default\/sa\/client-svc".*route="api".*service="api\|api\.external\.test:443".*reason=""/), tcpLines);
+    assert.ok(closed(/reason="sni_mismatch"/), tcpLines);
+    assert.ok(closed(/source="ns\/default\/sa\/other-svc".*reason="denied"/), tcpLines);
+    assert.match(text, /weft_tcp_received_bytes_total\{route="api",service="api\|api\.external\.test:443"\} [1-9]/);
   });
 
   test("a tcp port of an external service goes the same way, routed by its declared port", async () => {
