@@ -209,9 +209,11 @@ describe("egress gateway: TLS passthrough and TCP to external services", () => {
     assert.equal(r.reply, "echo:hello");
     assert.equal(r.fingerprint, apiFingerprint, "the handshake completed against the external server's own certificate");
     assert.equal(api.accepted.at(-1), "api.external.test", "the ClientHello reached the external server unchanged");
-    const gw = await until("the gateway's access log line", async () => egress.accessLog().find((l) => l.protocol === "TLS" && l.authority === "api.external.test" && !l.reason));
+    const gw = await until("the gateway's access log line", async () => egress.accessLog().find((l) => l.protocol === "TLS" && l.authority === "api.external.test" && l.route === "api"));
+    // How the connection ended is not asserted: the mesh hop does not carry half-close (docs/protocols.md), so
+    // the app's close sometimes reaches the gateway as a reset (downstream_reset) rather than a clean end.
     assert.equal(gw.source_principal, "spiffe://cluster.local/ns/default/sa/client-svc");
-    assert.equal(gw.route, "api");
+    assert.equal(gw.upstream_host, `127.0.0.1:${api.port}`);
     assert.ok((gw.bytes_received as number) > 0 && (gw.bytes_sent as number) > 0);
     const sc = await until("the sidecar's access log line", async () => client.accessLog().find((l) => l.protocol === "TLS" && l.authority === "api.external.test"));
     assert.equal(sc.upstream_service, "api|egress");
@@ -240,7 +242,7 @@ describe("egress gateway: TLS passthrough and TCP to external services", () => {
     const text = await (await fetch(`http://127.0.0.1:${egressAdmin}/stats/prometheus`)).text();
     const tcpLines = text.split("\n").filter((l) => l.startsWith("weft_tcp")).join("\n");
     const closed = (labels: RegExp) => text.split("\n").some((l) => l.startsWith("weft_tcp_connections_closed_total{") && labels.test(l));
-    assert.ok(closed(/source="ns\/default\/sa\/client-svc".*route="api".*service="api\|api\.external\.test:443".*reason=""/), tcpLines);
+    assert.ok(closed(/source="ns\/default\/sa\/client-svc".*route="api".*service="api\|api\.external\.test:443"/), tcpLines);
     assert.ok(closed(/reason="sni_mismatch"/), tcpLines);
     assert.ok(closed(/source="ns\/default\/sa\/other-svc".*reason="denied"/), tcpLines);
     assert.match(text, /weft_tcp_received_bytes_total\{route="api",service="api\|api\.external\.test:443"\} [1-9]/);
