@@ -4,16 +4,9 @@ import { CONFIG_BUCKET, createMemoryBus, createMemoryNetwork, decodeJson, encode
 import { startControlPlane } from "../../control/plane.ts";
 import { createAnnouncer, parseHeartbeat, type Heartbeat } from "./announce.ts";
 import { type EndpointsResource, type RegisteredEndpoint } from "./resources.ts";
+import { until } from "../../test/harness/wait.ts";
 
 const ENDPOINT: Omit<RegisteredEndpoint, "draining"> = { address: "127.0.0.1:9201", labels: { version: "v1" }, weight: 2, proxyId: "sidecar-web-1" };
-
-async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** Collects every heartbeat published for a service, parsed as the registry parses them. */
 function listen(bus: Bus, service: string): { beats: (Heartbeat | undefined)[] } {
@@ -29,7 +22,7 @@ test("an announcer heartbeats at once on start and then every interval, each bea
   const announcer = createAnnouncer({ bus: createMemoryBus({ network }), service: "web", endpoint: ENDPOINT, intervalMs: 20 });
   try {
     announcer.start();
-    await until("four heartbeats", () => heard.beats.length >= 4, 3000);
+    await until("four heartbeats", () => heard.beats.length >= 4, { timeoutMs: 3000 });
     for (const beat of heard.beats) assert.deepEqual(beat, { ...ENDPOINT, draining: false, intervalMs: 20 });
   } finally {
     announcer.stop();
@@ -66,7 +59,7 @@ test("drain() re-announces the endpoint as draining at once, and later beats sta
     await until("first heartbeat", () => heard.beats.length >= 1);
     announcer.drain();
     const drainedFrom = heard.beats.length;
-    await until("two draining heartbeats", () => heard.beats.slice(drainedFrom).length >= 2, 3000);
+    await until("two draining heartbeats", () => heard.beats.slice(drainedFrom).length >= 2, { timeoutMs: 3000 });
     assert.equal(heard.beats[0]!.draining, false);
     assert.ok(heard.beats.slice(drainedFrom).every((b) => b?.draining === true));
   } finally {

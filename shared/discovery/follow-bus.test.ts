@@ -5,6 +5,7 @@ import { validateMesh, type MeshInput, type Snapshot } from "../config/index.ts"
 import { followBus } from "./follow-bus.ts";
 import { splitMesh } from "./resources.ts";
 import { createConfigWatcher, type LastGoodStore, type LogSink, type ProxyRole } from "./watcher.ts";
+import { until } from "../../test/harness/wait.ts";
 
 const ROLE: ProxyRole = { kind: "gateway", name: "edge" };
 
@@ -13,14 +14,6 @@ function mesh(endpoint: string): MeshInput {
     services: { web: { endpoints: [{ address: endpoint }] } },
     gateways: { edge: { listeners: [{ port: 8080 }], routes: [{ forward: { to: [{ service: "web" }] } }] } },
   };
-}
-
-async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 async function writeConfig(network: MemoryNetwork, input: MeshInput, generation: number): Promise<void> {

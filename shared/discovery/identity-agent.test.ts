@@ -9,17 +9,10 @@ import { startControlPlane, type ControlPlane } from "../../control/plane.ts";
 import { createMemoryBus, createMemoryNetwork, encodeJson, TRUST_BUCKET, trustBundleKey, type MemoryNetwork } from "../bus/index.ts";
 import { nextRefreshAt, validateSvid, type Attestation } from "../identity/index.ts";
 import { createIdentityAgent, createIdentitySlot, type IdentityAgent, type IdentityMaterial } from "./identity-agent.ts";
+import { until } from "../../test/harness/wait.ts";
 
 const TD = "weft.test";
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
-
-async function until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 interface Mesh {
   readonly network: MemoryNetwork;
@@ -87,7 +80,7 @@ test("the agent renews at nextRefreshAt, with a new key, before the old certific
     const first = await agent.start();
     // With random() = 0.5 there is no jitter: the renewal is due at exactly half the lifetime the agent saw.
     const due = nextRefreshAt(first.svid, first.svid.notBefore.getTime(), () => 0.5);
-    await until("a renewal", () => agent.generation >= 2, 8000);
+    await until("a renewal", () => agent.generation >= 2, { timeoutMs: 8000 });
     const second = agent.current()!;
     assert.notEqual(second.svid.chainPem[0], first.svid.chainPem[0]);
     assert.notEqual(second.keyPem, first.keyPem, "each renewal makes a new key");
@@ -117,7 +110,7 @@ test("a refused renewal keeps the current certificate and is retried until the C
       },
     });
     const first = await agent.start();
-    await until("a renewal after the refusal", () => agent.generation >= 2, 8000);
+    await until("a renewal after the refusal", () => agent.generation >= 2, { timeoutMs: 8000 });
     assert.ok(calls >= 3);
     assert.equal(heldDuringRefusal, first, "the refusal did not take the certificate away");
     assert.notEqual(agent.current()!.svid.chainPem[0], first.svid.chainPem[0]);

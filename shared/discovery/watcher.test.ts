@@ -17,6 +17,7 @@ import {
 import { validateMesh, type MeshInput, type Snapshot } from "../config/index.ts";
 import { splitMesh, type EndpointsResource } from "./resources.ts";
 import { createConfigWatcher, restoreLastGood, type ConfigWatcher, type LastGoodStore, type ProxyRole, type StatusReport } from "./watcher.ts";
+import { until } from "../../test/harness/wait.ts";
 
 const PROXY_ID = "proxy-1";
 
@@ -34,14 +35,6 @@ function mesh(overrides: Partial<MeshInput> = {}): MeshInput & { services: NonNu
     },
     ...overrides,
   };
-}
-
-async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 function memoryStore(): LastGoodStore & { text?: string; saves: number } {

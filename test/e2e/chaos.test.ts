@@ -9,6 +9,7 @@ import { performance } from "node:perf_hooks";
 import { MIRROR_MAX_IN_FLIGHT } from "../../shared/proxy/index.ts";
 import { startGateway } from "../harness/gateway.ts";
 import { request } from "../harness/upstream.ts";
+import { settled } from "../harness/wait.ts";
 
 // Chaos through a real `weft gateway` process against upstreams in their own processes: an upstream
 // that hangs, one killed and restarted under load, the config file rewritten every 100 ms under
@@ -155,19 +156,6 @@ function percentile(samples: readonly Sample[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
-/** Waits until `count()` stops changing for 300 ms, at most `maxMs`. */
-async function settled(count: () => number, maxMs = 5000): Promise<number> {
-  const stopAt = Date.now() + maxMs;
-  let last = -1;
-  while (Date.now() < stopAt) {
-    const now = count();
-    if (now === last) return now;
-    last = now;
-    await new Promise((r) => setTimeout(r, 300));
-  }
-  return count();
-}
-
 /** Reads one Prometheus sample value from the gateway's admin port (0 when the series is absent). */
 async function metric(adminPort: number, series: RegExp): Promise<{ value: number; text: string }> {
   const text = (await request(adminPort, { path: "/stats/prometheus" })).body;
@@ -215,7 +203,7 @@ describe("chaos: a hanging upstream", () => {
       const total = 2000;
       const samples = await load(gw.ports[0]!, "/", { total, concurrency: 10, durationMs: 60_000 });
       assert.equal(samples.length, total, "the load ran out of time");
-      await settled(() => hang.arrivals.length, 1000);
+      await settled(() => hang.arrivals.length, { maxMs: 1000 });
       // The ejection window begins after the last request the hanging upstream received: every
       // request sent later cannot have been sent there.
       const ejectedAt = Math.max(...hang.arrivals);
@@ -409,7 +397,7 @@ describe("chaos: mirroring to a slow shadow", () => {
       const rssBefore = gw.rss();
       const samples = await load(gw.ports[0]!, "/", { total, concurrency: 20, durationMs: 40_000 });
       const rssLoaded = gw.rss();
-      const whileHung = await settled(() => shadow.arrivals.length, 2000);
+      const whileHung = await settled(() => shadow.arrivals.length, { maxMs: 2000 });
       shadow.release();
       const copies = await settled(() => shadow.arrivals.length);
       t.diagnostic(

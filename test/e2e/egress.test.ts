@@ -7,49 +7,22 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { createExternalCa, startExternalHttps, type ExternalCa, type ExternalHttps } from "../harness/external-tls.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
+import { request } from "../harness/upstream.ts";
+import { until as poll, WHILE_STARTING } from "../harness/wait.ts";
 import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
 
 const run = promisify(execFile);
 
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
-
 /** One plain-HTTP request from "the app" to its sidecar's outbound port. */
-function call(port: number, host: string, path = "/"): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: "127.0.0.1", port, path, headers: { host }, agent: false }, (res) => {
-      let body = "";
-      res.on("data", (c: Buffer) => (body += c.toString()));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
+const call = (port: number, host: string, path = "/") => request(port, { path, headers: { host } });
 
-async function until<T>(what: string, attempt: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const r = await attempt();
-      if (r !== undefined) return r;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what} (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Polls processes that are still starting: a refused connection means "not yet". */
+const until = <T>(what: string, attempt: () => Promise<T | undefined>) => poll(what, attempt, WHILE_STARTING);
 
 /** The PID owning the local end of the TCP connection that comes from 127.0.0.1:<port> (ss -tnp). */
 async function ownerOfSourcePort(port: number): Promise<number | undefined> {

@@ -7,31 +7,13 @@ import https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
+import { loadLoop } from "../harness/load.ts";
 import { deadAddress, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 
 // Real traffic through a real `weft gateway` process: load, retries and timeouts against misbehaving
 // upstreams, 100 MB bodies both ways under an RSS bound, hop-by-hop framing, and an HTTPS listener.
 
 const MB = 1024 * 1024;
-
-/**
- * Runs `total` calls of `one` with at most `concurrency` in flight; stops early at `deadlineMs`.
- * Returns how many completed, so a test can insist on all of them.
- */
-async function loadLoop(total: number, concurrency: number, deadlineMs: number, one: () => Promise<void>): Promise<number> {
-  const stopAt = Date.now() + deadlineMs;
-  let started = 0;
-  let done = 0;
-  const worker = async () => {
-    while (started < total && Date.now() < stopAt) {
-      started++;
-      await one();
-      done++;
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  return done;
-}
 
 describe("gateway on Node: a 90/10 split under load", () => {
   test("10,000 requests over keep-alive land within two points of 90/10", async () => {

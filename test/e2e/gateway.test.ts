@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { rawExchange, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { until } from "../harness/wait.ts";
 
 // "gone" points at a port nobody listens on (by default the discard port, closed on loopback).
 function mesh(a: TestUpstream, b: TestUpstream, goneAddress = "127.0.0.1:9") {
@@ -175,11 +176,11 @@ describe("gateway on Node: live reload", () => {
       const rerouted = structuredClone(config);
       (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
       await gw.writeConfig(rerouted);
-      await waitFor(async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
+      await until("the reloaded config routing /a to beta", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
       const broken = structuredClone(rerouted) as unknown as { gateways: { edge: { routes: unknown[] } } };
       broken.gateways.edge.routes.push({ forward: { to: [{ service: "nope" }] } }, { match: { path: { regex: "(a+)+$" } }, directResponse: { status: 200 } });
       await gw.writeConfig(broken);
-      await waitFor(async () => gw.logs().some((l) => l.msg === "invalid config" && l.path === "gateways.edge.routes.9.match.path.regex"));
+      await until("the invalid config logged", async () => gw.logs().some((l) => l.msg === "invalid config" && l.path === "gateways.edge.routes.9.match.path.regex"));
       const paths = gw.logs().filter((l) => l.msg === "invalid config").map((l) => l.path);
       assert.ok(paths.includes("gateways.edge.routes.8.forward.to.0.service"), JSON.stringify(paths));
       assert.equal(JSON.parse((await request(port, { path: "/a" })).body).upstream, "beta");
@@ -213,12 +214,3 @@ describe("gateway on Node: live reload", () => {
     }
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("condition not met in time");
-}

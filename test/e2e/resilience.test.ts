@@ -2,42 +2,12 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { startGateway } from "../harness/gateway.ts";
+import { loadLoop } from "../harness/load.ts";
 import { request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { settled } from "../harness/wait.ts";
 
 // Resilience through a real `weft gateway` process against real upstreams: outlier ejection, the
 // retry budget in a retry storm, fault injection and mirroring, each measured over many requests.
-
-/**
- * Runs `total` calls of `one` with at most `concurrency` in flight; stops early at `deadlineMs`.
- * Returns how many completed, so a test can insist on all of them.
- */
-async function loadLoop(total: number, concurrency: number, deadlineMs: number, one: () => Promise<void>): Promise<number> {
-  const stopAt = Date.now() + deadlineMs;
-  let started = 0;
-  let done = 0;
-  const worker = async () => {
-    while (started < total && Date.now() < stopAt) {
-      started++;
-      await one();
-      done++;
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  return done;
-}
-
-/** Waits until `count()` stops changing (copies are fire and forget), at most `maxMs`. */
-async function settled(count: () => number, maxMs = 5000): Promise<number> {
-  const stopAt = Date.now() + maxMs;
-  let last = -1;
-  while (Date.now() < stopAt) {
-    const now = count();
-    if (now === last) return now;
-    last = now;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return count();
-}
 
 const gatewayWith = (services: Record<string, unknown>, routes: unknown[]) => ({
   accessLog: "off",

@@ -54,14 +54,20 @@ export function replyAs(name: string): (req: http.IncomingMessage, res: http.Ser
   };
 }
 
-/** Sends one HTTP request over a fresh connection and collects the whole response. */
+/**
+ * request sends one HTTP request over a fresh connection to a port on 127.0.0.1 (or a Unix socket) and collects the whole response.
+ * @example
+ * const r = await request(gw.port, { path: "/a", headers: { host: "api" } });
+ * const viaSocket = await request({ socketPath: outSocket }, { path: "/hello" });
+ */
 export function request(
-  port: number,
+  target: number | { socketPath: string },
   options: { method?: string; path?: string; headers?: Record<string, string | string[]>; body?: string | Buffer; agent?: http.Agent } = {},
 ): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  const to = typeof target === "number" ? { host: "127.0.0.1", port: target } : target;
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { host: "127.0.0.1", port, method: options.method ?? "GET", path: options.path ?? "/", headers: options.headers, agent: options.agent ?? false },
+      { ...to, method: options.method ?? "GET", path: options.path ?? "/", headers: options.headers, agent: options.agent ?? false },
       (res) => {
         const chunks: Buffer[] = [];
         res.on("data", (c: Buffer) => chunks.push(c));

@@ -4,17 +4,10 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { BUCKET_HISTORY, connectNatsBus, type Bus, type BusStatus, type KvEntry } from "../../shared/bus/index.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
+import { until } from "../harness/wait.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
-
-async function until(what: string, done: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!done()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 let server: NatsServer;
 const buses: Bus[] = [];

@@ -11,7 +11,11 @@ import { startControlPlane } from "../../control/plane.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { freePort } from "../harness/ports.ts";
 import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { until, type UntilOptions } from "../harness/wait.ts";
 import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
+
+/** Polls of a gateway or the CLI while processes start and restart: a refused connection means "not yet". */
+const POLL: UntilOptions = { timeoutMs: 15_000, intervalMs: 50, retryErrors: true };
 
 function meshConfig(port: number, a: TestUpstream, b: TestUpstream, target: "alpha" | "beta") {
   return {
@@ -29,15 +33,6 @@ function meshConfig(port: number, a: TestUpstream, b: TestUpstream, target: "alp
       },
     },
   };
-}
-
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await Promise.resolve().then(check).catch(() => false)) return;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 describe("control plane over NATS", () => {
@@ -88,7 +83,7 @@ describe("control plane over NATS", () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /gw\.edge created/);
     assert.match(r.stdout, /applied revision 1/);
-    await until("gateway routes to alpha", async () => (await upstreamOf()) === "alpha");
+    await until("gateway routes to alpha", async () => (await upstreamOf()) === "alpha", POLL);
     await until("status SYNCED", async () => {
       const s = await runWeft(["status", "--nats", nats.url, "-o", "json"]);
       const rows = JSON.parse(s.stdout) as { proxyId: string; sync: string; revision: number }[];
@@ -130,8 +125,8 @@ describe("control plane over NATS", () => {
 
     await nats.restart();
     const file = await writeConfig("beta.config.ts", meshConfig(gwPort, a, b, "beta"));
-    await until("apply accepted after NATS returned", async () => (await runWeft(["apply", file, "--nats", nats.url])).code === 0, 20_000);
-    await until("gateway routes to beta", async () => (await upstreamOf()) === "beta", 20_000);
+    await until("apply accepted after NATS returned", async () => (await runWeft(["apply", file, "--nats", nats.url])).code === 0, { ...POLL, timeoutMs: 20_000 });
+    await until("gateway routes to beta", async () => (await upstreamOf()) === "beta", { ...POLL, timeoutMs: 20_000 });
   });
 
   test("a gateway restarted while NATS is down serves its persisted config", async () => {
@@ -139,7 +134,7 @@ describe("control plane over NATS", () => {
     await gateway.stop();
     gateway = startGatewayProcess();
     await gateway.waitForLog((l) => l.msg === "serving the last good config until the bus answers");
-    await until("restarted gateway serves beta", async () => (await upstreamOf()) === "beta");
+    await until("restarted gateway serves beta", async () => (await upstreamOf()) === "beta", POLL);
     await nats.restart();
     await gateway.waitForLog((l) => l.msg === "following the control plane");
     assert.equal(await upstreamOf(), "beta");
@@ -166,7 +161,7 @@ describe("control plane over NATS", () => {
       assert.equal(new Set(gens).size, gens.length, `distinct generations: ${gens}`);
       assert.equal(value.generation, Math.max(...gens));
       assert.deepEqual((await kv.keys("svc.*")).map((k) => k.slice(4)), [...value.services].sort());
-      await until("gateway follows the last apply", async () => (await request(gwPort, { path: "/" })).status === 200);
+      await until("gateway follows the last apply", async () => (await request(gwPort, { path: "/" })).status === 200, POLL);
     } finally {
       await cpA.stop();
       await cpB.stop();

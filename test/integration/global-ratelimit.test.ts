@@ -13,6 +13,7 @@ import { connectNatsBus, type Bus } from "../../shared/bus/index.ts";
 import { startControlPlane, type ControlPlane } from "../../control/plane.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { until } from "../harness/wait.ts";
 import { spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
 
 const LIMIT = 30;
@@ -47,6 +48,8 @@ describe("global rate limit over three gateway processes and control-plane repli
   const buses: Bus[] = [];
   const controls: ControlPlane[] = [];
   const events: { replica: string; msg: string }[] = [];
+  /** How long a replica may take to say it answers, and what it has said so far if it does not. */
+  const waitOptions = { timeoutMs: 15_000, intervalMs: 20, detail: () => JSON.stringify(events) };
   let app: TestUpstream;
   const gateways: WeftProcess[] = [];
   const ports: number[] = [];
@@ -58,14 +61,6 @@ describe("global rate limit over three gateway processes and control-plane repli
     const control = await startControlPlane({ bus, id, log: { info: record, warn: record }, rateLimit: LEASE });
     controls.push(control);
     return control;
-  }
-
-  async function until(what: string, check: () => boolean, timeoutMs = 15_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!check()) {
-      if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}: ${JSON.stringify(events)}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
   }
 
   before(async () => {
@@ -139,7 +134,7 @@ describe("global rate limit over three gateway processes and control-plane repli
 
   test("when the holder stops, the stand-by takes over and counts from full buckets", async () => {
     await controls[0]!.stop();
-    await until("control-2 answering", () => events.some((e) => e.replica === "control-2" && e.msg === "global rate limiter answering"));
+    await until("control-2 answering", () => events.some((e) => e.replica === "control-2" && e.msg === "global rate limiter answering"), waitOptions);
     const out = await spread(ports, "/api/items", SENT);
     assert.deepEqual(statuses(out), { 200: LIMIT, 429: SENT - LIMIT });
     assert.equal(events.filter((e) => e.msg === "global rate limiter answering").length, 2);
@@ -149,7 +144,7 @@ describe("global rate limit over three gateway processes and control-plane repli
     await replica("control-3");
     assert.equal(events.filter((e) => e.replica === "control-3" && e.msg === "global rate limiter answering").length, 0);
     await buses[1]!.close(); // control-2's connection drops as if its process died: no release, no renewals
-    await until("control-3 answering", () => events.some((e) => e.replica === "control-3" && e.msg === "global rate limiter answering"));
+    await until("control-3 answering", () => events.some((e) => e.replica === "control-3" && e.msg === "global rate limiter answering"), waitOptions);
     const out = await spread(ports, "/api/items", SENT);
     assert.deepEqual(statuses(out), { 200: LIMIT, 429: SENT - LIMIT });
   });

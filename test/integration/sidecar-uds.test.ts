@@ -5,49 +5,16 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startSampleApp } from "../../examples/apps/sample-app.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
-import { replyAs, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { until, WHILE_STARTING } from "../harness/wait.ts";
 import { generateJoinTokenKey, mintJoinToken } from "../../shared/identity/index.ts";
 import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
-
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
-
-function call(target: { socketPath: string } | { port: number }, path: string, headers: Record<string, string> = {}, method = "GET"): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ ...("port" in target ? { host: "127.0.0.1", port: target.port } : target), path, method, headers, agent: false }, (res) => {
-      let body = "";
-      res.on("data", (c: Buffer) => (body += c.toString()));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
-
-async function until<T>(what: string, attempt: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const r = await attempt();
-      if (r !== undefined) return r;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what} (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function mesh(outboundTrafficPolicy: "REGISTRY_ONLY" | "ALLOW_ANY") {
   return {
@@ -127,9 +94,9 @@ describe("sidecars in Unix-socket mode", () => {
     // The client sidecar learns of server-svc on this first request (discovery by Host), then
     // waits for the server sidecar's registered endpoint.
     const r = await until("a routed answer", async () => {
-      const reply = await call({ socketPath: outSocket }, "/hello?x=1", { host: "server-svc" });
+      const reply = await request({ socketPath: outSocket }, { path: "/hello?x=1", headers: { host: "server-svc" } });
       return reply.status === 200 ? reply : undefined;
-    });
+    }, WHILE_STARTING);
     const body = JSON.parse(r.body) as { service: string; path: string; host: string; headers: Record<string, string> };
     assert.equal(body.service, "server");
     assert.equal(body.path, "/hello?x=1");
@@ -141,34 +108,34 @@ describe("sidecars in Unix-socket mode", () => {
 
   test("the server sidecar's inbound port refuses plaintext in STRICT mode", async () => {
     const inboundPort = (serverSidecar.logs().find((l) => l.msg === "sidecar listening")!.inbound) as number;
-    await assert.rejects(call({ port: inboundPort }, "/hello", { host: "server-svc" }), /ECONNRESET|socket hang up/);
+    await assert.rejects(request(inboundPort, { path: "/hello", headers: { host: "server-svc" } }), /ECONNRESET|socket hang up/);
     await serverSidecar.waitForLog((l) => l.msg === "inbound peer refused" && l.reason === "plaintext_in_strict");
   });
 
   test("every mesh name of a service routes, with or without a port", async () => {
     for (const host of ["server-svc.default", "server-svc.default.svc", "server-svc.default.svc.cluster.local", "server-svc:8080"]) {
-      const r = await call({ socketPath: outSocket }, "/hello", { host });
+      const r = await request({ socketPath: outSocket }, { path: "/hello", headers: { host } });
       assert.equal(r.status, 200, `${host}: ${r.body}`);
     }
   });
 
   test("the outbound port works as HTTP_PROXY: an absolute-form target is routed by its host", async () => {
-    const r = await call({ port: outPort }, "http://server-svc.default/hello/proxied", { host: "server-svc.default" });
+    const r = await request(outPort, { path: "http://server-svc.default/hello/proxied", headers: { host: "server-svc.default" } });
     assert.equal(r.status, 200, r.body);
     assert.equal((JSON.parse(r.body) as { path: string }).path, "/hello/proxied");
   });
 
   test("the server's inbound policy denies what it does not allow with 403 denied", async () => {
-    const r = await call({ socketPath: outSocket }, "/admin", { host: "server-svc" });
+    const r = await request({ socketPath: outSocket }, { path: "/admin", headers: { host: "server-svc" } });
     assert.equal(r.status, 403);
     assert.equal(r.headers["x-weft-reason"], "denied");
   });
 
   test("an unknown host is refused with 502 no_route under REGISTRY_ONLY", async () => {
-    const r = await call({ socketPath: outSocket }, "/", { host: `127.0.0.1:${external.port}` });
+    const r = await request({ socketPath: outSocket }, { path: "/", headers: { host: `127.0.0.1:${external.port}` } });
     assert.equal(r.status, 502);
     assert.equal(r.headers["x-weft-reason"], "no_route");
-    const named = await call({ socketPath: outSocket }, "/", { host: "not-in-mesh" });
+    const named = await request({ socketPath: outSocket }, { path: "/", headers: { host: "not-in-mesh" } });
     assert.equal(named.status, 502);
     assert.equal(named.headers["x-weft-reason"], "no_route");
     assert.equal(external.requests.length, 0);
@@ -177,9 +144,9 @@ describe("sidecars in Unix-socket mode", () => {
   test("an unknown host passes through to the host:port it names under ALLOW_ANY", async () => {
     await apply(mesh("ALLOW_ANY"));
     const r = await until("pass-through", async () => {
-      const reply = await call({ socketPath: outSocket }, "/out?q=1", { host: `127.0.0.1:${external.port}` });
+      const reply = await request({ socketPath: outSocket }, { path: "/out?q=1", headers: { host: `127.0.0.1:${external.port}` } });
       return reply.status === 200 ? reply : undefined;
-    });
+    }, WHILE_STARTING);
     assert.equal((JSON.parse(r.body) as { upstream: string }).upstream, "external");
     assert.equal(external.requests.at(-1)!.url, "/out?q=1");
     await apply(mesh("REGISTRY_ONLY"));
@@ -198,7 +165,7 @@ describe("sidecars in Unix-socket mode", () => {
       const inboundPort = (await sidecar.waitForLog((l) => l.msg === "sidecar listening")).inbound as number;
       await sidecar.waitForLog((l) => l.msg === "sidecar ready");
       // slow-svc is PERMISSIVE, so the test can call its inbound port without a certificate.
-      const inFlight = call({ port: inboundPort }, "/hello/slow", { host: "slow-svc" });
+      const inFlight = request(inboundPort, { path: "/hello/slow", headers: { host: "slow-svc" } });
       await new Promise((r) => setTimeout(r, 200));
       const stopped = sidecar.stop();
       const r = await inFlight;
@@ -207,7 +174,7 @@ describe("sidecars in Unix-socket mode", () => {
       await stopped;
       const msgs = sidecar.logs().map((l) => l.msg);
       assert.ok(msgs.indexOf("draining") >= 0 && msgs.indexOf("draining") < msgs.indexOf("stopped"), msgs.join(","));
-      await assert.rejects(call({ port: inboundPort }, "/hello", { host: "slow-svc" }), /ECONNREFUSED/);
+      await assert.rejects(request(inboundPort, { path: "/hello", headers: { host: "slow-svc" } }), /ECONNREFUSED/);
     } finally {
       await sidecar.stop();
       await slow.close();
@@ -222,9 +189,9 @@ describe("sidecars in Unix-socket mode", () => {
     try {
       const admin = (await extra.waitForLog((l) => l.msg === "admin listening")).port as number;
       await extra.waitForLog((l) => l.msg === "sidecar ready");
-      const ready = await call({ port: admin }, "/ready");
+      const ready = await request(admin, { path: "/ready" });
       assert.equal(ready.status, 200);
-      const quit = await call({ port: admin }, "/quitquitquit", {}, "POST");
+      const quit = await request(admin, { path: "/quitquitquit", method: "POST" });
       assert.equal(quit.status, 200);
       await extra.waitForLog((l) => l.msg === "stopped");
     } finally {

@@ -5,6 +5,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { deadAddress, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { until } from "../harness/wait.ts";
 
 // A real `weft gateway` process with two upstreams: every request must show up once in the access
 // log (stdout), in /stats/prometheus and /stats, and an incoming traceparent must be continued.
@@ -40,16 +41,6 @@ function parseProm(text: string): Sample[] {
     samples.push({ name: m[1]!, labels, value });
   }
   return samples;
-}
-
-async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 describe("gateway telemetry: access log, Prometheus metrics and trace propagation", () => {
@@ -122,7 +113,7 @@ describe("gateway telemetry: access log, Prometheus metrics and trace propagatio
     const total = plan.length + 2;
 
     // Access log: one JSON line per request, in order, with status, reason and route.
-    const lines = await waitFor("every access-log line", () => (gw.accessLog().length >= total ? gw.accessLog() : undefined));
+    const lines = await until("every access-log line", () => (gw.accessLog().length >= total ? gw.accessLog() : undefined), { intervalMs: 25 });
     assert.equal(lines.length, total);
     for (const [i, [path, status, reason, route]] of plan.entries()) {
       const line = lines[i]!;
@@ -206,7 +197,7 @@ describe("gateway telemetry: access log, Prometheus metrics and trace propagatio
 
   test("a refused config reload counts in weft_config_rejected_total and the revision stays", async () => {
     await gw.writeConfig({ ...config, gateways: { edge: { listeners: [], routes: [] } } });
-    const rejected = await waitFor("weft_config_rejected_total to reach 1", async () => {
+    const rejected = await until("weft_config_rejected_total to reach 1", async () => {
       const samples = parseProm(await (await fetch(`http://127.0.0.1:${gw.adminPort}/stats/prometheus`)).text());
       const value = samples.find((s) => s.name === "weft_config_rejected_total")?.value;
       return value !== undefined && value >= 1 ? samples : undefined;
