@@ -1,20 +1,11 @@
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
+import { watchProcess, type WeftProcess } from "./weft-process.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 
-export interface NetnsProcess {
-  readonly pid: number;
-  /** Everything written to stdout and stderr so far. */
-  output(): string;
-  /** Parsed JSON lines from stderr (a weft process's log). */
-  logs(): Record<string, unknown>[];
-  waitForLog(match: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
-  /** Resolves with the exit code once the process ended. */
-  readonly exited: Promise<number | null>;
-  /** SIGTERM, then SIGKILL after 5 s. */
-  stop(): Promise<void>;
-}
+/** A process started inside a namespace: its log, its output, its exit. */
+export type NetnsProcess = WeftProcess;
 
 export interface Namespace {
   readonly name: string;
@@ -139,7 +130,7 @@ export async function createNetnsPair(options: { subnet: string; hosts?: Record<
         env: { ...process.env, ...startOptions.env },
         stdio: ["ignore", "pipe", "pipe"],
       });
-      const proc = track(child, args.join(" "));
+      const proc = watchProcess(child, args.join(" "), { logTimeoutMs: 30_000 });
       processes.add(proc);
       return proc;
     },
@@ -151,52 +142,6 @@ export async function createNetnsPair(options: { subnet: string; hosts?: Record<
     async destroy() {
       await destroy();
       process.removeListener("exit", onExit);
-    },
-  };
-}
-
-function track(child: ChildProcess, what: string): NetnsProcess {
-  let text = "";
-  let buffered = "";
-  const logs: Record<string, unknown>[] = [];
-  child.stdout!.on("data", (c: Buffer) => (text += c.toString()));
-  child.stderr!.on("data", (c: Buffer) => {
-    const s = c.toString();
-    text += s;
-    buffered += s;
-    let nl: number;
-    while ((nl = buffered.indexOf("\n")) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        logs.push({ raw: line });
-      }
-    }
-  });
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  return {
-    pid: child.pid!,
-    output: () => text,
-    logs: () => logs,
-    exited,
-    async waitForLog(match, timeoutMs = 30_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = logs.find(match);
-        if (found) return found;
-        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}):\n${text}`);
-        if (Date.now() > deadline) throw new Error(`${what}: expected log line not seen in ${timeoutMs} ms:\n${text}`);
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
     },
   };
 }

@@ -8,10 +8,90 @@ export interface WeftProcess {
   logs(): Record<string, unknown>[];
   /** Parsed JSON lines the process wrote to stdout (a proxy's access log). */
   accessLog(): Record<string, unknown>[];
-  /** Resolves with the first log line that satisfies `match` (already written ones count). */
+  /** Everything written to stdout and stderr so far. */
+  output(): string;
+  /** Resolves with the first log line that satisfies `match` (already written ones count); fails at once if the process exits. */
   waitForLog(match: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** Resolves with the exit code once the process ended. */
+  readonly exited: Promise<number | null>;
   /** SIGTERM, then SIGKILL after 5 s; resolves once the process exited. */
   stop(): Promise<void>;
+}
+
+/** Calls `onLine` for every complete line of a stream; `onText` sees the raw text. */
+function eachLine(stream: NodeJS.ReadableStream | null, onLine: (line: string) => void, onText: (text: string) => void): void {
+  let buffered = "";
+  stream?.on("data", (chunk: Buffer) => {
+    const text = chunk.toString();
+    onText(text);
+    buffered += text;
+    let nl: number;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      onLine(buffered.slice(0, nl));
+      buffered = buffered.slice(nl + 1);
+    }
+  });
+}
+
+/**
+ * watchProcess follows a spawned process: its stderr as a JSON log, its stdout as a JSON access log, its exit, and stops it by PID.
+ * @example
+ * const sidecar = watchProcess(spawn("bun", ["sidecar/main.ts", ...args], { stdio: ["ignore", "pipe", "pipe"] }), "sidecar on bun");
+ * await sidecar.waitForLog((l) => l.msg === "sidecar ready");
+ */
+export function watchProcess(child: ChildProcess, what: string, options: { logTimeoutMs?: number } = {}): WeftProcess {
+  const access: Record<string, unknown>[] = [];
+  const logs: Record<string, unknown>[] = [];
+  let text = "";
+  eachLine(
+    child.stdout,
+    (line) => {
+      if (!line.startsWith("{")) return;
+      try {
+        access.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // Not an access-log line (a banner); ignored.
+      }
+    },
+    (t) => (text += t),
+  );
+  eachLine(
+    child.stderr,
+    (line) => {
+      try {
+        logs.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        logs.push({ raw: line });
+      }
+    },
+    (t) => (text += t),
+  );
+  const ended = () => child.exitCode !== null || child.signalCode !== null;
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  return {
+    pid: child.pid!,
+    logs: () => logs,
+    accessLog: () => access,
+    output: () => text,
+    exited,
+    async waitForLog(match, timeoutMs = options.logTimeoutMs ?? 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const found = logs.find(match);
+        if (found) return found;
+        if (ended()) throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}):\n${text}`);
+        if (Date.now() > deadline) throw new Error(`${what}: expected log line not seen in ${timeoutMs} ms:\n${text}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async stop() {
+      if (ended()) return;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
 }
 
 /**
@@ -21,68 +101,12 @@ export interface WeftProcess {
  * await control.waitForLog((l) => l.msg === "control plane ready");
  */
 export function spawnWeft(args: string[], options: { env?: Record<string, string> } = {}): WeftProcess {
-  const child: ChildProcess = spawn(process.execPath, ["scripts/weft.mjs", ...args], {
+  const child = spawn(process.execPath, ["scripts/weft.mjs", ...args], {
     cwd: ROOT,
     env: { ...process.env, ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const access: Record<string, unknown>[] = [];
-  let out = "";
-  child.stdout!.on("data", (chunk: Buffer) => {
-    out += chunk.toString();
-    let nl: number;
-    while ((nl = out.indexOf("\n")) >= 0) {
-      const line = out.slice(0, nl);
-      out = out.slice(nl + 1);
-      if (line.startsWith("{")) {
-        try {
-          access.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          // Not an access-log line (a banner); ignored.
-        }
-      }
-    }
-  });
-  const logs: Record<string, unknown>[] = [];
-  let stderrText = "";
-  let buffered = "";
-  child.stderr!.on("data", (chunk: Buffer) => {
-    buffered += chunk.toString();
-    let nl: number;
-    while ((nl = buffered.indexOf("\n")) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      stderrText += `${line}\n`;
-      try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        logs.push({ raw: line });
-      }
-    }
-  });
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
-  return {
-    pid: child.pid!,
-    logs: () => logs,
-    accessLog: () => access,
-    async waitForLog(match, timeoutMs = 20_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = logs.find(match);
-        if (found) return found;
-        if (child.exitCode !== null) throw new Error(`weft ${args[0]} exited (${child.exitCode}):\n${stderrText}`);
-        if (Date.now() > deadline) throw new Error(`weft ${args[0]}: expected log line not seen in ${timeoutMs} ms:\n${stderrText}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
+  return watchProcess(child, `weft ${args[0]}`);
 }
 
 /**

@@ -4,7 +4,7 @@
 // CA are real; the sidecars run as `sidecar/main.ts` processes on the runtime under test.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import http from "node:http";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -14,58 +14,14 @@ import { startControlPlane, type ControlPlane } from "../../control/plane.ts";
 import { runtimeCommand, type RuntimeName } from "../harness/gateway.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { watchProcess, type WeftProcess } from "../harness/weft-process.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 
-interface Proc {
-  readonly child: ChildProcess;
-  readonly logs: Record<string, unknown>[];
-  waitFor(match: (l: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
-  stop(): Promise<void>;
-}
-
-function startSidecarProcess(runtime: RuntimeName, args: string[], env: Record<string, string>): Proc {
+function startSidecarProcess(runtime: RuntimeName, args: string[], env: Record<string, string>): WeftProcess {
   const [cmd, pre] = runtimeCommand(runtime, join(ROOT, "sidecar/main.ts"));
   const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
-  const logs: Record<string, unknown>[] = [];
-  let text = "";
-  let buffered = "";
-  child.stderr!.on("data", (chunk: Buffer) => {
-    buffered += chunk.toString();
-    let nl: number;
-    while ((nl = buffered.indexOf("\n")) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      text += `${line}\n`;
-      try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        logs.push({ raw: line });
-      }
-    }
-  });
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
-  return {
-    child,
-    logs,
-    async waitFor(match, timeoutMs = 30_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = logs.find(match);
-        if (found) return found;
-        if (child.exitCode !== null) throw new Error(`sidecar on ${runtime} exited (${child.exitCode}):\n${text}`);
-        if (Date.now() > deadline) throw new Error(`sidecar on ${runtime}: expected log line not seen:\n${text}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
+  return watchProcess(child, `sidecar on ${runtime}`, { logTimeoutMs: 30_000 });
 }
 
 function get(port: number, host: string): Promise<{ status: number; body: string; error?: string }> {
@@ -124,11 +80,11 @@ describe("sidecar mTLS on every runtime", () => {
         env,
       );
       try {
-        const serverPorts = await server.waitFor((l) => l.msg === "sidecar listening");
+        const serverPorts = await server.waitForLog((l) => l.msg === "sidecar listening");
         assert.equal(serverPorts.runtime, runtime);
-        const outbound = (await client.waitFor((l) => l.msg === "sidecar listening")).outbound as number;
-        await server.waitFor((l) => l.msg === "sidecar ready");
-        await client.waitFor((l) => l.msg === "sidecar ready");
+        const outbound = (await client.waitForLog((l) => l.msg === "sidecar listening")).outbound as number;
+        await server.waitForLog((l) => l.msg === "sidecar ready");
+        await client.waitForLog((l) => l.msg === "sidecar ready");
         let r = await get(outbound, `server-${runtime}`);
         const deadline = Date.now() + 20_000;
         while (r.status !== 200 && Date.now() < deadline) {
@@ -139,7 +95,7 @@ describe("sidecar mTLS on every runtime", () => {
         assert.deepEqual(JSON.parse(r.body), { xfcc: `URI=spiffe://cluster.local/ns/default/sa/client-${runtime}` });
         const plain = await get(serverPorts.inbound as number, `server-${runtime}`);
         assert.equal(plain.status, 0, "plaintext to a STRICT inbound port gets no answer");
-        await server.waitFor((l) => l.msg === "inbound peer refused" && l.reason === "plaintext_in_strict");
+        await server.waitForLog((l) => l.msg === "inbound peer refused" && l.reason === "plaintext_in_strict");
       } finally {
         await client.stop();
         await server.stop();
