@@ -1,11 +1,11 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
 import https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { loadLoop } from "../harness/load.ts";
 import { deadAddress, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
@@ -449,14 +449,8 @@ describe("gateway on Node: an HTTPS listener serves the same routes", () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "weft-tls-"));
-    const certFile = join(dir, "cert.pem");
-    const keyFile = join(dir, "key.pem");
-    execFileSync("openssl", [
-      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-      "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-      "-keyout", keyFile, "-out", certFile,
-    ], { stdio: "ignore" });
-    cert = await readFile(certFile, "utf8");
+    const { certFile, keyFile, cert: pem } = selfSignedCertificate(dir);
+    cert = pem;
     up = await startUpstream(replyAs("alpha"));
     gw = await startGateway({
       accessLog: "off",

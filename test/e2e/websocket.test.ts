@@ -4,13 +4,13 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { once } from "node:events";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import tls from "node:tls";
 import { createTestIssuer } from "../../shared/policy/testing.ts";
+import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { rawExchange } from "../harness/upstream.ts";
 import { closed, openWs, roundTrip, startWsApp, type WsApp } from "../harness/websocket.ts";
@@ -28,14 +28,7 @@ async function accessLine(gw: GatewayProcess, match: (l: Record<string, unknown>
 
 // A self-signed certificate for the gateway's HTTPS listener (wss://).
 const certDir = mkdtempSync(join(tmpdir(), "weft-ws-tls-"));
-const certFile = join(certDir, "cert.pem");
-const keyFile = join(certDir, "key.pem");
-execFileSync("openssl", [
-  "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-  "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-  "-keyout", keyFile, "-out", certFile,
-], { stdio: "ignore" });
-const cert = readFileSync(certFile, "utf8");
+const { certFile, keyFile, cert } = selfSignedCertificate(certDir);
 after(() => rmSync(certDir, { recursive: true, force: true }));
 
 describe("gateway on Node: WebSocket upgrades", () => {

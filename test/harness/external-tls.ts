@@ -1,4 +1,5 @@
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import https from "node:https";
 import type { AddressInfo, Socket } from "node:net";
@@ -8,6 +9,31 @@ import type { TLSSocket } from "node:tls";
 import { promisify } from "node:util";
 
 const run = promisify(execFile);
+
+export interface SelfSigned {
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** The certificate (PEM), for a client's `ca`. */
+  readonly cert: string;
+  readonly key: string;
+}
+
+/**
+ * selfSignedCertificate makes a self-signed P-256 certificate for one DNS name with openssl (localhost also gets IP 127.0.0.1), as <name>.crt and <name>.key in `dir`.
+ * @example
+ * const tls = selfSignedCertificate(dir);
+ * const listener = { port: 0, address: "127.0.0.1", protocol: "https", tls: { certFile: tls.certFile, keyFile: tls.keyFile } };
+ */
+export function selfSignedCertificate(dir: string, name = "localhost"): SelfSigned {
+  const keyFile = join(dir, `${name}.key`);
+  const certFile = join(dir, `${name}.crt`);
+  const altNames = name === "localhost" ? "DNS:localhost,IP:127.0.0.1" : `DNS:${name}`;
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+    "-subj", `/CN=${name}`, "-addext", `subjectAltName=${altNames}`, "-keyout", keyFile, "-out", certFile,
+  ], { stdio: "ignore" });
+  return { certFile, keyFile, cert: readFileSync(certFile, "utf8"), key: readFileSync(keyFile, "utf8") };
+}
 
 export interface ExternalCa {
   /** Folder holding ca.pem (the CA certificate) and the leaves made with `leaf`. */

@@ -6,9 +6,8 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
-import { execFileSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { compileMesh, validateMesh, type MeshInput } from "../../shared/config/index.ts";
@@ -16,6 +15,7 @@ import type { TcpRecord } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createLogger } from "../../shared/telemetry/index.ts";
 import { createIngress } from "../../gateway/ingress.ts";
+import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { echoThrough, startTcpEcho } from "../harness/tcp-echo.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "weft-tcp-"));
@@ -23,17 +23,6 @@ const cleanups: (() => Promise<void> | void)[] = [() => rmSync(dir, { recursive:
 after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
-
-/** A self-signed P-256 certificate for one DNS name, made by openssl. */
-function certificate(name: string): { cert: string; key: string } {
-  const keyFile = join(dir, `${name}.key`);
-  const certFile = join(dir, `${name}.crt`);
-  execFileSync("openssl", [
-    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-    "-subj", `/CN=${name}`, "-addext", `subjectAltName=DNS:${name}`, "-keyout", keyFile, "-out", certFile,
-  ], { stdio: "ignore" });
-  return { cert: readFileSync(certFile, "utf8"), key: readFileSync(keyFile, "utf8") };
-}
 
 /** A TLS server that answers every line with its own name, so a client knows whom it reached. */
 async function startTlsBackend(name: string, material: { cert: string; key: string }) {
@@ -100,8 +89,8 @@ function fingerprintOf(pem: string): string {
   return new X509Certificate(pem).fingerprint256;
 }
 
-const alpha = certificate("db.alpha.test");
-const beta = certificate("api.beta.test");
+const alpha = selfSignedCertificate(dir, "db.alpha.test");
+const beta = selfSignedCertificate(dir, "api.beta.test");
 const alphaPort = await startTlsBackend("alpha", alpha);
 const betaPort = await startTlsBackend("beta", beta);
 

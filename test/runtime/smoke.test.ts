@@ -1,26 +1,19 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
+import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { startGateway, type GatewayProcess, type RuntimeName } from "../harness/gateway.ts";
 import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 
 // One smoke body, run as a real `weft gateway --config <file>` process on each runtime.
 // One self-signed certificate for every runtime's HTTPS listener.
 const certDir = mkdtempSync(join(tmpdir(), "weft-smoke-tls-"));
-const certFile = join(certDir, "cert.pem");
-const keyFile = join(certDir, "key.pem");
-execFileSync("openssl", [
-  "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-  "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-  "-keyout", keyFile, "-out", certFile,
-], { stdio: "ignore" });
-const cert = readFileSync(certFile, "utf8");
+const { certFile, keyFile, cert } = selfSignedCertificate(certDir);
 after(() => rmSync(certDir, { recursive: true, force: true }));
 
 function mesh(a: TestUpstream, b: TestUpstream, odd: TestUpstream) {
