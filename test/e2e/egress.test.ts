@@ -14,7 +14,7 @@ import { createExternalCa, startExternalHttps, type ExternalCa, type ExternalHtt
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { request } from "../harness/upstream.ts";
 import { until as poll, WHILE_STARTING } from "../harness/wait.ts";
-import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
+import { runWeft, spawnWeft, weftToken, type WeftProcess } from "../harness/weft-process.ts";
 
 const run = promisify(execFile);
 
@@ -45,11 +45,7 @@ describe("egress gateway", () => {
   let clientOut: number;
   let otherOut: number;
 
-  const joinToken = async (sa: string) => {
-    const r = await runWeft(["token", "--ns", "default", "--sa", sa, "--state-dir", join(dir, "control")]);
-    assert.equal(r.code, 0, r.stderr);
-    return r.stdout.trim();
-  };
+  const joinToken = (sa: string) => weftToken(join(dir, "control"), sa);
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "weft-egress-"));

@@ -9,18 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { echoThrough, startTcpEcho } from "../harness/tcp-echo.ts";
-import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
-
-/** Polls the process's access log until a line satisfies `match`. */
-async function accessLine(p: WeftProcess, match: (l: Record<string, unknown>) => boolean, timeoutMs = 20_000): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const found = p.accessLog().find(match);
-    if (found) return found;
-    if (Date.now() > deadline) assert.fail("expected access-log line not seen");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+import { runWeft, spawnWeft, weftToken, type WeftProcess } from "../harness/weft-process.ts";
 
 describe("TCP between sidecars", () => {
   let dir: string;
@@ -34,11 +23,7 @@ describe("TCP between sidecars", () => {
   let gateway: WeftProcess;
   let gatewayPort: number;
 
-  const joinToken = async (sa: string) => {
-    const r = await runWeft(["token", "--ns", "default", "--sa", sa, "--state-dir", join(dir, "control")]);
-    assert.equal(r.code, 0, r.stderr);
-    return r.stdout.trim();
-  };
+  const joinToken = (sa: string) => weftToken(join(dir, "control"), sa);
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "weft-tcp-mesh-"));
@@ -106,7 +91,7 @@ describe("TCP between sidecars", () => {
       if (back === "closed") await new Promise((r) => setTimeout(r, 100));
     }
     assert.ok(back !== "closed" && back.equals(payload), "the echo came back whole");
-    const entry = await accessLine(server, (l) => l.protocol === "TCP" && l.reason === null && l.bytes_received === payload.length);
+    const entry = await server.waitForAccess((l) => l.protocol === "TCP" && l.reason === null && l.bytes_received === payload.length);
     assert.deepEqual(
       [entry.source_principal, entry.upstream_host, entry.bytes_sent],
       ["spiffe://cluster.local/ns/default/sa/client-svc", `127.0.0.1:${echo.port}`, payload.length],
@@ -121,15 +106,15 @@ describe("TCP between sidecars", () => {
       if (back === "closed") await new Promise((r) => setTimeout(r, 100));
     }
     assert.ok(back !== "closed" && back.equals(payload));
-    const g = await accessLine(gateway, (l) => l.protocol === "TCP" && l.bytes_received === payload.length);
+    const g = await gateway.waitForAccess((l) => l.protocol === "TCP" && l.bytes_received === payload.length);
     assert.deepEqual([g.route, g.upstream_service, g.bytes_sent, g.reason], ["db", "db-svc", payload.length, null]);
-    await accessLine(server, (l) => l.protocol === "TCP" && l.source_principal === "spiffe://cluster.local/ns/default/sa/edge" && l.bytes_sent === payload.length);
+    await server.waitForAccess((l) => l.protocol === "TCP" && l.source_principal === "spiffe://cluster.local/ns/default/sa/edge" && l.bytes_sent === payload.length);
   });
 
   test("another workload's TCP is refused by the server's sidecar before anything reaches the app", async () => {
     const before = echo.accepted();
     assert.equal(await echoThrough(otherPort, Buffer.from("let me in")), "closed");
-    await accessLine(server, (l) => l.reason === "denied" && l.source_principal === "spiffe://cluster.local/ns/default/sa/other-svc");
+    await server.waitForAccess((l) => l.reason === "denied" && l.source_principal === "spiffe://cluster.local/ns/default/sa/other-svc");
     assert.equal(echo.accepted(), before);
   });
 });

@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -12,6 +13,8 @@ export interface WeftProcess {
   output(): string;
   /** Resolves with the first log line that satisfies `match` (already written ones count); fails at once if the process exits. */
   waitForLog(match: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** The same for the access log (stdout). */
+  waitForAccess(match: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   /** Resolves with the exit code once the process ended. */
   readonly exited: Promise<number | null>;
   /** SIGTERM, then SIGKILL after 5 s; resolves once the process exited. */
@@ -68,22 +71,24 @@ export function watchProcess(child: ChildProcess, what: string, options: { logTi
   );
   const ended = () => child.exitCode !== null || child.signalCode !== null;
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const waitForLine = async (lines: Record<string, unknown>[], kind: string, match: (line: Record<string, unknown>) => boolean, timeoutMs: number) => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = lines.find(match);
+      if (found) return found;
+      if (ended()) throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}):\n${text}`);
+      if (Date.now() > deadline) throw new Error(`${what}: expected ${kind} line not seen in ${timeoutMs} ms:\n${text}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
   return {
     pid: child.pid!,
     logs: () => logs,
     accessLog: () => access,
     output: () => text,
     exited,
-    async waitForLog(match, timeoutMs = options.logTimeoutMs ?? 20_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = logs.find(match);
-        if (found) return found;
-        if (ended()) throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}):\n${text}`);
-        if (Date.now() > deadline) throw new Error(`${what}: expected log line not seen in ${timeoutMs} ms:\n${text}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    },
+    waitForLog: (match, timeoutMs = options.logTimeoutMs ?? 20_000) => waitForLine(logs, "log", match, timeoutMs),
+    waitForAccess: (match, timeoutMs = options.logTimeoutMs ?? 20_000) => waitForLine(access, "access-log", match, timeoutMs),
     async stop() {
       if (ended()) return;
       child.kill("SIGTERM");
@@ -107,6 +112,17 @@ export function spawnWeft(args: string[], options: { env?: Record<string, string
     stdio: ["ignore", "pipe", "pipe"],
   });
   return watchProcess(child, `weft ${args[0]}`);
+}
+
+/**
+ * weftToken mints a join token for a service account with `weft token` on a control plane's state folder; the test fails if it cannot.
+ * @example
+ * const token = await weftToken(join(dir, "control"), "client-svc");
+ */
+export async function weftToken(controlStateDir: string, serviceAccount: string, namespace = "default"): Promise<string> {
+  const r = await runWeft(["token", "--ns", namespace, "--sa", serviceAccount, "--state-dir", controlStateDir]);
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout.trim();
 }
 
 /**

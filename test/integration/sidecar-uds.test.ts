@@ -12,7 +12,7 @@ import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
 import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 import { until, WHILE_STARTING } from "../harness/wait.ts";
 import { generateJoinTokenKey, mintJoinToken } from "../../shared/identity/index.ts";
-import { runWeft, spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
+import { runWeft, spawnWeft, weftToken, type WeftProcess } from "../harness/weft-process.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 
@@ -42,11 +42,7 @@ describe("sidecars in Unix-socket mode", () => {
   let outPort: number;
 
   /** A join token from the control plane's key for the workload's service account. */
-  const joinToken = async (sa: string) => {
-    const r = await runWeft(["token", "--ns", "default", "--sa", sa, "--state-dir", join(dir, "control")]);
-    assert.equal(r.code, 0, r.stderr);
-    return r.stdout.trim();
-  };
+  const joinToken = (sa: string) => weftToken(join(dir, "control"), sa);
 
   const apply = async (config: unknown) => {
     const file = join(dir, "weft.config.ts");
