@@ -10,14 +10,14 @@ import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { connectNatsBus, type Bus } from "../../shared/bus/index.ts";
 import { startControlPlane, type ControlPlane } from "../../control/plane.ts";
 import { startNatsServer, type NatsServer } from "../harness/nats-server.ts";
+import { callUnary, loadProto, type UnaryMethod } from "../harness/grpc.ts";
 import { freePort } from "../harness/ports.ts";
 import { request } from "../harness/upstream.ts";
 import { spawnWeft, type WeftProcess } from "../harness/weft-process.ts";
@@ -44,7 +44,7 @@ interface Pong {
   text: string;
   index: number;
 }
-type Unary = (request: Ping, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, response?: Pong) => void) => grpc.ClientUnaryCall;
+type Unary = UnaryMethod<Ping, Pong>;
 interface EchoClient extends grpc.Client {
   Unary: Unary;
   Fail: Unary;
@@ -53,11 +53,7 @@ interface EchoClient extends grpc.Client {
   Stream(request: Ping, metadata?: grpc.Metadata): grpc.ClientReadableStream<Pong>;
 }
 
-function unary(method: Unary, client: grpc.Client, text: string): Promise<{ response?: Pong; error?: grpc.ServiceError }> {
-  return new Promise((resolve) => {
-    method.call(client, { text, count: 0 }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (error, response) => resolve(error ? { error } : { response }));
-  });
-}
+const unary = (method: Unary, client: grpc.Client, text: string) => callUnary(method, client, { text, count: 0 }, { deadline: Date.now() + 10_000 });
 
 async function stream(client: EchoClient, count: number): Promise<{ indexes: number[]; status: grpc.StatusObject }> {
   const call = client.Stream({ text: "tick", count });
@@ -139,12 +135,7 @@ describe("gRPC and HTTP/2 between weft proxies (gateway → sidecar → app, app
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "weft-grpc-mesh-"));
-    const protoFile = join(dir, "echo.proto");
-    await writeFile(protoFile, PROTO);
-    const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { keepCase: true, defaults: true })) as unknown as {
-      weft: { test: { Echo: grpc.ServiceClientConstructor & { service: grpc.ServiceDefinition } } };
-    };
-    const { Echo } = loaded.weft.test;
+    const { Echo } = await loadProto(dir, PROTO, "weft.test");
     server = new grpc.Server();
     server.addService(Echo.service, {
       Unary(call: grpc.ServerUnaryCall<Ping, Pong>, callback: grpc.sendUnaryData<Pong>) {

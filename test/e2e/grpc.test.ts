@@ -1,11 +1,11 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
+import { callUnary, loadProto, type UnaryMethod } from "../harness/grpc.ts";
 
 const PROTO = `
 syntax = "proto3";
@@ -32,7 +32,7 @@ interface Pong {
   text: string;
   index: number;
 }
-type Unary = (request: Ping, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, response?: Pong) => void) => grpc.ClientUnaryCall;
+type Unary = UnaryMethod<Ping, Pong>;
 interface EchoClient extends grpc.Client {
   Unary: Unary;
   Slow: Unary;
@@ -43,13 +43,8 @@ interface HiddenClient extends grpc.Client {
   Call: Unary;
 }
 
-function unary(method: Unary, client: grpc.Client, request: Partial<Ping>, options: grpc.CallOptions = {}): Promise<{ response?: Pong; error?: grpc.ServiceError }> {
-  return new Promise((resolve) => {
-    method.call(client, { text: "", count: 0, delay_ms: 0, ...request }, new grpc.Metadata(), options, (error, response) =>
-      resolve(error ? { error } : { response }),
-    );
-  });
-}
+const unary = (method: Unary, client: grpc.Client, request: Partial<Ping>, options: grpc.CallOptions = {}) =>
+  callUnary(method, client, { text: "", count: 0, delay_ms: 0, ...request }, options);
 
 describe("gateway on Node: gRPC through an h2c listener to an HTTP/2 upstream", () => {
   let dir: string;
@@ -63,12 +58,7 @@ describe("gateway on Node: gRPC through an h2c listener to an HTTP/2 upstream", 
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "weft-grpc-"));
-    const protoFile = join(dir, "echo.proto");
-    await writeFile(protoFile, PROTO);
-    const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(protoFile, { keepCase: true, defaults: true })) as unknown as {
-      weft: { test: { Echo: grpc.ServiceClientConstructor & { service: grpc.ServiceDefinition }; Hidden: grpc.ServiceClientConstructor } };
-    };
-    const { Echo, Hidden } = loaded.weft.test;
+    const { Echo, Hidden } = await loadProto(dir, PROTO, "weft.test");
     server = new grpc.Server();
     const note = (method: string, call: grpc.ServerUnaryCall<Ping, Pong> | grpc.ServerWritableStream<Ping, Pong>) =>
       seen.push({ method, requestId: call.metadata.get("x-request-id")[0] as string | undefined });
