@@ -1,13 +1,14 @@
 // A sidecar sends calls for an external service to its egress gateway only once the server proves
 // the gateway's SPIFFE ID: a mesh listener holding another workload's valid SVID is refused, and the
 // call never goes out directly instead. Real sockets, SVIDs from the weft CA.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh, type Snapshot } from "../../shared/config/index.ts";
 import { createCertificateAuthority } from "../../shared/identity/index.ts";
 import { createEngine, createSidecarViews, type MeshIdentity, type RouteView } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createOutbound } from "../../sidecar/outbound.ts";
+import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { meshIdentity } from "../harness/mesh-identity.ts";
 import { request } from "../harness/upstream.ts";
 
@@ -46,10 +47,7 @@ function snapshotWithGateway(port: number): Snapshot {
   return { ...snap, egressGateways: new Map([["egress", { ...gw, endpoints: [endpoint] }]]) };
 }
 
-const cleanups: (() => Promise<void>)[] = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
+const cleanups = cleanupsAfterAll();
 
 test("the sidecar reaches a server holding the egress gateway's SPIFFE ID, and refuses one holding another workload's", async () => {
   const web = await meshIdentity(ca, `spiffe://${TD}/ns/default/sa/web`);

@@ -2,7 +2,7 @@
 // the inbound port's ALPN h2, the caller's SPIFFE ID on h2 requests, the expected-peer check on the
 // h2 client, STRICT/PERMISSIVE with h2c, certificate rotation of pooled sessions, and the fallback
 // to HTTP/1.1 for a peer that does not offer h2.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import http2 from "node:http2";
@@ -19,6 +19,7 @@ import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import type { NodeRequestBody } from "../../shared/runtime/node/body.ts";
 import { createMeshFront, meshTlsOptions } from "../../shared/runtime/node/mesh-tls.ts";
 import type { NodeUpstreamResponse } from "../../shared/runtime/node/upstream.ts";
+import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
 
 const TD = "example.org";
@@ -111,10 +112,7 @@ async function callMesh(client: Client, request: UpstreamRequest) {
   return { ok: true as const, status: result.response.status, body: JSON.parse(text) as { version: string; xfcc: string | null }, trailers };
 }
 
-const cleanups: (() => Promise<void> | void)[] = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
+const cleanups = cleanupsAfterAll();
 
 const ca = await createCertificateAuthority({ trustDomain: TD, intermediate: true });
 const apps = await startApps();

@@ -1,7 +1,7 @@
 // Mesh mTLS on the proxy's own listeners and upstream pools (Node runtime), with SVIDs from the weft
 // CA and real sockets: a STRICT inbound port, a PERMISSIVE one, the caller's SPIFFE ID reaching the
 // app, a server that is not the expected workload, rotation, and openssl as an independent client.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import tls from "node:tls";
@@ -14,6 +14,7 @@ import { createCertificateAuthority } from "../../shared/identity/index.ts";
 import { createEngine, createSidecarViews, type MeshIdentity } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import type { NodeRequestBody } from "../../shared/runtime/node/body.ts";
+import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
 
 const TD = "example.org";
@@ -77,10 +78,7 @@ async function callMesh(client: ReturnType<typeof nodeRuntime.createUpstreamClie
   return { ok: true as const, status: result.response.status, body: JSON.parse(text) as { xfcc: string | null } };
 }
 
-const cleanups: (() => Promise<void> | void)[] = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
+const cleanups = cleanupsAfterAll();
 
 const ca = await createCertificateAuthority({ trustDomain: TD, intermediate: true });
 const app = await startApp();

@@ -2,7 +2,7 @@
 // listener originates mesh mTLS (ALPN weft-tcp, transport header) to the destination's sidecar
 // inbound port, which checks the caller against the service's authorization policy before it opens
 // anything to the app, then pipes to the app's port on loopback.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh, type MeshInput, type Snapshot } from "../../shared/config/index.ts";
 import { createCertificateAuthority } from "../../shared/identity/index.ts";
@@ -11,6 +11,7 @@ import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createLogger } from "../../shared/telemetry/index.ts";
 import { createIngress } from "../../gateway/ingress.ts";
 import { createInboundTcpView } from "../../sidecar/inbound.ts";
+import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { meshIdentity } from "../harness/mesh-identity.ts";
 import { echoThrough, startTcpEcho } from "../harness/tcp-echo.ts";
 
@@ -19,10 +20,7 @@ const EDGE = `spiffe://${TD}/ns/default/sa/edge`;
 const INTRUDER = `spiffe://${TD}/ns/default/sa/intruder`;
 const DB = `spiffe://${TD}/ns/default/sa/db`;
 
-const cleanups: (() => Promise<void> | void)[] = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
+const cleanups = cleanupsAfterAll();
 
 function collector() {
   const records: TcpRecord[] = [];

@@ -2,7 +2,7 @@
 // client → gateway → api's sidecar inbound (mTLS) → app, and app → web's sidecar outbound →
 // api's sidecar inbound (mTLS) → app. The mesh hop checks the server's SPIFFE ID as for any request,
 // and api's inbound policy (authz by caller principal and path) decides on the upgrade.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -14,6 +14,7 @@ import { activeGate, createPolicyGate } from "../../shared/policy/index.ts";
 import { createEngine, createGatewayView, createSidecarViews, type RequestRecord, type SidecarViews } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createOutbound } from "../../sidecar/outbound.ts";
+import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { closed, openWs, roundTrip, startWsApp } from "../harness/websocket.ts";
 import { meshIdentity } from "../harness/mesh-identity.ts";
 
@@ -22,10 +23,7 @@ const WEB = `spiffe://${TD}/ns/default/sa/web`;
 const API = `spiffe://${TD}/ns/default/sa/api`;
 const EDGE = `spiffe://${TD}/ns/default/sa/edge`;
 
-const cleanups: (() => Promise<void> | void)[] = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
+const cleanups = cleanupsAfterAll();
 
 const ca = await createCertificateAuthority({ trustDomain: TD, intermediate: true });
 const app = await startWsApp();

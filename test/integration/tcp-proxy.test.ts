@@ -2,7 +2,7 @@
 // real sockets and real certificates: backends with their own certificates behind one tls listener
 // (the client must see the backend's certificate: the gateway never terminates), unknown and
 // missing SNI refused, and bytes both ways through a tcp listener.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import tls from "node:tls";
@@ -15,14 +15,13 @@ import type { TcpRecord } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createLogger } from "../../shared/telemetry/index.ts";
 import { createIngress } from "../../gateway/ingress.ts";
+import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { echoThrough, startTcpEcho } from "../harness/tcp-echo.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "weft-tcp-"));
-const cleanups: (() => Promise<void> | void)[] = [() => rmSync(dir, { recursive: true, force: true })];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
+const cleanups = cleanupsAfterAll();
+cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
 
 /** A TLS server that answers every line with its own name, so a client knows whom it reached. */
 async function startTlsBackend(name: string, material: { cert: string; key: string }) {
