@@ -11,16 +11,16 @@ import { X509Certificate } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh } from "../../shared/config/index.ts";
+import { compileMesh, parseEndpoint, validateMesh } from "../../shared/config/index.ts";
 import { createCertificateAuthority } from "../../shared/identity/index.ts";
 import { createEngine, createSidecarViews, type MeshIdentity, type RequestRecord, type UpstreamRequest } from "../../shared/proxy/index.ts";
 import { activeGate, createPolicyGate } from "../../shared/policy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
-import type { NodeRequestBody } from "../../shared/runtime/node/body.ts";
 import { createMeshFront, meshTlsOptions } from "../../shared/runtime/node/mesh-tls.ts";
 import type { NodeUpstreamResponse } from "../../shared/runtime/node/upstream.ts";
 import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
+import { meshRequest } from "../harness/mesh-request.ts";
 
 const TD = "example.org";
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
@@ -79,26 +79,6 @@ async function startInbound(identity: MeshIdentity, app: number | string, appPro
   };
 }
 
-const emptyBody: NodeRequestBody = { length: 0, replayable: true, bytesRead: 0, sendTo: (target) => target.end() };
-
-function meshRequest(port: number, identity: MeshIdentity, expectedId: string, path = "/hello"): UpstreamRequest {
-  return {
-    endpoint: parseEndpoint(`127.0.0.1:${port}`, { [TLS_MODE_LABEL]: "mesh" }),
-    method: "GET",
-    path,
-    headers: { host: "api", "x-forwarded-client-cert": "URI=spiffe://example.org/ns/default/sa/forged" },
-    body: emptyBody,
-    connectTimeoutMs: 2000,
-    timeoutMs: 5000,
-    idleTimeoutMs: 10_000,
-    maxBodyBytes: undefined,
-    maxReplayBytes: 0,
-    maxConnections: 8,
-    mesh: { identity, expectedId },
-    http2: true,
-  };
-}
-
 type Client = ReturnType<typeof nodeRuntime.createUpstreamClient>;
 
 /** One request as a caller's proxy sends it to a destination whose port speaks HTTP/2. */
@@ -122,7 +102,7 @@ test("an h2 mesh call reaches an h2c app with its trailers, and the inbound side
   const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h2, "http2", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API, { http2: true }));
     assert.ok(r.ok, JSON.stringify(r));
     assert.deepEqual([r.status, r.body.version, r.body.xfcc], [200, "2.0", `URI=${WEB}`]);
     assert.equal(r.trailers["x-app-trailer"], "kept");
@@ -149,7 +129,7 @@ test("the inbound side speaks h2c to an app on a Unix socket", async () => {
   const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), path, "http2", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API, { http2: true }));
     assert.ok(r.ok, JSON.stringify(r));
     assert.deepEqual([r.status, r.body.version, r.body.xfcc], [200, "2.0", `URI=${WEB}`]);
     assert.equal(r.trailers["x-app-trailer"], "over-uds");
@@ -165,7 +145,7 @@ test("a request that arrives over HTTP/2 leaves for an HTTP/1.1 app over HTTP/1.
   const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h1, "http", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API, { http2: true }));
     assert.ok(r.ok, JSON.stringify(r));
     assert.deepEqual([r.status, r.body.version, r.body.xfcc], [200, "1.1", `URI=${WEB}`]);
   } finally {
@@ -178,13 +158,13 @@ test("authorization sees the caller's SPIFFE ID on an h2 connection: web is allo
   const inbound = await startInbound(heldIdentity(API, await issueSvid(ca, API)), apps.h2, "http2", () => "STRICT", true);
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const allowed = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
+    const allowed = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API, { http2: true }));
     assert.ok(allowed.ok);
     assert.equal(allowed.status, 200);
     // Another proxy (a client holds one identity: its pools are per endpoint and expected peer).
     const other = `spiffe://${TD}/ns/default/sa/intruder`;
     const otherClient = nodeRuntime.createUpstreamClient();
-    const denied = await otherClient.forward(meshRequest(inbound.port, heldIdentity(other, await issueSvid(ca, other)), API));
+    const denied = await otherClient.forward(meshRequest(inbound.port, heldIdentity(other, await issueSvid(ca, other)), API, { http2: true }));
     assert.ok(denied.ok);
     assert.deepEqual([denied.response.status, denied.response.headers["x-weft-reason"]], [403, "denied"]);
     denied.response.discard();
@@ -203,7 +183,7 @@ test("the h2 caller refuses a server that is not the destination's workload (wro
   const inbound = await startInbound(heldIdentity(WEB, await issueSvid(ca, WEB)), apps.h2, "http2", () => "STRICT");
   const client = nodeRuntime.createUpstreamClient();
   try {
-    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API));
+    const r = await callMesh(client, meshRequest(inbound.port, heldIdentity(WEB, await issueSvid(ca, WEB)), API, { http2: true }));
     assert.deepEqual(r, { ok: false, reason: "upstream_connect_failure", detail: "svid_id_mismatch" });
   } finally {
     await client.close();
@@ -267,12 +247,12 @@ test("after a renewal new requests open a session with the new certificate while
   const caller = heldIdentity(WEB, await issueSvid(ca, WEB));
   const client = nodeRuntime.createUpstreamClient();
   try {
-    assert.equal((await callMesh(client, meshRequest(port, caller, API))).ok, true);
-    const slow = client.forward(meshRequest(port, caller, API, "/hold"));
+    assert.equal((await callMesh(client, meshRequest(port, caller, API, { http2: true }))).ok, true);
+    const slow = client.forward(meshRequest(port, caller, API, { path: "/hold", http2: true }));
     while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
     assert.equal(serials.length, 1, "one multiplexed session so far");
     caller.set(await issueSvid(ca, WEB));
-    for (let i = 0; i < 3; i++) assert.equal((await callMesh(client, meshRequest(port, caller, API))).ok, true);
+    for (let i = 0; i < 3; i++) assert.equal((await callMesh(client, meshRequest(port, caller, API, { http2: true }))).ok, true);
     assert.equal(serials.length, 2, "one new session after the renewal");
     assert.notEqual(serials[1], serials[0]);
     // The old session (GOAWAY sent) still completes its stream.
@@ -298,7 +278,7 @@ test("a mesh peer that offers only HTTP/1.1 is called over HTTP/1.1 instead", as
   try {
     const caller = heldIdentity(WEB, await issueSvid(ca, WEB));
     for (let i = 0; i < 2; i++) {
-      const r = await callMesh(client, meshRequest(port, caller, API));
+      const r = await callMesh(client, meshRequest(port, caller, API, { http2: true }));
       assert.ok(r.ok, JSON.stringify(r));
       assert.deepEqual([r.status, r.body.version], [200, "1.1"]);
     }

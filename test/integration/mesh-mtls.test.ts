@@ -9,13 +9,13 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { compileMesh, parseEndpoint, TLS_MODE_LABEL, validateMesh } from "../../shared/config/index.ts";
+import { compileMesh, parseEndpoint, validateMesh } from "../../shared/config/index.ts";
 import { createCertificateAuthority } from "../../shared/identity/index.ts";
 import { createEngine, createSidecarViews, type MeshIdentity } from "../../shared/proxy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
-import type { NodeRequestBody } from "../../shared/runtime/node/body.ts";
 import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
+import { meshRequest } from "../harness/mesh-request.ts";
 
 const TD = "example.org";
 const WEB = `spiffe://${TD}/ns/default/sa/web`;
@@ -53,24 +53,9 @@ async function startInbound(identity: MeshIdentity, appPort: number, mode: () =>
   };
 }
 
-const emptyBody: NodeRequestBody = { length: 0, replayable: true, bytesRead: 0, sendTo: (target) => target.end() };
-
 /** One request through the node upstream pool with mesh mTLS, as a caller's proxy sends it. */
 async function callMesh(client: ReturnType<typeof nodeRuntime.createUpstreamClient>, port: number, identity: MeshIdentity, expectedId: string) {
-  const result = await client.forward({
-    endpoint: parseEndpoint(`127.0.0.1:${port}`, { [TLS_MODE_LABEL]: "mesh" }),
-    method: "GET",
-    path: "/hello",
-    headers: { host: "api", "x-forwarded-client-cert": "URI=spiffe://example.org/ns/default/sa/forged" },
-    body: emptyBody,
-    connectTimeoutMs: 2000,
-    timeoutMs: 5000,
-    idleTimeoutMs: 10_000,
-    maxBodyBytes: undefined,
-    maxReplayBytes: 0,
-    maxConnections: 8,
-    mesh: { identity, expectedId },
-  });
+  const result = await client.forward(meshRequest(port, identity, expectedId));
   if (!result.ok) return { ok: false as const, reason: result.reason, detail: result.detail };
   const message = (result.response as import("../../shared/runtime/node/upstream.ts").NodeUpstreamResponse).message;
   let text = "";
