@@ -15,11 +15,17 @@ function listen(bus: Bus, service: string): { beats: (Heartbeat | undefined)[] }
   return out;
 }
 
-test("an announcer heartbeats at once on start and then every interval, each beat a valid registration", async () => {
+/** An announcer for "web" on a memory network, and an observer collecting every heartbeat it publishes. */
+function announced(intervalMs: number) {
   const network = createMemoryNetwork();
   const observer = createMemoryBus({ network });
   const heard = listen(observer, "web");
-  const announcer = createAnnouncer({ bus: createMemoryBus({ network }), service: "web", endpoint: ENDPOINT, intervalMs: 20 });
+  const announcer = createAnnouncer({ bus: createMemoryBus({ network }), service: "web", endpoint: ENDPOINT, intervalMs });
+  return { heard, announcer, observer };
+}
+
+test("an announcer heartbeats at once on start and then every interval, each beat a valid registration", async () => {
+  const { heard, announcer, observer } = announced(20);
   try {
     announcer.start();
     await until("four heartbeats", () => heard.beats.length >= 4, { timeoutMs: 3000 });
@@ -31,10 +37,7 @@ test("an announcer heartbeats at once on start and then every interval, each bea
 });
 
 test("a second start() does not double the heartbeat", async () => {
-  const network = createMemoryNetwork();
-  const observer = createMemoryBus({ network });
-  const heard = listen(observer, "web");
-  const announcer = createAnnouncer({ bus: createMemoryBus({ network }), service: "web", endpoint: ENDPOINT, intervalMs: 60_000 });
+  const { heard, announcer, observer } = announced(60_000);
   try {
     announcer.start();
     announcer.start();
@@ -50,10 +53,7 @@ test("a second start() does not double the heartbeat", async () => {
 });
 
 test("drain() re-announces the endpoint as draining at once, and later beats stay draining", async () => {
-  const network = createMemoryNetwork();
-  const observer = createMemoryBus({ network });
-  const heard = listen(observer, "web");
-  const announcer = createAnnouncer({ bus: createMemoryBus({ network }), service: "web", endpoint: ENDPOINT, intervalMs: 20 });
+  const { heard, announcer, observer } = announced(20);
   try {
     announcer.start();
     await until("first heartbeat", () => heard.beats.length >= 1);
@@ -69,10 +69,7 @@ test("drain() re-announces the endpoint as draining at once, and later beats sta
 });
 
 test("stop() sends one leaving heartbeat and nothing after it", async () => {
-  const network = createMemoryNetwork();
-  const observer = createMemoryBus({ network });
-  const heard = listen(observer, "web");
-  const announcer = createAnnouncer({ bus: createMemoryBus({ network }), service: "web", endpoint: ENDPOINT, intervalMs: 20 });
+  const { heard, announcer, observer } = announced(20);
   announcer.start();
   await until("first heartbeat", () => heard.beats.length >= 1);
   announcer.stop();
