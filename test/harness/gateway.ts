@@ -1,8 +1,9 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { readFileSync } from "node:fs";
+import { watchProcess } from "./weft-process.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 
@@ -44,6 +45,9 @@ export interface GatewayProcess {
 /**
  * startGateway writes a config to a temp file and runs `weft gateway` on it in its own process,
  * resolving once every listener is bound.
+ * @example
+ * const gw = await startGateway({ services, gateways: { edge: { listeners: [{ port: 0, address: "127.0.0.1" }], routes } } });
+ * const r = await request(gw.ports[0]!, { path: "/a" });
  */
 export async function startGateway(config: unknown, options: { runtime?: RuntimeName; args?: string[]; env?: Record<string, string> } = {}): Promise<GatewayProcess> {
   const dir = await mkdtemp(join(tmpdir(), "weft-gw-"));
@@ -52,50 +56,26 @@ export async function startGateway(config: unknown, options: { runtime?: Runtime
   await write(config);
   const listenerCount = (Object.values((config as { gateways: Record<string, { listeners: unknown[] }> }).gateways)[0]!).listeners.length;
   const [cmd, args] = runtimeCommand(options.runtime ?? defaultRuntime(), join(ROOT, "gateway/main.ts"));
-  const child: ChildProcess = spawn(cmd, [...args, "--config", configFile, "--admin", "127.0.0.1:0", ...(options.args ?? [])], {
+  const child = spawn(cmd, [...args, "--config", configFile, "--admin", "127.0.0.1:0", ...(options.args ?? [])], {
     cwd: ROOT,
     env: { ...process.env, ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const logs: Record<string, unknown>[] = [];
-  const access: Record<string, unknown>[] = [];
   const ports: number[] = [];
   let adminPort = 0;
-  let stderrText = "";
-  const lineReader = (sink: (line: string) => void) => {
-    let buffered = "";
-    return (chunk: Buffer) => {
-      buffered += chunk.toString();
-      let nl: number;
-      while ((nl = buffered.indexOf("\n")) >= 0) {
-        sink(buffered.slice(0, nl));
-        buffered = buffered.slice(nl + 1);
-      }
-    };
-  };
-  const parse = (line: string) => {
-    try {
-      return JSON.parse(line) as Record<string, unknown>;
-    } catch {
-      return { raw: line };
-    }
-  };
-  child.stdout!.on("data", lineReader((line) => access.push(parse(line))));
-  child.stderr!.on("data", lineReader((line) => {
-    stderrText += `${line}\n`;
-    const entry = parse(line);
-    logs.push(entry);
-    if (entry.msg === "listening") ports.push(entry.port as number);
-    if (entry.msg === "admin listening") adminPort = entry.port as number;
-  }));
-  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  const proc = watchProcess(child, "gateway", {
+    onLog(entry) {
+      if (entry.msg === "listening") ports.push(entry.port as number);
+      if (entry.msg === "admin listening") adminPort = entry.port as number;
+    },
+  });
 
   const deadline = Date.now() + 20_000;
   while (ports.length < listenerCount || adminPort === 0) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill("SIGKILL");
       await rm(dir, { recursive: true, force: true });
-      throw new Error(`gateway did not start (exit ${child.exitCode}):\n${stderrText}`);
+      throw new Error(`gateway did not start (exit ${child.exitCode}):\n${proc.output()}`);
     }
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -111,15 +91,10 @@ export async function startGateway(config: unknown, options: { runtime?: Runtime
       const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
       return kb * 1024;
     },
-    logs: () => logs,
-    accessLog: () => access,
+    logs: proc.logs,
+    accessLog: proc.accessLog,
     async stop() {
-      if (child.exitCode === null) {
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-        await exited;
-        clearTimeout(timer);
-      }
+      await proc.stop();
       await rm(dir, { recursive: true, force: true });
     },
   };

@@ -37,12 +37,12 @@ function eachLine(stream: NodeJS.ReadableStream | null, onLine: (line: string) =
 }
 
 /**
- * watchProcess follows a spawned process: its stderr as a JSON log, its stdout as a JSON access log, its exit, and stops it by PID.
+ * watchProcess follows a spawned process: its stderr as a JSON log (each line also to `onLog`), its stdout as a JSON access log, its exit, and stops it by PID.
  * @example
  * const sidecar = watchProcess(spawn("bun", ["sidecar/main.ts", ...args], { stdio: ["ignore", "pipe", "pipe"] }), "sidecar on bun");
  * await sidecar.waitForLog((l) => l.msg === "sidecar ready");
  */
-export function watchProcess(child: ChildProcess, what: string, options: { logTimeoutMs?: number } = {}): WeftProcess {
+export function watchProcess(child: ChildProcess, what: string, options: { logTimeoutMs?: number; onLog?: (line: Record<string, unknown>) => void } = {}): WeftProcess {
   const access: Record<string, unknown>[] = [];
   const logs: Record<string, unknown>[] = [];
   let text = "";
@@ -61,11 +61,14 @@ export function watchProcess(child: ChildProcess, what: string, options: { logTi
   eachLine(
     child.stderr,
     (line) => {
+      let entry: Record<string, unknown>;
       try {
-        logs.push(JSON.parse(line) as Record<string, unknown>);
+        entry = JSON.parse(line) as Record<string, unknown>;
       } catch {
-        logs.push({ raw: line });
+        entry = { raw: line };
       }
+      logs.push(entry);
+      options.onLog?.(entry);
     },
     (t) => (text += t),
   );
