@@ -10,6 +10,8 @@ export interface WebRequestBody extends RequestBody {
 /** An upstream response whose body is a Web stream. */
 export interface WebUpstreamResponse extends UpstreamResponse {
   readonly body: ReadableStream<Uint8Array> | null;
+  /** The whole body read natively (Bun's fetch), for small bodies of declared length. */
+  bytes?(): Promise<Uint8Array<ArrayBuffer>>;
 }
 
 /**
@@ -122,6 +124,20 @@ export async function serveWeb(target: ServeTarget, request: Request, head: Requ
     exchange.finish(body.bytesRead, 0);
     return new Response(null, { status: exchange.status, headers });
   }
+  // A small body of declared length is read whole and answered as bytes: on Bun that costs nothing
+  // over handing the stream on, where counting it through a TransformStream doubled the CPU per request.
+  const declared = head.method === "HEAD" ? undefined : declaredLength(exchange.headers["content-length"]);
+  if (upstream.bytes !== undefined && declared !== undefined && declared <= keepBytes) {
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = await upstream.bytes();
+    } catch {
+      exchange.finish(body.bytesRead, 0, "upstream_reset");
+      return new Response("upstream_reset\n", { status: 502, headers: { "x-weft-reason": "upstream_reset" } });
+    }
+    exchange.finish(body.bytesRead, bytes.byteLength);
+    return new Response(bytes, { status: exchange.status, headers });
+  }
   let bytesOut = 0;
   const requestBody = body;
   const counted = upstream.body.pipeThrough(
@@ -136,4 +152,9 @@ export async function serveWeb(target: ServeTarget, request: Request, head: Requ
     }),
   );
   return new Response(counted, { status: exchange.status, headers });
+}
+
+function declaredLength(value: string | readonly string[] | undefined): number | undefined {
+  if (typeof value !== "string" || !/^[0-9]{1,15}$/.test(value)) return undefined;
+  return Number(value);
 }

@@ -39,6 +39,7 @@ export function createFetchUpstreamClient(extraInit: Record<string, unknown> = {
         status: response.status,
         headers,
         body: response.body,
+        bytes: async () => new Uint8Array(await response.arrayBuffer()),
         discard: () => {
           response.body?.cancel().catch(() => {});
         },
