@@ -41,7 +41,7 @@ test("compileMesh carries the revision and the mesh-wide settings", () => {
   assert.equal(snap.trustDomain, "shop.example");
   assert.equal(snap.outboundTrafficPolicy, "REGISTRY_ONLY");
   assert.equal(snap.accessLog, "json");
-  assert.deepEqual(snap.tracing, { sampleRatio: 0.01 });
+  assert.deepEqual(snap.tracing, { sampleRatio: 0.01, console: false });
   assert.equal(compileMesh(validated({})).revision, 0, "a locally loaded file is revision 0");
 });
 

@@ -541,6 +541,8 @@ export const TracingSchema = v.strictObject({
   sampleRatio: v.optional(v.pipe(v.number(), v.minValue(0), v.maxValue(1)), 0.01),
   /** OTLP/HTTP JSON endpoint sampled spans are sent to, e.g. http://collector:4318/v1/traces (default: none, spans are only propagated). */
   otlpEndpoint: v.optional(v.pipe(v.string(), v.regex(/^https?:\/\/[^\s]+$/, "must be an http:// or https:// URL"))),
+  /** Also write each sampled span as one JSON line to the process log on stderr (default false). */
+  console: v.optional(v.boolean(), false),
 });
 
 export const MeshSchema = v.strictObject({

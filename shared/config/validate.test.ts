@@ -282,7 +282,7 @@ test("an empty config is valid and gets the documented mesh-wide defaults", () =
     trustDomain: "cluster.local",
     outboundTrafficPolicy: "REGISTRY_ONLY",
     accessLog: "json",
-    tracing: { sampleRatio: 0.01 },
+    tracing: { sampleRatio: 0.01, console: false },
     services: {},
     gateways: {},
     externalServices: {},

@@ -6,7 +6,9 @@ import {
   createAccessLog,
   createBufferedSink,
   createMetricsRegistry,
+  createLogSpanExporter,
   createOtlpHttpExporter,
+  fanOutExporter,
   createProxyMetrics,
   createRequestTelemetry,
   createMeshSummary,
@@ -66,6 +68,7 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
   const accessLog = createAccessLog({ write: sink.write });
   const tracer = createTracer();
   let otlpEndpoint: string | undefined;
+  let consoleExport = false;
   const summary = createMeshSummary(summaryOptions);
   const request = createRequestTelemetry({ accessLog, metrics, tracer });
   let publishTimer: ReturnType<typeof setInterval> | undefined;
@@ -122,9 +125,15 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
       if (!format.ok) log.error("access log format refused, keeping the previous one", { reason: format.reason, field: format.field });
       tracer.setSampleRatio(snapshot.tracing?.sampleRatio ?? 0.01);
       const endpoint = snapshot.tracing?.otlpEndpoint;
-      if (endpoint !== otlpEndpoint) {
+      const toConsole = snapshot.tracing?.console === true;
+      if (endpoint !== otlpEndpoint || toConsole !== consoleExport) {
         otlpEndpoint = endpoint;
-        const exporter = endpoint ? createOtlpHttpExporter({ url: endpoint, serviceName }) : undefined;
+        consoleExport = toConsole;
+        const exporters = [
+          ...(endpoint ? [createOtlpHttpExporter({ url: endpoint, serviceName })] : []),
+          ...(toConsole ? [createLogSpanExporter((msg, fields) => log.info(msg, fields), serviceName)] : []),
+        ];
+        const exporter = exporters.length === 0 ? undefined : exporters.length === 1 ? exporters[0] : fanOutExporter(exporters);
         tracer.setExporter(exporter).catch((err: unknown) => log.warn("span exporter shutdown failed", { error: String(err) }));
       }
       metrics.configApplied(snapshot.revision);

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { InMemorySpanExporter, type SpanExporter } from "@opentelemetry/sdk-trace-base";
-import { createOtlpHttpExporter } from "./otlp-exporter.ts";
+import { createLogSpanExporter, createOtlpHttpExporter, fanOutExporter } from "./otlp-exporter.ts";
 import { createTracer } from "./tracing.ts";
 import type { TelemetryRecord } from "./record.ts";
 
@@ -107,4 +107,28 @@ test("setExporter moves later spans to the new exporter and shuts the old one do
   assert.deepEqual(first.ids, [a.spanId]);
   assert.deepEqual(second.ids, [b.spanId]);
   await tracer.shutdown();
+});
+
+test("the console exporter writes one process-log line per sampled span, and a fan-out feeds every exporter", async () => {
+  const lines: { msg: string; fields: Record<string, unknown> }[] = [];
+  const memory = new InMemorySpanExporter();
+  const tracer = createTracer({
+    exporter: fanOutExporter([createLogSpanExporter((msg, fields) => void lines.push({ msg, fields }), "weft-gateway-edge"), memory]),
+    processing: "simple",
+    sampleRatio: 0,
+  });
+  const started = tracer.start({ method: "GET", headers: { traceparent: `00-${TRACE}-${PARENT}-01` } });
+  tracer.end(record(started.spanId));
+  const unsampled = tracer.start({ method: "GET", headers: { traceparent: `00-${TRACE}-${PARENT}-00` } });
+  tracer.end(record(unsampled.spanId));
+  await tracer.flush();
+  assert.equal(lines.length, 1);
+  assert.equal(lines[0]!.msg, "span");
+  assert.equal(lines[0]!.fields.trace_id, TRACE);
+  assert.equal(lines[0]!.fields.parent_span_id, PARENT);
+  assert.equal(lines[0]!.fields.span_id, started.spanId);
+  assert.equal(lines[0]!.fields.kind, "server");
+  assert.equal(lines[0]!.fields.service, "weft-gateway-edge");
+  assert.equal((lines[0]!.fields.attributes as Record<string, unknown>)["weft.reason"], "upstream_reset");
+  assert.equal(memory.getFinishedSpans().length, 1);
 });

@@ -111,3 +111,64 @@ export function createOtlpHttpExporter(options: OtlpHttpExporterOptions): SpanEx
     },
   };
 }
+
+/**
+ * createLogSpanExporter writes each finished span as one process-log line (stderr, JSON: trace and
+ * span ids, parent, name, kind, start, duration, status, attributes) — the console exporter. stdout
+ * stays the access log's.
+ * @example
+ * tracer.setExporter(createLogSpanExporter((msg, fields) => log.info(msg, fields), "weft-gateway-ingress"));
+ */
+export function createLogSpanExporter(write: (msg: string, fields: Record<string, unknown>) => void, serviceName: string): SpanExporter {
+  return {
+    export(spans, done) {
+      for (const span of spans) {
+        const ctx = span.spanContext();
+        write("span", {
+          service: serviceName,
+          trace_id: ctx.traceId,
+          span_id: ctx.spanId,
+          parent_span_id: span.parentSpanContext?.spanId,
+          name: span.name,
+          kind: SPAN_KINDS[span.kind] ?? String(span.kind),
+          start_time: new Date(span.startTime[0] * 1000 + span.startTime[1] / 1e6).toISOString(),
+          duration_ms: Math.round((span.duration[0] * 1e3 + span.duration[1] / 1e6) * 1000) / 1000,
+          status: span.status.code,
+          attributes: span.attributes,
+        });
+      }
+      done({ code: ExportResultCode.SUCCESS });
+    },
+    shutdown: async () => {},
+  };
+}
+
+// The API's SpanKind numbering (INTERNAL = 0).
+const SPAN_KINDS = ["internal", "server", "client", "producer", "consumer"];
+
+/**
+ * fanOutExporter sends every batch to each exporter and reports success only if all succeed.
+ * @example
+ * const exporter = fanOutExporter([otlp, console]);
+ */
+export function fanOutExporter(exporters: readonly SpanExporter[]): SpanExporter {
+  return {
+    export(spans, done) {
+      let left = exporters.length;
+      let failed: ExportResult | undefined;
+      if (left === 0) return done({ code: ExportResultCode.SUCCESS });
+      for (const exporter of exporters) {
+        exporter.export(spans, (result) => {
+          if (result.code !== ExportResultCode.SUCCESS) failed ??= result;
+          if (--left === 0) done(failed ?? { code: ExportResultCode.SUCCESS });
+        });
+      }
+    },
+    forceFlush: async () => {
+      await Promise.all(exporters.map((e) => e.forceFlush?.()));
+    },
+    shutdown: async () => {
+      await Promise.all(exporters.map((e) => e.shutdown()));
+    },
+  };
+}
