@@ -122,6 +122,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
       cluster: (name) => (name === PASSTHROUGH_CLUSTER ? cluster : undefined),
       policy: undefined,
       xffTrustedHops: 0,
+      outbound: true,
     };
     // Bounded: an app calling many distinct hosts must not grow the sidecar without limit.
     if (passthroughViews.size >= MAX_WANTED) passthroughViews.clear();

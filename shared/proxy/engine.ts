@@ -22,6 +22,8 @@ export interface RouteView {
   cluster(service: string): Cluster | undefined;
   readonly policy: PolicyGate | undefined;
   readonly xffTrustedHops: number;
+  /** A sidecar's outbound side (calls its app makes): telemetry records a client span there. */
+  readonly outbound?: boolean;
 }
 
 /** The policy step as the engine sees it (authn → authz → rate limit), implemented in shared/policy. */
@@ -94,7 +96,7 @@ export interface EngineOptions {
   readonly now?: () => number;
   readonly onRequestDone?: (record: RequestRecord) => void;
   /** Called once per request before any decision; its ids go on the record, its headers upstream. */
-  readonly onRequestStart?: (head: RequestHead) => RequestStart | undefined;
+  readonly onRequestStart?: (head: RequestHead, outbound: boolean) => RequestStart | undefined;
   readonly newRequestId?: () => string;
   readonly sleep?: (ms: number) => Promise<void>;
   /**
@@ -108,8 +110,11 @@ export interface EngineOptions {
 
 export interface Engine {
   handle(head: RequestHead, body: RequestBody, view: RouteView): Promise<Exchange>;
-  /** Answers a request the role itself turns away (a sidecar's unknown Host) with `reason`, recorded like any local failure. */
-  refuse(head: RequestHead, reason: Reason, status?: number): Exchange;
+  /**
+   * Answers a request the role itself turns away (a sidecar's unknown Host) with `reason`, recorded
+   * like any local failure; `outbound` as RouteView.outbound (default true: a sidecar's outbound side refuses).
+   */
+  refuse(head: RequestHead, reason: Reason, status?: number, outbound?: boolean): Exchange;
   /** Outlier ejections and connection-pool load per service (for /clusters and metrics). */
   health(): readonly ClusterHealthReport[];
 }
@@ -239,10 +244,10 @@ export function createEngine(options: EngineOptions): Engine {
     };
   }
 
-  function refuse(head: RequestHead, reason: Reason, status: number = REASONS[reason]): Exchange {
+  function refuse(head: RequestHead, reason: Reason, status: number = REASONS[reason], outbound = true): Exchange {
     const record = startRecord(head, 0);
     if (isGrpcRequest(head.headers)) grpcCalls.add(record);
-    const started = onRequestStart?.(head);
+    const started = onRequestStart?.(head, outbound);
     if (started) {
       record.traceId = started.traceId;
       record.spanId = started.spanId;
@@ -256,7 +261,7 @@ export function createEngine(options: EngineOptions): Engine {
     const record = startRecord(head, view.xffTrustedHops);
     const requestId = record.requestId;
     if (isGrpcRequest(head.headers)) grpcCalls.add(record);
-    const started = onRequestStart?.(head);
+    const started = onRequestStart?.(head, view.outbound === true);
     if (started) {
       record.traceId = started.traceId;
       record.spanId = started.spanId;

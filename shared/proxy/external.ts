@@ -132,6 +132,8 @@ export function createExternalView(snapshot: Snapshot, options: ExternalViewOpti
     cluster: (name) => entries.get(name)?.cluster,
     policy: options.policy,
     xffTrustedHops: options.xffTrustedHops ?? 0,
+    // On a sidecar these are its app's calls out; on an egress gateway, requests it serves.
+    outbound: gateway === undefined,
     accepts(authority) {
       const protocol = hosts.match(authority)?.declared?.protocol;
       return protocol === "http" || protocol === "https";

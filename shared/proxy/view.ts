@@ -120,6 +120,7 @@ export function createSidecarViews(snapshot: Snapshot, service: string, options:
     cluster: clusterLookup(snapshot),
     policy: undefined,
     xffTrustedHops: 0,
+    outbound: true,
   };
   return { snapshot, inbound, outbound, external: createExternalView(snapshot), serviceOf };
 }

@@ -5,7 +5,8 @@ import type { ProxyTracer, TraceStart } from "./tracing.ts";
 
 /** The two engine hooks (EngineOptions.onRequestStart / onRequestDone) that feed every signal. */
 export interface RequestTelemetry {
-  onRequestStart(head: TelemetryHead): TraceStart | undefined;
+  /** `outbound`: a sidecar's outbound side, where the span is the client's. */
+  onRequestStart(head: TelemetryHead, outbound?: boolean): TraceStart | undefined;
   onRequestDone(record: TelemetryRecord): void;
 }
 
@@ -23,9 +24,9 @@ export function createRequestTelemetry(parts: {
 }): RequestTelemetry {
   const { accessLog, metrics, tracer } = parts;
   return {
-    onRequestStart(head) {
+    onRequestStart(head, outbound) {
       metrics?.requestStarted();
-      return tracer?.start(head);
+      return tracer?.start(head, outbound);
     },
     onRequestDone(record) {
       metrics?.requestDone(record);

@@ -40,8 +40,11 @@ export interface TracerOptions {
 }
 
 export interface ProxyTracer {
-  /** Starts the server span of a request, continuing a valid incoming traceparent. */
-  start(head: TelemetryHead): TraceStart;
+  /**
+   * Starts the span of a request, continuing a valid incoming traceparent: a server span, or a
+   * client span on a sidecar's outbound side (`outbound`), as Istio's sidecars record them.
+   */
+  start(head: TelemetryHead, outbound?: boolean): TraceStart;
   /** Ends the request's span (a no-op for an unsampled one) with what the record says. */
   end(record: TelemetryRecord): void;
   /** Changes the ratio for new traces (a config reload). */
@@ -112,7 +115,7 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
   const open = new Map<string, Span>();
 
   return {
-    start(head) {
+    start(head, outbound = false) {
       const incoming = parseTraceparent(head.headers.traceparent);
       let parent: Context = ROOT_CONTEXT;
       let tracestate: string | undefined;
@@ -135,7 +138,7 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
           parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: from.traceId, spanId: from.parentId, traceFlags: sampled ? TraceFlags.SAMPLED : TraceFlags.NONE, isRemote: true });
         }
       }
-      const span = tracer.startSpan(head.method, { kind: SpanKind.SERVER }, parent);
+      const span = tracer.startSpan(head.method, { kind: outbound ? SpanKind.CLIENT : SpanKind.SERVER }, parent);
       const ctx = span.spanContext();
       const sampled = (ctx.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED;
       if (span.isRecording()) {

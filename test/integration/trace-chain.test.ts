@@ -22,6 +22,8 @@ interface ExportedSpan {
   spanId: string;
   parentSpanId?: string;
   name: string;
+  /** OTLP's SpanKind: 2 server, 3 client. */
+  kind: number;
 }
 
 /** A minimal OTLP/HTTP JSON receiver: it keeps every span with the service.name of its resource. */
@@ -36,7 +38,7 @@ async function startCollector() {
       };
       for (const rs of doc.resourceSpans) {
         const service = rs.resource.attributes.find((a) => a.key === "service.name")?.value.stringValue ?? "";
-        for (const ss of rs.scopeSpans) for (const s of ss.spans) spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId, name: s.name });
+        for (const ss of rs.scopeSpans) for (const s of ss.spans) spans.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId, name: s.name, kind: s.kind });
       }
       res.writeHead(200, { "content-type": "application/json" });
       res.end("{}");
@@ -128,7 +130,7 @@ describe("one trace across gateway and sidecars", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  test("the spans of gateway, front sidecar (in and out) and back sidecar form one parent/child chain", async () => {
+  test("the spans of gateway, front sidecar (in, then out as a client span) and back sidecar form one parent/child chain", async () => {
     const traceId = "0af7651916cd43dd8448eb211c80319c";
     const clientSpan = "b7ad6b7169203331";
     let r = await request(gatewayPort, { path: "/", headers: { traceparent: `00-${traceId}-${clientSpan}-01` } });
@@ -151,6 +153,8 @@ describe("one trace across gateway and sidecars", () => {
       ["weft-gateway-ingress", "weft-sidecar-front", "weft-sidecar-front", "weft-sidecar-back"],
       JSON.stringify(collector.spans.filter((s) => s.traceId === traceId)),
     );
+    // Server spans where a proxy serves a caller, a client span where the front app calls out through its sidecar.
+    assert.deepEqual(chain.map((s) => s.kind), [2, 2, 3, 2]);
     // The back app got the back sidecar's span as its parent.
     const seen = (JSON.parse((JSON.parse(r.body) as { back: string }).back) as { traceparent: string }).traceparent;
     assert.equal(seen.split("-")[2], chain[3]!.spanId);
