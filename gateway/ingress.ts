@@ -14,6 +14,7 @@ import {
   type EngineOptions,
   type ExternalTcpView,
   type Listener,
+  type ServeTarget,
   type MeshIdentity,
   type ProxyRuntime,
   type RequestRecord,
@@ -30,6 +31,8 @@ export interface IngressOptions {
   readonly onRequestDone?: (record: RequestRecord) => void;
   /** Telemetry's start hook: trace ids for the record, traceparent for the upstream request. */
   readonly onRequestStart?: EngineOptions["onRequestStart"];
+  /** Told when client connections open and close (telemetry's active-connections gauge). */
+  readonly connections?: ServeTarget["connections"];
   /** Telemetry's mirror hook: each shadow copy's outcome. */
   readonly onMirrorDone?: EngineOptions["onMirrorDone"];
   readonly viewDeps?: ViewDeps;
@@ -99,6 +102,7 @@ export function createIngress(options: IngressOptions): Ingress {
   };
   const target = {
     engine,
+    connections: options.connections,
     current: () => view!,
     onInternalError: (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) }),
   };

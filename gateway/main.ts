@@ -100,7 +100,15 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const runtime = await detectRuntime(log);
   const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: `gateway-${name}`, role: "gateway", workload: name });
-  const ingress = createIngress({ runtime, name, log, ...telemetry.hooks, onConnectionDone: telemetry.onConnectionDone, viewDeps: policyDeps() });
+  const ingress = createIngress({
+    runtime,
+    name,
+    log,
+    ...telemetry.hooks,
+    onConnectionDone: telemetry.onConnectionDone,
+    connections: telemetry.connections,
+    viewDeps: policyDeps(),
+  });
   telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
@@ -252,6 +260,7 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
     log,
     ...telemetry.hooks,
     onConnectionDone: telemetry.onConnectionDone,
+    connections: telemetry.connections,
     viewDeps: policyDeps(() => bus),
     meshIdentity: identity,
   });

@@ -270,12 +270,12 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
           tcp: { proxy: tcpProxy, current: () => inboundTcp },
         },
       }),
-      inbound,
+      { ...inbound, connections: telemetry.connections },
     );
     const outboundListener = await runtime.listen(
       // The app's gRPC clients speak h2c (prior knowledge) to the outbound port, beside HTTP/1.1.
       { port: o.outbound.port, address: "127.0.0.1", http2: true, maxHeaderCount: 100, maxHeaderBytes: 16384 },
-      outbound,
+      { ...outbound, connections: telemetry.connections },
     );
     if (o.outbound.socket) bridge = await bridgeUnixSocket(o.outbound.socket, outboundListener.port);
     listeners.push(inboundListener, outboundListener);

@@ -203,6 +203,8 @@ export interface ServeTarget {
   current(): import("./engine.ts").RouteView;
   /** Called for a crashed request (a bug): logged by the role, answered 500 `internal`. */
   onInternalError?(err: unknown): void;
+  /** Told when a client connection opens and closes (the active-connections gauge); Node listeners only. */
+  readonly connections?: { opened(): void; closed(): void };
 }
 
 /** A small Web-standard HTTP app (the admin API), served by the runtime. */

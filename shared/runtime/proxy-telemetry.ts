@@ -30,6 +30,8 @@ export interface ProxyTelemetry {
   readonly hooks: Pick<EngineOptions, "onRequestStart" | "onRequestDone" | "onMirrorDone">;
   /** The L4 hook: one access-log line per proxied TCP/TLS connection (HTTP fields empty) and the connection metrics. */
   onConnectionDone(record: TcpRecord): void;
+  /** For the listeners' ServeTarget: counts client connections (weft_downstream_connections_active). */
+  readonly connections: { opened(): void; closed(): void };
   /** For the admin API's /stats/prometheus and /stats. */
   readonly admin: { metrics(): Promise<string>; stats(): Promise<unknown>; health(): readonly ClusterHealthReport[] };
   /** Reads upstream health from here at each scrape (weft_upstream_endpoint_healthy, outlier and pool series). */
@@ -112,6 +114,7 @@ export function createProxyTelemetry(log: Logger, serviceName: string, summaryOp
         attempts: record.upstream === undefined ? 0 : 1,
       });
     },
+    connections: { opened: () => metrics.connectionOpened(), closed: () => metrics.connectionClosed() },
     admin: {
       metrics: () => (observe(), registry.expose()),
       stats: () => (observe(), registry.toJson()),

@@ -9,6 +9,9 @@ export const DURATION_BUCKETS_SECONDS: readonly number[] = [
 export interface ProxyMetrics {
   /** A request entered the engine (in-flight gauge up). */
   requestStarted(): void;
+  /** A client connection opened / closed on an HTTP listener (active-connections gauge). */
+  connectionOpened(): void;
+  connectionClosed(): void;
   /** A request finished: counters, duration, bytes, retries; in-flight gauge down. */
   requestDone(record: TelemetryRecord): void;
   /** A config revision is now serving. */
@@ -101,6 +104,10 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
     labelNames: ["route", "service"],
   });
   const inFlight = registry.gauge({ name: "weft_requests_in_flight", help: "Requests being handled right now (saturation)." }).labels();
+  const connectionsActive = registry.gauge({
+    name: "weft_downstream_connections_active",
+    help: "Client connections open on this proxy's HTTP listeners (Envoy's downstream_cx_active; Node listeners).",
+  }).labels();
   const revision = registry.gauge({ name: "weft_config_revision", help: "Revision of the config this proxy serves." }).labels();
   const rejected = registry.counter({ name: "weft_config_rejected_total", help: "Config updates refused; the previous config kept serving." }).labels();
   const certificateExpiry = registry.gauge({
@@ -187,6 +194,12 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
   return {
     requestStarted() {
       inFlight.inc();
+    },
+    connectionOpened() {
+      connectionsActive.inc();
+    },
+    connectionClosed() {
+      connectionsActive.dec();
     },
     requestDone(record) {
       inFlight.dec();

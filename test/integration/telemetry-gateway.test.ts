@@ -195,6 +195,20 @@ describe("gateway telemetry: access log, Prometheus metrics and trace propagatio
     assert.ok(text.includes(alpha.address), "non-secret fields are kept");
   });
 
+  test("weft_downstream_connections_active follows the client connections open on the listener", async () => {
+    const active = async () =>
+      parseProm(await (await fetch(`http://127.0.0.1:${gw.adminPort}/stats/prometheus`)).text()).find((s) => s.name === "weft_downstream_connections_active")?.value;
+    const before = await until("the gauge to settle", async () => ((await active()) === 0 ? 0 : undefined));
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 3 });
+    try {
+      await Promise.all(Array.from({ length: 3 }, () => request(gw.ports[0]!, { path: "/alpha/conn", agent })));
+      assert.equal(await active(), before + 3);
+    } finally {
+      agent.destroy();
+    }
+    assert.equal(await until("the closed connections to leave the gauge", async () => ((await active()) === before ? before : undefined)), before);
+  });
+
   test("a refused config reload counts in weft_config_rejected_total and the revision stays", async () => {
     await gw.writeConfig({ ...config, gateways: { edge: { listeners: [], routes: [] } } });
     const rejected = await until("weft_config_rejected_total to reach 1", async () => {

@@ -109,6 +109,14 @@ export async function listenNode(
     );
   });
 
+  const connections = target.connections;
+  if (connections) {
+    accepting.on("connection", (socket: Socket) => {
+      connections.opened();
+      socket.once("close", connections.closed);
+    });
+  }
+
   await new Promise<void>((resolve, reject) => {
     accepting.once("error", reject);
     accepting.listen(options.port, options.address ?? "0.0.0.0", () => {
