@@ -4,6 +4,7 @@ import { compileAuthz } from "../shared/policy/index.ts";
 import {
   createEgressTcpView,
   createEngine,
+  logHealthChange,
   type ClusterHealthReport,
   type ConnectionHead,
   createGatewayView,
@@ -81,6 +82,7 @@ export function createIngress(options: IngressOptions): Ingress {
     onRequestStart: options.onRequestStart,
     onMirrorDone: options.onMirrorDone,
     meshIdentity: options.meshIdentity,
+    onHealthChange: (change) => logHealthChange(log, change),
   });
   const tcpProxy = createTcpProxy({ meshIdentity: options.meshIdentity, onConnectionDone: options.onConnectionDone });
   const listeners = new Map<string, OpenListener>();
@@ -177,6 +179,7 @@ export function createIngress(options: IngressOptions): Ingress {
       const nextView = createGatewayView(next, name, options.viewDeps);
       const nextTcpView = createTcpGatewayView(next, name);
       const nextEgressTcp = gateway.kind === "egress" ? createEgressTcpView(next, name, egressAuthorizer(gateway)) : undefined;
+      engine.checkHealth(next.services.values());
       view = nextView;
       tcpView = nextTcpView;
       egressTcpView = nextEgressTcp;
@@ -199,6 +202,7 @@ export function createIngress(options: IngressOptions): Ingress {
     },
     health: () => engine.health(),
     async stop(graceMs = 10_000) {
+      engine.stop();
       const closing = Promise.all([...listeners.values()].map((l) => l.listener.close()));
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([closing, new Promise((r) => (timer = setTimeout(r, graceMs)))]);

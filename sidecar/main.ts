@@ -9,6 +9,7 @@ import { createAnnouncer, createIdentityAgent, createIdentitySlot, followBus, ty
 import { activeGate, createPolicyGate, createPolicyShared } from "../shared/policy/index.ts";
 import {
   createEngine,
+  logHealthChange,
   createExternalTcpForwardView,
   createSidecarViews,
   createTcpForwardView,
@@ -222,7 +223,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   // The identity is known once the first config names this service's namespace and service account.
   const identity = createIdentitySlot();
   const telemetry = createProxyTelemetry(log, `weft-sidecar-${serviceName}`, { proxyId, role: "sidecar", workload: serviceName, inboundService: INBOUND_CLUSTER });
-  const engine = createEngine({ client, edge: false, meshIdentity: identity, ...telemetry.hooks });
+  const engine = createEngine({ client, edge: false, meshIdentity: identity, onHealthChange: (change) => logHealthChange(log, change), ...telemetry.hooks });
   telemetry.observeClusters({ snapshot: () => views?.snapshot, health: () => engine.health() });
   const policyShared = createPolicyShared();
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });
@@ -316,6 +317,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   function apply(snapshot: Snapshot): Promise<void> | void {
     // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
     const nextInboundTcp = createInboundTcpView(snapshot, serviceName, app);
+    engine.checkHealth(snapshot.services.values());
     views = createSidecarViews(snapshot, serviceName, {
       app,
       createPolicy: (p) => activeGate(createPolicyGate(p, { bus, domain: serviceName, shared: policyShared })),
@@ -399,6 +401,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   const stop = () =>
     (stopping ??= (async () => {
       log.info("draining", { graceMs: o.graceMs });
+      engine.stop();
       announcer?.drain();
       if (o.drainMs > 0) await new Promise((r) => setTimeout(r, o.drainMs));
       // Stop accepting; in-flight requests finish within the grace period.

@@ -160,7 +160,13 @@ export function createOutbound(options: OutboundOptions): Outbound {
   }
 
   return {
-    engine: { handle: (head, body) => handle(head, body), refuse: (head, reason, status) => engine.refuse(head, reason, status), health: () => engine.health() },
+    engine: {
+      handle: (head, body) => handle(head, body),
+      refuse: (head, reason, status) => engine.refuse(head, reason, status),
+      health: () => engine.health(),
+      checkHealth: (services) => engine.checkHealth(services),
+      stop: () => engine.stop(),
+    },
     current: () => current()?.outbound as RouteView,
     onInternalError: options.onInternalError,
     applied() {

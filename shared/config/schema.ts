@@ -197,6 +197,41 @@ export const ConnectionPoolSchema = v.strictObject({
   ),
 });
 
+/**
+ * Active health checks (Envoy's health_check, HTTP): each proxy sends `GET path` to every endpoint
+ * of the service every intervalMs; an endpoint that fails unhealthyThreshold checks in a row takes
+ * no requests until it passes healthyThreshold in a row. Off unless the block is given.
+ */
+export const HealthCheckSchema = v.pipe(
+  v.strictObject({
+    /** Path checked (default "/healthz"). */
+    path: v.optional(v.pipe(v.string(), v.regex(/^\/[^\s]*$/, "must start with / and hold no whitespace")), "/healthz"),
+    /** Time between two checks of an endpoint (default 10000 ms; each round is jittered by up to 10%). */
+    intervalMs: v.optional(PositiveDurationMs, 10000),
+    /** A check without response headers after this long fails (default 1000 ms). */
+    timeoutMs: v.optional(PositiveDurationMs, 1000),
+    /** Checks passed in a row that bring an unhealthy endpoint back (default 2). */
+    healthyThreshold: v.optional(v.pipe(Count, v.minValue(1)), 2),
+    /** Checks failed in a row that take an endpoint out (default 3). */
+    unhealthyThreshold: v.optional(v.pipe(Count, v.minValue(1)), 3),
+    /** Statuses that pass, as [from, to] ranges, both ends included (default [[200, 399]]). */
+    expectedStatuses: v.optional(
+      v.pipe(
+        v.array(
+          v.pipe(
+            v.tuple([v.pipe(v.number(), v.integer(), v.minValue(100), v.maxValue(599)), v.pipe(v.number(), v.integer(), v.minValue(100), v.maxValue(599))]),
+            v.check(([from, to]) => from <= to, "range must run from low to high"),
+          ),
+        ),
+        v.minLength(1, "must hold at least one range"),
+      ),
+      [[200, 399]],
+    ),
+    /** Host header of the checks (default: the service's name). */
+    host: v.optional(Host),
+  }),
+);
+
 /** WebSocket upgrades to a service, as Envoy's upgrade_configs: allowed unless turned off. */
 export const WebSocketSchema = v.strictObject({
   /** Pass WebSocket upgrades on; false answers them 403 `upgrade_refused` (default true). */
@@ -225,6 +260,8 @@ export const DestinationPolicySchema = v.strictObject({
   outlierDetection: v.optional(OutlierDetectionSchema),
   /** Limits on requests and retries in flight (default: off). */
   connectionPool: v.optional(ConnectionPoolSchema),
+  /** Active HTTP health checks of every endpoint (default: off). */
+  healthCheck: v.optional(HealthCheckSchema),
   /**
    * UPGRADE: requests to this service's sidecars cross the mesh over HTTP/2 (mTLS, ALPN h2) even
    * when its port speaks http, and leave the destination sidecar in the port's protocol (Istio's
@@ -572,6 +609,7 @@ export type TracingConfig = v.InferOutput<typeof TracingSchema>;
 export type LoadBalancerConfig = v.InferOutput<typeof LoadBalancerSchema>;
 export type OutlierDetectionConfig = v.InferOutput<typeof OutlierDetectionSchema>;
 export type ConnectionPoolConfig = v.InferOutput<typeof ConnectionPoolSchema>;
+export type HealthCheckConfig = v.InferOutput<typeof HealthCheckSchema>;
 export type FaultConfig = v.InferOutput<typeof FaultSchema>;
 export type MirrorConfig = v.InferOutput<typeof MirrorSchema>;
 export type TcpRouteConfig = v.InferOutput<typeof TcpRouteSchema>;

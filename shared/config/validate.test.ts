@@ -522,3 +522,53 @@ test("external tcp ports through one egress gateway: a tcp port shared with anot
     ["externalServices.d.ports.1.port", "externalServices.e.ports.1.port"],
   );
 });
+
+test("healthCheck: defaults fill in when the block is given, and it stays off when it is not", () => {
+  const r = validateMesh({ services: { web: { traffic: { healthCheck: {} } }, api: {} } });
+  assert.equal(r.ok, true, JSON.stringify(!r.ok && r.issues));
+  if (!r.ok) return;
+  assert.deepEqual(r.value.services.web!.traffic!.healthCheck, {
+    path: "/healthz",
+    intervalMs: 10000,
+    timeoutMs: 1000,
+    healthyThreshold: 2,
+    unhealthyThreshold: 3,
+    expectedStatuses: [[200, 399]],
+  });
+  assert.equal(r.value.services.api!.traffic?.healthCheck, undefined);
+});
+
+test("healthCheck: every mistake is listed with its path", () => {
+  const paths = pathsOf({
+    services: {
+      web: {
+        traffic: {
+          healthCheck: {
+            path: "healthz",
+            intervalMs: 0,
+            timeoutMs: -1,
+            healthyThreshold: 0,
+            unhealthyThreshold: 1.5,
+            expectedStatuses: [[200, 99], [500, 400]],
+            host: "bad host",
+            extra: true,
+          },
+        },
+      },
+      api: { traffic: { healthCheck: { expectedStatuses: [] } } },
+    },
+  });
+  assert.deepEqual(paths, [
+    "services.api.traffic.healthCheck.expectedStatuses",
+    "services.web.traffic.healthCheck.expectedStatuses.0",
+    "services.web.traffic.healthCheck.expectedStatuses.0.1",
+    "services.web.traffic.healthCheck.expectedStatuses.1",
+    "services.web.traffic.healthCheck.extra",
+    "services.web.traffic.healthCheck.healthyThreshold",
+    "services.web.traffic.healthCheck.host",
+    "services.web.traffic.healthCheck.intervalMs",
+    "services.web.traffic.healthCheck.path",
+    "services.web.traffic.healthCheck.timeoutMs",
+    "services.web.traffic.healthCheck.unhealthyThreshold",
+  ]);
+});

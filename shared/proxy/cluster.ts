@@ -60,6 +60,8 @@ export interface ClusterHealthReport {
   readonly retries: number;
   /** Retries refused by the pool's maxRetries or retry budget since its breaker began; 0 without a pool. */
   readonly retryOverflows: number;
+  /** Endpoints failing their active health checks now; undefined when the service sets no healthCheck. */
+  readonly unhealthy?: readonly string[];
 }
 
 const NO_HEALTH: ClusterHealth = { outlier: undefined, circuit: undefined };

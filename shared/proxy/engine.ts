@@ -1,6 +1,7 @@
-import { TLS_MODE_LABEL, type FaultConfig, type MirrorConfig, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
+import { TLS_MODE_LABEL, type FaultConfig, type ServiceSnapshot, type MirrorConfig, type RetryPolicyConfig, type RouteConfig } from "../config/index.ts";
 import type { CircuitBreaker } from "./circuit.ts";
 import { createClusterHealth, type Cluster, type ClusterHealthReport } from "./cluster.ts";
+import { createHealthChecker, pickable, type CheckTimers, type HealthChange } from "./health-check.ts";
 import { chance, createFault, type Fault } from "./fault.ts";
 import { sendMirror, type MirrorCopy, type MirrorOutcome } from "./mirror.ts";
 import { grpcLocalHeaders, grpcStatusOfResponse, isGrpcRequest, parseGrpcTimeout, shouldRetryGrpcStatus, speaksHttp2 } from "./grpc.ts";
@@ -106,6 +107,10 @@ export interface EngineOptions {
   readonly meshIdentity?: MeshIdentity;
   /** Told how each mirrored copy ended (shadow service name, outcome); copies are never awaited. */
   readonly onMirrorDone?: (service: string, outcome: MirrorOutcome) => void;
+  /** Told once each time an endpoint's active health changes (see health-check.ts). */
+  readonly onHealthChange?: (change: HealthChange) => void;
+  /** Timers of the active health checks (tests inject them). */
+  readonly checkTimers?: CheckTimers;
 }
 
 export interface Engine {
@@ -115,8 +120,12 @@ export interface Engine {
    * like any local failure; `outbound` as RouteView.outbound (default true: a sidecar's outbound side refuses).
    */
   refuse(head: RequestHead, reason: Reason, status?: number, outbound?: boolean): Exchange;
-  /** Outlier ejections and connection-pool load per service (for /clusters and metrics). */
+  /** Outlier ejections, active health and connection-pool load per service (for /clusters and metrics). */
   health(): readonly ClusterHealthReport[];
+  /** Follows a new snapshot's services: starts, restarts and stops their active health checks. Call before swapping in its view. */
+  checkHealth(services: Iterable<ServiceSnapshot>): void;
+  /** Stops the active health checks (on proxy stop). */
+  stop(): void;
 }
 
 /** What the tries of one forwarded request share. */
@@ -184,6 +193,8 @@ export function createEngine(options: EngineOptions): Engine {
   };
   // Outlier and circuit state per service, kept across config swaps.
   const health = createClusterHealth(now);
+  // Active health checks, sent through the same client (mesh endpoints over mTLS).
+  const checker = createHealthChecker({ client, meshIdentity, random, timers: options.checkTimers, onChange: options.onHealthChange });
   // Route configs are frozen per snapshot: each fault block is compiled once.
   const faults = new WeakMap<FaultConfig, Fault>();
   // Records of gRPC requests: their local failures are answered the gRPC way (see grpc.ts).
@@ -418,7 +429,7 @@ export function createEngine(options: EngineOptions): Engine {
     const cluster = view.cluster(config.service);
     if (!cluster) return undefined;
     const { head, headers, path, body } = plan;
-    return { cluster, health: health.of(cluster), subset: config.subset, method: head.method, path, headers: { ...headers }, body, meshIdentity };
+    return { cluster, health: health.of(cluster), active: checker.of(cluster.service.name), subset: config.subset, method: head.method, path, headers: { ...headers }, body, meshIdentity };
   }
 
   function mirrorNow(copy: MirrorCopy, head: RequestHead): void {
@@ -482,7 +493,7 @@ export function createEngine(options: EngineOptions): Engine {
     let lastEndpoint: Endpoint | undefined;
     try {
       for (let attempt = 0; ; attempt++) {
-        const pool = outlier ? outlier.available(endpoints) : endpoints;
+        const pool = pickable(endpoints, outlier, checker.of(cluster.service.name), traffic.outlierDetection?.minHealthPercent ?? 50);
         let endpoint = cluster.balancer.pick(pool, ctx);
         // On a retry, prefer another endpoint than the one that just failed (Envoy's previous_hosts).
         if (attempt > 0 && endpoint === lastEndpoint && pool.length > 1) endpoint = cluster.balancer.pick(pool, ctx);
@@ -576,5 +587,23 @@ export function createEngine(options: EngineOptions): Engine {
     return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };
   }
 
-  return { handle, refuse, health: () => health.report() };
+  function healthReport(): readonly ClusterHealthReport[] {
+    const active = checker.report();
+    if (active.length === 0) return health.report();
+    const unhealthy = new Map(active.map((a) => [a.service, a.unhealthy]));
+    const reports: ClusterHealthReport[] = health.report().map((r) => (unhealthy.has(r.service) ? { ...r, unhealthy: unhealthy.get(r.service) } : r));
+    for (const r of reports) unhealthy.delete(r.service);
+    for (const [service, addresses] of unhealthy) {
+      reports.push({ service, ejected: [], ejectionsTotal: 0, active: 0, pending: 0, retries: 0, retryOverflows: 0, unhealthy: addresses });
+    }
+    return reports;
+  }
+
+  return {
+    handle,
+    refuse,
+    health: healthReport,
+    checkHealth: (services) => checker.update(services),
+    stop: () => checker.stop(),
+  };
 }

@@ -9,6 +9,7 @@ export * from "./router.ts";
 export * from "./balancer.ts";
 export * from "./route-actions.ts";
 export * from "./outlier.ts";
+export * from "./health-check.ts";
 export * from "./circuit.ts";
 export * from "./fault.ts";
 export * from "./mirror.ts";

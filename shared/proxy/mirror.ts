@@ -1,6 +1,7 @@
 import { TLS_MODE_LABEL } from "../config/index.ts";
 import type { PickContext } from "./balancer.ts";
 import type { Cluster, ClusterHealth } from "./cluster.ts";
+import { pickable, type ActiveHealth } from "./health-check.ts";
 import { speaksHttp2 } from "./grpc.ts";
 import type { MeshIdentity, RequestBody, UpstreamClient, UpstreamFailure } from "./types.ts";
 
@@ -8,6 +9,8 @@ import type { MeshIdentity, RequestBody, UpstreamClient, UpstreamFailure } from 
 export interface MirrorCopy {
   readonly cluster: Cluster;
   readonly health: ClusterHealth;
+  /** The shadow's active health checks, when it sets healthCheck. */
+  readonly active?: ActiveHealth | undefined;
   readonly subset: string | undefined;
   readonly method: string;
   readonly path: string;
@@ -56,7 +59,8 @@ export function shadowHost(authority: string): string {
 export async function sendMirror(client: UpstreamClient, copy: MirrorCopy, ctx: PickContext): Promise<MirrorOutcome> {
   const { cluster, health } = copy;
   const endpoints = cluster.endpoints(copy.subset);
-  const endpoint = cluster.balancer.pick(health.outlier ? health.outlier.available(endpoints) : endpoints, ctx);
+  const minHealthPercent = cluster.service.traffic.outlierDetection?.minHealthPercent ?? 50;
+  const endpoint = cluster.balancer.pick(pickable(endpoints, health.outlier, copy.active, minHealthPercent), ctx);
   if (!endpoint) return { sent: false, reason: "no_healthy_upstream" };
   let mesh: { identity: MeshIdentity; expectedId: string } | undefined;
   if (endpoint.labels[TLS_MODE_LABEL] === "mesh") {

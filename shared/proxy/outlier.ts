@@ -22,6 +22,8 @@ export interface OutlierDetector {
   available(pool: readonly Endpoint[]): readonly Endpoint[];
   /** Whether an address is ejected now. */
   isEjected(address: string): boolean;
+  /** Changes whenever the ejected set does (ejections ending on time included). */
+  generation(): number;
   /** Addresses ejected now, with the time each returns. */
   ejections(): readonly { readonly address: string; readonly untilMs: number }[];
   /** Ejections made since this detector began (Envoy's outlier_detection.ejections_enforced_total). */
@@ -152,6 +154,11 @@ export function createOutlierDetector(config: OutlierDetectionConfig, now: () =>
         filtered.set(pool, cached);
       }
       return cached.pool;
+    },
+
+    generation() {
+      returnExpired(now());
+      return generation;
     },
 
     isEjected(address) {

@@ -46,6 +46,7 @@ export function createAdminApp(state: AdminState): Hono {
       ? [...snap.services.values()].map((s) => {
           const h = health.get(s.name);
           const ejected = new Map(h?.ejected.map((e) => [e.address, e.untilMs]));
+          const unhealthy = h?.unhealthy === undefined ? undefined : new Set(h.unhealthy);
           return {
             service: s.name,
             endpoints: s.endpoints.map((e) => {
@@ -55,7 +56,9 @@ export function createAdminApp(state: AdminState): Hono {
                 weight: e.weight,
                 labels: e.labels,
                 draining: e.draining,
-                healthy: !e.draining && until === undefined,
+                healthy: !e.draining && until === undefined && unhealthy?.has(e.address) !== true,
+                // Envoy's /clusters shows failed_active_health_check; null when the service sets no healthCheck.
+                activeHealth: unhealthy === undefined ? null : unhealthy.has(e.address) ? "unhealthy" : "healthy",
                 // Envoy's /clusters shows failed_outlier_check; here with the time the endpoint returns.
                 outlier: until === undefined ? null : { ejectedUntil: new Date(until).toISOString() },
               };

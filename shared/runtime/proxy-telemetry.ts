@@ -189,6 +189,7 @@ function readClusters(source: ClusterSource): ClusterReading[] {
       endpoints: service.endpoints.map((e) => ({ address: e.address, draining: e.draining === true })),
       ejected: h ? h.ejected.map((e) => e.address) : [],
       ejectionsTotal: h?.ejectionsTotal ?? 0,
+      unhealthy: h?.unhealthy ?? [],
       active: h?.active ?? 0,
       pending: h?.pending ?? 0,
       retryOverflows: h?.retryOverflows ?? 0,

@@ -46,6 +46,8 @@ export interface ClusterReading {
   readonly endpoints: readonly { readonly address: string; readonly draining: boolean }[];
   /** Addresses ejected by outlier detection now. */
   readonly ejected: readonly string[];
+  /** Addresses failing their active health checks now (none when the service sets no healthCheck). */
+  readonly unhealthy?: readonly string[];
   /** Ejections since the service's outlier detection began (it restarts at 0 when that policy changes). */
   readonly ejectionsTotal: number;
   readonly active: number;
@@ -121,7 +123,7 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
 
   const endpointHealthy = registry.gauge({
     name: "weft_upstream_endpoint_healthy",
-    help: "1 when an upstream endpoint takes traffic, 0 when it is ejected by outlier detection or draining.",
+    help: "1 when an upstream endpoint takes traffic, 0 when it is ejected by outlier detection, fails its active health checks or is draining.",
     labelNames: ["service", "endpoint"],
   });
   const ejectionsActive = registry.gauge({
@@ -253,7 +255,11 @@ export function createProxyMetrics(registry: MetricsRegistry): ProxyMetrics {
       poolPending.clear();
       for (const c of clusters) {
         const ejected = new Set(c.ejected);
-        for (const e of c.endpoints) endpointHealthy.labels(c.service, e.address).set(e.draining || ejected.has(e.address) ? 0 : 1);
+        const unhealthy = c.unhealthy && c.unhealthy.length > 0 ? new Set(c.unhealthy) : undefined;
+        for (const e of c.endpoints) {
+          const out = e.draining || ejected.has(e.address) || unhealthy?.has(e.address) === true;
+          endpointHealthy.labels(c.service, e.address).set(out ? 0 : 1);
+        }
         ejectionsActive.labels(c.service).set(ejected.size);
         poolActive.labels(c.service).set(c.active);
         poolPending.labels(c.service).set(c.pending);
