@@ -4,7 +4,7 @@ import http from "node:http";
 import { startGateway } from "../harness/gateway.ts";
 import { loadLoop } from "../harness/load.ts";
 import { request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
-import { settled } from "../harness/wait.ts";
+import { settled, until } from "../harness/wait.ts";
 
 // Resilience through a real `weft gateway` process against real upstreams: outlier ejection, the
 // retry budget in a retry storm, fault injection and mirroring, each measured over many requests.
@@ -265,6 +265,82 @@ describe("gateway: mirroring", () => {
       agent.destroy();
       await gw.stop();
       await Promise.all([primary.close(), shadow.close()]);
+    }
+  });
+});
+
+describe("gateway: active health checks", () => {
+  test("an endpoint failing its health checks gets no requests while it still answers them 200, and gets them again once it passes", async () => {
+    let sick = false;
+    // Both answer every request 200; only b's health path turns 503 while `sick`.
+    const handler = (name: string) => (req: http.IncomingMessage, res: http.ServerResponse) => {
+      if (req.url === "/health" && name === "b" && sick) res.statusCode = 503;
+      res.end(name);
+    };
+    const a = await startUpstream(handler("a"));
+    const b = await startUpstream(handler("b"));
+    const gw = await startGateway(
+      gatewayWith(
+        {
+          web: {
+            endpoints: [{ address: a.address }, { address: b.address }],
+            traffic: { healthCheck: { path: "/health", intervalMs: 100, timeoutMs: 1000, unhealthyThreshold: 2, healthyThreshold: 2 } },
+          },
+        },
+        [{ name: "web", forward: { to: [{ service: "web" }] } }],
+      ),
+    );
+    const admin = `http://127.0.0.1:${gw.adminPort}`;
+    const gauge = async (address: string) => {
+      const m = new RegExp(`^weft_upstream_endpoint_healthy\\{service="web",endpoint="${address}"\\} (\\d)$`, "m").exec(await (await fetch(`${admin}/stats/prometheus`)).text());
+      return m ? Number(m[1]) : undefined;
+    };
+    const activeHealth = async (address: string) => {
+      const body = (await (await fetch(`${admin}/clusters`)).json()) as { clusters: { service: string; endpoints: { address: string; activeHealth: string | null }[] }[] };
+      return body.clusters.find((c) => c.service === "web")!.endpoints.find((e) => e.address === address)!.activeHealth;
+    };
+    const requestsTo = (u: TestUpstream) => u.requests.filter((r) => r.url !== "/health").length;
+    const healthLogs = (msg: string) => gw.logs().filter((l) => l.msg === msg && l.endpoint === b.address);
+    const port = gw.ports[0]!;
+    try {
+      // Checks run: both endpoints are healthy and share the traffic.
+      await until("b checked", () => b.requests.some((r) => r.url === "/health"), { timeoutMs: 10_000, intervalMs: 20 });
+      assert.equal(b.requests.find((r) => r.url === "/health")!.headers["user-agent"], "weft-health-check");
+      for (let i = 0; i < 20; i++) assert.equal((await request(port, { path: "/" })).status, 200);
+      assert.ok(requestsTo(b) >= 5, `b got ${requestsTo(b)} of 20`);
+      assert.equal(await gauge(b.address), 1);
+      assert.equal(await activeHealth(b.address), "healthy");
+
+      sick = true;
+      await until("b marked unhealthy", () => healthLogs("endpoint fails its health checks").length > 0, { timeoutMs: 10_000, intervalMs: 20 });
+      const [warned] = healthLogs("endpoint fails its health checks");
+      assert.equal(warned!.level, "warn");
+      assert.equal(warned!.status, 503);
+      const before = requestsTo(b);
+      const answers: string[] = [];
+      for (let i = 0; i < 40; i++) {
+        const r = await request(port, { path: "/" });
+        assert.equal(r.status, 200);
+        answers.push(r.body);
+      }
+      assert.equal(requestsTo(b) - before, 0, "no request went to the endpoint failing its checks");
+      assert.deepEqual([...new Set(answers)], ["a"]);
+      assert.equal(await gauge(b.address), 0);
+      assert.equal(await gauge(a.address), 1);
+      assert.equal(await activeHealth(b.address), "unhealthy");
+      assert.equal(healthLogs("endpoint fails its health checks").length, 1, "the change is logged once");
+
+      sick = false;
+      await until("b healthy again", () => healthLogs("endpoint passes its health checks again").length > 0, { timeoutMs: 10_000, intervalMs: 20 });
+      assert.equal(healthLogs("endpoint passes its health checks again")[0]!.level, "info");
+      const back = requestsTo(b);
+      for (let i = 0; i < 20; i++) assert.equal((await request(port, { path: "/" })).status, 200);
+      assert.ok(requestsTo(b) - back >= 5, `b got ${requestsTo(b) - back} of 20 after recovering`);
+      assert.equal(await gauge(b.address), 1);
+      assert.equal(await activeHealth(b.address), "healthy");
+    } finally {
+      await gw.stop();
+      await Promise.all([a.close(), b.close()]);
     }
   });
 });
