@@ -29,7 +29,7 @@ import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { weftBundle } from "./weft-bundle.ts";
-import { cpuSeconds, freePort, markdownTable, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, killProcessTrees, markdownTable, parseWrk, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const GRPC_METHOD = "/weft.bench.Echo/Call";
@@ -151,17 +151,7 @@ export async function main(argv: string[]): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "weft-bench-http2-"));
   const children: ChildProcess[] = [];
   const cleanup = () => {
-    const table = processTable();
-    for (const c of children) {
-      if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) continue;
-      for (const pid of processTree(c.pid, table)) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // Already gone.
-        }
-      }
-    }
+    killProcessTrees(children);
     rmSync(dir, { recursive: true, force: true });
   };
   process.on("exit", cleanup);

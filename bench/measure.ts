@@ -54,6 +54,26 @@ export function cpuSeconds(pid: number, table: ProcessTable = processTable()): n
 }
 
 /**
+ * killProcessTrees SIGKILLs each still-running child and all its descendants, by PID (killing only
+ * a parent would orphan its workers).
+ * @example
+ * process.on("exit", () => killProcessTrees(children));
+ */
+export function killProcessTrees(children: readonly ChildProcess[]): void {
+  const table = processTable();
+  for (const c of children) {
+    if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) continue;
+    for (const pid of processTree(c.pid, table)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+}
+
+/**
  * freePort asks the kernel for a free loopback port.
  * @example
  * const port = await freePort();

@@ -19,7 +19,7 @@ import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { weftBundle } from "./weft-bundle.ts";
-import { cpuSeconds, freePort, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, killProcessTrees, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const SERVER = "bench-server";
@@ -64,17 +64,7 @@ export async function main(argv: string[]): Promise<void> {
   const children: ChildProcess[] = [];
   const cleanup = () => {
     // Kill each child's whole tree by PID, then drop the temp dir (NATS store, CA state, logs).
-    const table = processTable();
-    for (const c of children) {
-      if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) continue;
-      for (const pid of processTree(c.pid, table)) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // Already gone.
-        }
-      }
-    }
+    killProcessTrees(children);
     rmSync(dir, { recursive: true, force: true });
   };
   const onSignal = () => process.exit(130);

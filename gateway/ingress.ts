@@ -1,12 +1,11 @@
 import { readFile } from "node:fs/promises";
 import type { GatewaySnapshot, Snapshot } from "../shared/config/index.ts";
-import { compileAuthz } from "../shared/policy/index.ts";
+import { compileConnectionAuthz } from "../shared/policy/index.ts";
 import {
   createEgressTcpView,
   createEngine,
   logHealthChange,
   type ClusterHealthReport,
-  type ConnectionHead,
   createGatewayView,
   createTcpGatewayView,
   createTcpProxy,
@@ -178,7 +177,7 @@ export function createIngress(options: IngressOptions): Ingress {
       // Build the whole view first, then swap: a request sees the old or the new config, never a mix.
       const nextView = createGatewayView(next, name, options.viewDeps);
       const nextTcpView = createTcpGatewayView(next, name);
-      const nextEgressTcp = gateway.kind === "egress" ? createEgressTcpView(next, name, egressAuthorizer(gateway)) : undefined;
+      const nextEgressTcp = gateway.kind === "egress" ? createEgressTcpView(next, name, compileConnectionAuthz(gateway.policy)) : undefined;
       engine.checkHealth(next.services.values());
       view = nextView;
       tcpView = nextTcpView;
@@ -215,21 +214,3 @@ export function createIngress(options: IngressOptions): Ingress {
   };
 }
 
-/**
- * The egress gateway's policy for raw TCP, with Istio's TCP semantics (the caller's SPIFFE ID,
- * namespace, address, port; HTTP-only rules never allow), as on a sidecar's inbound TCP.
- */
-function egressAuthorizer(gateway: GatewaySnapshot): (head: ConnectionHead) => boolean {
-  const authz = compileAuthz(gateway.policy?.authz ?? [], gateway.policy?.pathNormalization);
-  return (head) =>
-    authz.evaluate({
-      tcp: true,
-      method: "",
-      authority: "",
-      path: "",
-      headers: {},
-      port: head.localPort,
-      sourceIp: head.clientIp,
-      sourcePrincipal: head.peer?.spiffeId,
-    }).allowed;
-}

@@ -100,15 +100,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
 
   const runtime = await detectRuntime(log);
   const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: `gateway-${name}`, role: "gateway", workload: name });
-  const ingress = createIngress({
-    runtime,
-    name,
-    log,
-    ...telemetry.hooks,
-    onConnectionDone: telemetry.onConnectionDone,
-    connections: telemetry.connections,
-    viewDeps: policyDeps(),
-  });
+  const ingress = createIngress({ runtime, name, log, ...ingressTelemetry(telemetry), viewDeps: policyDeps() });
   telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
   let revision = 0;
   await applyWithTelemetry(ingress, telemetry, compileMesh(first.value, revision));
@@ -254,16 +246,7 @@ export async function startBusGateway(o: BusGatewayOptions): Promise<BusGateway>
       (err: unknown) => log.error("certificate refused", { spiffeId, error: String((err as Error).message) }),
     );
   };
-  const ingress = createIngress({
-    runtime,
-    name,
-    log,
-    ...telemetry.hooks,
-    onConnectionDone: telemetry.onConnectionDone,
-    connections: telemetry.connections,
-    viewDeps: policyDeps(() => bus),
-    meshIdentity: identity,
-  });
+  const ingress = createIngress({ runtime, name, log, ...ingressTelemetry(telemetry), viewDeps: policyDeps(() => bus), meshIdentity: identity });
   let announcer: Announcer | undefined;
   let stopping: Promise<void> | undefined;
   /** An egress gateway registers its mesh listener, as a workload does, so that sidecars find it. */
@@ -341,6 +324,11 @@ function policyDeps(bus: () => Bus | undefined = () => undefined): ViewDeps {
     createPolicy: (policy, scope) =>
       activeGate(createPolicyGate(policy, { shared, bus: bus(), domain: scope.name, xffTrustedHops: scope.xffTrustedHops })),
   };
+}
+
+/** What the ingress takes from the proxy's telemetry: the engine hooks, TCP connection records, the connections gauge. */
+function ingressTelemetry(telemetry: ProxyTelemetry) {
+  return { ...telemetry.hooks, onConnectionDone: telemetry.onConnectionDone, connections: telemetry.connections };
 }
 
 async function applyWithTelemetry(ingress: Ingress, telemetry: ProxyTelemetry, snapshot: Snapshot): Promise<void> {

@@ -1,5 +1,5 @@
 import type { Endpoint, Snapshot } from "../shared/config/index.ts";
-import { compileAuthz } from "../shared/policy/index.ts";
+import { compileConnectionAuthz } from "../shared/policy/index.ts";
 import type { Engine, InboundTcpView, ListenOptions, MeshListen, RouteView, ServeTarget, SidecarViews } from "../shared/proxy/index.ts";
 
 export interface InboundOptions {
@@ -52,22 +52,12 @@ export function inboundListenOptions(options: { port: number; address?: string; 
 export function createInboundTcpView(snapshot: Snapshot, service: string, app: Endpoint): InboundTcpView {
   const own = snapshot.services.get(service);
   if (!own) throw new TypeError(`service "${service}" is not in the config`);
-  const authz = compileAuthz(own.inbound.authz ?? [], own.inbound.pathNormalization);
+  const authorize = compileConnectionAuthz(own.inbound);
   return {
     revision: snapshot.revision,
     service: own,
     // An app on a Unix socket still listens for its tcp ports on loopback.
     appHost: app.socketPath ? "127.0.0.1" : app.host,
-    authorize: (head) =>
-      authz.evaluate({
-        tcp: true,
-        method: "",
-        authority: "",
-        path: "",
-        headers: {},
-        port: head.localPort,
-        sourceIp: head.clientIp,
-        sourcePrincipal: head.peer?.spiffeId,
-      }).allowed,
+    authorize,
   };
 }

@@ -4,6 +4,7 @@ import type {
   AuthzPolicyConfig,
   AuthzSourceConfig,
   PathNormalizationConfig,
+  PolicySetConfig,
 } from "../config/index.ts";
 import { ipInBlock, parseIp, parseIpBlock, type IpBlock } from "./ip-block.ts";
 import { normalizeAuthzPath } from "./normalize.ts";
@@ -426,4 +427,36 @@ function hostWithoutPort(authority: string): string {
   }
   const colon = a.lastIndexOf(":");
   return colon >= 0 && a.indexOf(":") === colon ? a.slice(0, colon) : a;
+}
+
+/** A proxied TCP connection as connection authorization sees it. */
+export interface ConnectionPeer {
+  /** Local port the connection arrived on. */
+  readonly localPort: number;
+  readonly clientIp: string;
+  /** The mTLS peer, when the connection came over mesh mTLS. */
+  readonly peer?: { readonly spiffeId: string };
+}
+
+/**
+ * compileConnectionAuthz compiles a policy set's authorization for raw TCP connections, with Istio's
+ * TCP semantics (principal, namespace, address and port decide; rules with HTTP-only fields never
+ * allow and, in DENY, have those fields ignored). JWT and rate limits are HTTP-only and do not apply.
+ * @example
+ * const allowed = compileConnectionAuthz(service.inbound);
+ * allowed({ localPort: 5432, clientIp: "10.0.0.7", peer: { spiffeId } }) // true or false
+ */
+export function compileConnectionAuthz(policy: PolicySetConfig | undefined): (connection: ConnectionPeer) => boolean {
+  const authz = compileAuthz(policy?.authz ?? [], policy?.pathNormalization ?? { encodedSlashes: "keep", caseInsensitive: false });
+  return (c) =>
+    authz.evaluate({
+      tcp: true,
+      method: "",
+      authority: "",
+      path: "",
+      headers: {},
+      port: c.localPort,
+      sourceIp: c.clientIp,
+      sourcePrincipal: c.peer?.spiffeId,
+    }).allowed;
 }
