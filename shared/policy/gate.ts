@@ -148,18 +148,30 @@ export function createPolicyGate(policySet: PolicySetConfig, options: PolicyGate
     const full: AuthzRequest = requestPrincipal === undefined && claims === undefined ? req : withIdentity(req, requestPrincipal, claims);
     const z = authz.evaluate(full);
     if (!z.allowed) {
-      return decision(false, 403, "denied", z.reason, "authz", z.policy, z.rule, z.audited, z.normalizedPath, [], requestPrincipal, claims, requestHeaders, removeHeaders);
+      return {
+        allowed: false, status: 403, reason: "denied", detail: z.reason, stage: "authz", policy: z.policy, rule: z.rule,
+        audited: z.audited, normalizedPath: z.normalizedPath, headers: [], requestPrincipal, claims, requestHeaders, removeHeaders,
+      };
     }
     const l = local.check(full);
     if (!l.allowed) {
-      return decision(false, 429, "rate_limited", l.detail, "ratelimit", l.limit, undefined, z.audited, z.normalizedPath, l.headers, requestPrincipal, claims, requestHeaders, removeHeaders);
+      return {
+        allowed: false, status: 429, reason: "rate_limited", detail: l.detail, stage: "ratelimit", policy: l.limit, rule: undefined,
+        audited: z.audited, normalizedPath: z.normalizedPath, headers: l.headers, requestPrincipal, claims, requestHeaders, removeHeaders,
+      };
     }
     const g = await global.check(full);
     if (!g.allowed) {
-      return decision(false, 429, "rate_limited", g.detail, "ratelimit", g.limit, undefined, z.audited, z.normalizedPath, g.headers, requestPrincipal, claims, requestHeaders, removeHeaders);
+      return {
+        allowed: false, status: 429, reason: "rate_limited", detail: g.detail, stage: "ratelimit", policy: g.limit, rule: undefined,
+        audited: z.audited, normalizedPath: z.normalizedPath, headers: g.headers, requestPrincipal, claims, requestHeaders, removeHeaders,
+      };
     }
-    const headers = g.headers.length ? g.headers : l.headers;
-    return decision(true, 200, "allowed", "allowed", "ratelimit", z.policy, z.rule, z.audited, z.normalizedPath, headers, requestPrincipal, claims, requestHeaders, removeHeaders);
+    return {
+      allowed: true, status: 200, reason: "allowed", detail: "allowed", stage: "ratelimit", policy: z.policy, rule: z.rule,
+      audited: z.audited, normalizedPath: z.normalizedPath, headers: g.headers.length ? g.headers : l.headers,
+      requestPrincipal, claims, requestHeaders, removeHeaders,
+    };
   }
 
   const pass: Promise<PolicyVerdict> = Promise.resolve({ ok: true });
@@ -217,24 +229,6 @@ function withIdentity(req: PolicyRequest, requestPrincipal: string | undefined, 
   };
 }
 
-function decision(
-  allowed: boolean,
-  status: PolicyDecision["status"],
-  reason: PolicyDecision["reason"],
-  detail: PolicyDecision["detail"],
-  stage: PolicyDecision["stage"],
-  policy: string | undefined,
-  rule: number | undefined,
-  audited: readonly string[],
-  normalizedPath: string | undefined,
-  headers: PolicyDecision["headers"],
-  requestPrincipal: string | undefined,
-  claims: Readonly<JWTPayload> | undefined,
-  requestHeaders: PolicyDecision["requestHeaders"],
-  removeHeaders: readonly string[],
-): PolicyDecision {
-  return { allowed, status, reason, detail, stage, policy, rule, audited, requestPrincipal, claims, normalizedPath, headers, requestHeaders, removeHeaders };
-}
 
 function toVerdict(d: PolicyDecision): PolicyVerdict {
   if (!d.allowed) return { ok: false, reason: d.reason as "jwt_invalid" | "denied" | "rate_limited", headers: d.headers };
