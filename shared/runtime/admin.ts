@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import type { Snapshot } from "../config/index.ts";
 import type { ClusterHealthReport } from "../proxy/index.ts";
-import type { Logger, LogLevel } from "../telemetry/index.ts";
+import { PROMETHEUS_CONTENT_TYPE, type Logger, type LogLevel } from "../telemetry/index.ts";
 
 export interface AdminState {
   readonly log: Logger;
@@ -72,7 +72,7 @@ export function createAdminApp(state: AdminState): Hono {
   });
   app.get("/stats/prometheus", async (c) => {
     const text = state.metrics ? await state.metrics() : "";
-    return c.body(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+    return c.body(text, 200, { "content-type": PROMETHEUS_CONTENT_TYPE });
   });
   app.get("/stats", async (c) => c.json({ revision: state.snapshot()?.revision ?? null, metrics: state.stats ? await state.stats() : {} }));
   app.post("/logging", (c) => {
