@@ -29,7 +29,7 @@ import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { weftBundle } from "./weft-bundle.ts";
-import { cpuSeconds, freePort, killProcessTrees, markdownTable, parseWrk, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, killProcessTrees, loadGenerator, markdownTable, parseWrk, requireTools, waitForJsonLog, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const GRPC_METHOD = "/weft.bench.Echo/Call";
@@ -144,10 +144,7 @@ export async function main(argv: string[]): Promise<void> {
   const duration = Number(values.duration ?? 10);
   if (!(duration > 0)) throw new Error("--duration must be > 0");
   const parts = values.only === undefined ? ["gateway", "mesh"] : [values.only];
-  const has = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
-  for (const tool of ["h2load", "wrk", "taskset", "nats-server"]) {
-    if (!has(tool)) throw new Error(`${tool} is needed: apt-get install -y nghttp2-client wrk util-linux nats-server`);
-  }
+  requireTools(["h2load", "wrk", "taskset", "nats-server"], "nghttp2-client wrk util-linux nats-server");
   const dir = mkdtempSync(join(tmpdir(), "weft-bench-http2-"));
   const children: ChildProcess[] = [];
   const cleanup = () => {
@@ -164,15 +161,8 @@ export async function main(argv: string[]): Promise<void> {
     children.push(child);
     return child;
   };
-  const output = (args: string[]) =>
-    new Promise<string>((done, fail) => {
-      const child = spawn("taskset", ["-c", "0", ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "ignore"] });
-      children.push(child);
-      let out = "";
-      child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
-      child.on("error", fail);
-      child.on("close", () => done(out));
-    });
+  const output = (args: string[]) => loadGenerator(args, children, ROOT);
+  const waitForLog = (child: ChildProcess, log: string, match: (l: Record<string, unknown>) => boolean) => waitForJsonLog(child, join(dir, `${log}.err`), log, match);
 
   try {
     const [h2Port, h1Port, grpcPort, gatewayPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
@@ -368,29 +358,6 @@ export async function main(argv: string[]): Promise<void> {
       );
     }
 
-    /** Resolves with the first JSON log line on a child's stderr that `match` accepts. */
-    async function waitForLog(child: ChildProcess, log: string, match: (l: Record<string, unknown>) => boolean) {
-      const deadline = Date.now() + 30_000;
-      for (;;) {
-        let text = "";
-        try {
-          text = readFileSync(join(dir, `${log}.err`), "utf8");
-        } catch {
-          // Not written yet.
-        }
-        for (const line of text.split("\n")) {
-          if (!line.startsWith("{")) continue;
-          try {
-            if (match(JSON.parse(line) as Record<string, unknown>)) return JSON.parse(line) as Record<string, unknown>;
-          } catch {
-            // A partial last line; read again.
-          }
-        }
-        if (child.exitCode !== null) throw new Error(`${log} exited (${child.exitCode}):\n${text}`);
-        if (Date.now() > deadline) throw new Error(`${log}: expected log line not seen in 30 s:\n${text}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
   } finally {
     cleanup();
     process.off("exit", cleanup);

@@ -1,6 +1,6 @@
 // What every bench suite measures with: CPU time of a process tree from /proc, free ports,
 // waiting for a listener, reading wrk's output, and printing a Markdown table.
-import { execFileSync, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 
@@ -70,6 +70,64 @@ export function killProcessTrees(children: readonly ChildProcess[]): void {
         // Already gone.
       }
     }
+  }
+}
+
+/**
+ * requireTools throws, naming the apt packages, when a program the suite runs is not on PATH.
+ * @example
+ * requireTools(["wrk", "taskset"], "wrk util-linux");
+ */
+export function requireTools(tools: readonly string[], packages: string): void {
+  for (const tool of tools) {
+    if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) throw new Error(`${tool} is needed: apt-get install -y ${packages}`);
+  }
+}
+
+/**
+ * loadGenerator runs a load generator (wrk, hey, h2load, ...) on core 0 and resolves with its
+ * stdout; the child joins `children` so an interrupted bench can kill it.
+ * @example
+ * const out = await loadGenerator(["wrk", "-t1", "-c50", "-d10s", url], children);
+ */
+export function loadGenerator(args: readonly string[], children: ChildProcess[], cwd?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("taskset", ["-c", "0", ...args], { cwd, stdio: ["ignore", "pipe", "ignore"] });
+    children.push(child);
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
+    child.on("error", reject);
+    child.on("close", () => resolve(out));
+  });
+}
+
+/**
+ * waitForJsonLog resolves with the first JSON line of a process log file that `match` accepts, and
+ * fails if the process exits first or 30 s pass.
+ * @example
+ * const line = await waitForJsonLog(child, join(dir, "sidecar-a.err"), "sidecar-a", (l) => l.msg === "sidecar ready");
+ */
+export async function waitForJsonLog(child: ChildProcess, file: string, what: string, match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    let text = "";
+    try {
+      text = readFileSync(file, "utf8");
+    } catch {
+      // Not written yet.
+    }
+    for (const line of text.split("\n")) {
+      if (!line.startsWith("{")) continue;
+      try {
+        const parsed = JSON.parse(line) as Record<string, unknown>;
+        if (match(parsed)) return parsed;
+      } catch {
+        // A partial last line; read again.
+      }
+    }
+    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode}):\n${text}`);
+    if (Date.now() > deadline) throw new Error(`${what}: expected log line not seen in 30 s:\n${text}`);
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 

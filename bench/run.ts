@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { weftBundle } from "./weft-bundle.ts";
-import { cpuSeconds, freePort, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, loadGenerator, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const { values } = parseArgs({ options: { duration: { type: "string" }, "rate-duration": { type: "string" }, only: { type: "string" }, suite: { type: "string" } } });
@@ -76,21 +76,10 @@ interface Throughput {
   cpuUsPerRequest?: number;
 }
 
-/** Runs a load generator on core 0 and resolves with its stdout; async so SIGINT can stop the bench. */
-function loadGenerator(args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("taskset", ["-c", "0", ...args], { stdio: ["ignore", "pipe", "ignore"] });
-    children.push(child);
-    let out = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
-    child.on("error", reject);
-    child.on("close", () => resolve(out));
-  });
-}
 
 async function wrk(port: number, seconds: number, pid?: number): Promise<Throughput> {
   const before = pid ? cpuSeconds(pid) : 0;
-  const out = await loadGenerator(["wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`]);
+  const out = await loadGenerator(["wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`], children);
   const after = pid ? cpuSeconds(pid) : 0;
   const { rps, requests, p50Ms, p99Ms, errors } = parseWrk(out);
   return {
@@ -104,7 +93,7 @@ async function wrk(port: number, seconds: number, pid?: number): Promise<Through
 }
 
 async function heyAtRate(port: number, seconds: number): Promise<{ p50Ms: number; p99Ms: number; errors: number; requests: number; rps: number }> {
-  const out = await loadGenerator(["hey", "-z", `${seconds}s`, "-q", "100", "-c", "10", `http://127.0.0.1:${port}/bench`]);
+  const out = await loadGenerator(["hey", "-z", `${seconds}s`, "-q", "100", "-c", "10", `http://127.0.0.1:${port}/bench`], children);
   const pct = (p: number) => Number(new RegExp(`${p}%% in ([\\d.]+) secs`.replace("%%", "%")).exec(out)?.[1] ?? NaN) * 1000;
   const codes = [...out.matchAll(/\[(\d{3})\]\s+(\d+) responses/g)];
   const errors = codes.filter((c) => c[1] !== "200").reduce((a, c) => a + Number(c[2]), 0) + Number(/Error distribution:[\s\S]*?\[(\d+)\]/.exec(out)?.[1] ?? 0);

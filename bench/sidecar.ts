@@ -19,7 +19,7 @@ import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { weftBundle } from "./weft-bundle.ts";
-import { cpuSeconds, freePort, killProcessTrees, parseWrk, processTable, processTree, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, killProcessTrees, loadGenerator, parseWrk, processTable, processTree, requireTools, waitForJsonLog, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const SERVER = "bench-server";
@@ -54,10 +54,7 @@ export async function main(argv: string[]): Promise<void> {
   const rate = Number(values.rate ?? 500);
   const workers = 10;
   if (!(duration > 0) || !(rate >= workers)) throw new Error(`--duration must be > 0 and --rate ≥ ${workers}`);
-  const has = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
-  for (const tool of ["wrk", "hey", "taskset", "nats-server"]) {
-    if (!has(tool)) throw new Error(`${tool} is needed: apt-get install -y wrk hey util-linux nats-server`);
-  }
+  requireTools(["wrk", "hey", "taskset", "nats-server"], "wrk hey util-linux nats-server");
   const clkTck = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim() || 100);
 
   const dir = mkdtempSync(join(tmpdir(), "weft-bench-sidecar-"));
@@ -83,44 +80,12 @@ export async function main(argv: string[]): Promise<void> {
     return child;
   };
 
-  /** Resolves with the first JSON log line on the child's stderr that `match` accepts. */
-  const waitForLog = async (child: ChildProcess, log: string, match: (l: Record<string, unknown>) => boolean) => {
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      let text = "";
-      try {
-        text = readFileSync(join(dir, `${log}.err`), "utf8");
-      } catch {
-        // Not written yet.
-      }
-      for (const line of text.split("\n")) {
-        if (!line.startsWith("{")) continue;
-        try {
-          const parsed = JSON.parse(line) as Record<string, unknown>;
-          if (match(parsed)) return parsed;
-        } catch {
-          // A partial last line; read again.
-        }
-      }
-      if (child.exitCode !== null) throw new Error(`${log} exited (${child.exitCode}):\n${text}`);
-      if (Date.now() > deadline) throw new Error(`${log}: expected log line not seen in 30 s:\n${text}`);
-      await sleep(50);
-    }
-  };
+  const waitForLog = (child: ChildProcess, log: string, match: (l: Record<string, unknown>) => boolean) => waitForJsonLog(child, join(dir, `${log}.err`), log, match);
 
-  /** Runs a load generator on core 0 and resolves with its stdout; async so SIGINT can stop the bench. */
-  const loadGenerator = (args: string[]) =>
-    new Promise<string>((resolveOut, reject) => {
-      const child = spawn("taskset", ["-c", "0", ...args], { stdio: ["ignore", "pipe", "ignore"] });
-      children.push(child);
-      let out = "";
-      child.stdout.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
-      child.on("error", reject);
-      child.on("close", () => resolveOut(out));
-    });
+  const generate = (args: string[]) => loadGenerator(args, children);
 
   const hey = async (port: number, seconds: number, host?: string, load = { workers, perWorker: rate / workers }): Promise<Run> => {
-    const out = await loadGenerator([
+    const out = await generate([
       "hey",
       "-z",
       `${seconds}s`,
@@ -145,7 +110,7 @@ export async function main(argv: string[]): Promise<void> {
   };
 
   const wrk = async (port: number, seconds: number, host?: string): Promise<Run> => {
-    const out = await loadGenerator(["wrk", "-t1", "-c20", `-d${seconds}s`, "--latency", ...(host ? ["-H", `Host: ${host}`] : []), `http://127.0.0.1:${port}/bench`]);
+    const out = await generate(["wrk", "-t1", "-c20", `-d${seconds}s`, "--latency", ...(host ? ["-H", `Host: ${host}`] : []), `http://127.0.0.1:${port}/bench`]);
     return parseWrk(out);
   };
 

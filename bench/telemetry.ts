@@ -10,7 +10,7 @@
 //               access log on (JSON to a file) in both. req/s, the gateway's CPU µs/request from
 //               /proc/<pid>/stat, and the traced/untraced ratio, in alternating pairs.
 // Bounded loops, children ended by PID, temp dir removed.
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -35,7 +35,7 @@ import {
   type TelemetryHead,
   type TelemetryRecord,
 } from "../shared/telemetry/index.ts";
-import { cpuSeconds, freePort, markdownTable, parseWrk, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, loadGenerator, markdownTable, parseWrk, requireTools, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const ROUNDS = 5;
@@ -277,14 +277,7 @@ interface WrkResult {
 
 async function wrk(port: number, seconds: number, pid: number, children: ChildProcess[]): Promise<WrkResult> {
   const before = cpuSeconds(pid);
-  const out = await new Promise<string>((resolveOut, reject) => {
-    const child = spawn("taskset", ["-c", "0", "wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`], { stdio: ["ignore", "pipe", "ignore"] });
-    children.push(child);
-    let text = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (text += chunk));
-    child.on("error", reject);
-    child.on("close", () => resolveOut(text));
-  });
+  const out = await loadGenerator(["wrk", "-t1", "-c50", `-d${seconds}s`, "--latency", `http://127.0.0.1:${port}/bench`], children);
   const after = cpuSeconds(pid);
   const { rps, requests, p50Ms, p99Ms, errors } = parseWrk(out);
   return {
@@ -298,9 +291,7 @@ async function wrk(port: number, seconds: number, pid: number, children: ChildPr
 }
 
 async function throughGateway(seconds: number, pairCount: number, children: ChildProcess[]): Promise<{ rows: Row[]; notes: string[] }> {
-  for (const tool of ["wrk", "taskset"]) {
-    if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) throw new Error(`${tool} is needed: apt-get install -y wrk util-linux`);
-  }
+  requireTools(["wrk", "taskset"], "wrk util-linux");
   const dir = mkdtempSync(join(tmpdir(), "weft-bench-telemetry-"));
   try {
     const upstreamPorts = [await freePort(), await freePort()];
