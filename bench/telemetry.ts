@@ -3,8 +3,12 @@
 //   in-process: the engine's two telemetry hooks (createRequestTelemetry, as createProxyTelemetry wires
 //               them) for one synthetic request: nothing, access log only, metrics only, everything
 //               with tracing at 0 / 0.01 / 1.0; at 1.0 the spans go either to a no-op exporter or over
-//               OTLP/HTTP JSON to a span-counting sink in a child process. µs per request (median of
-//               5 rounds), CPU µs per request of this process.
+//               OTLP/HTTP JSON to a span-counting sink in a child process. Then engine.handle + finish
+//               for one proxied GET (gateway view, one route, round robin over two endpoints) without
+//               telemetry and with all of it at the default sampling: the UpstreamClient there answers
+//               at once with a 200 head and no socket, so those rows measure the engine's own cost
+//               (and telemetry's), never an upstream's. µs per request (median of 5 rounds), CPU µs
+//               per request of this process.
 //   gateway:    `gateway/main.ts --config` on core 1 (taskset), upstream bench/upstream.ts + wrk + the
 //               OTLP sink on core 0; tracing sampleRatio 0 against sampleRatio 1.0 exporting to the sink,
 //               access log on (JSON to a file) in both. req/s, the gateway's CPU µs/request from
@@ -21,6 +25,8 @@ import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { ExportResultCode } from "@opentelemetry/core";
 import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
+import { compileMesh, validateMesh } from "../shared/config/index.ts";
+import { createEngine, createGatewayView, type Engine, type RequestBody, type RequestHead, type RouteView, type UpstreamClient } from "../shared/proxy/index.ts";
 import {
   createAccessLog,
   createBufferedSink,
@@ -143,9 +149,47 @@ function recordFor(i: number, started: ReturnType<RequestTelemetry["onRequestSta
   };
 }
 
+/** The gateway's engine over a one-route view, for the rows that time engine.handle itself. */
+interface EngineRun {
+  readonly engine: Engine;
+  readonly view: RouteView;
+}
+
+const ENGINE_HEAD: RequestHead = {
+  method: "GET",
+  scheme: "http",
+  authority: "shop.example.com",
+  path: "/bench/items?page=2",
+  headers: { host: "shop.example.com", "user-agent": "wrk/4.1.0", accept: "*/*" },
+  clientIp: "127.0.0.1",
+  localPort: 8080,
+};
+const NO_BODY: RequestBody = { length: 0, replayable: true };
+
+/**
+ * An UpstreamClient that answers every request at once with a 200 head (no socket, no body): it lets
+ * the engine rows measure the engine's own cost. A benchmark device only, never a test double.
+ */
+const IMMEDIATE_UPSTREAM: UpstreamClient = {
+  forward: async () => ({ ok: true, response: { status: 200, headers: { "content-type": "text/plain", "content-length": "24" }, discard() {} } }),
+  close: async () => {},
+};
+
+function engineRun(telemetry: RequestTelemetry | undefined): EngineRun {
+  const r = validateMesh({
+    services: { app: { endpoints: [{ address: "127.0.0.1:8081" }, { address: "127.0.0.1:8082" }], traffic: { loadBalancer: "round_robin" } } },
+    gateways: { bench: { listeners: [{ port: 8080 }], routes: [{ name: "bench", match: { path: { prefix: "/bench" } }, forward: { to: [{ service: "app" }] } }] } },
+  });
+  if (!r.ok) throw new Error(`bench mesh: ${JSON.stringify(r.issues)}`);
+  const engine = createEngine({ client: IMMEDIATE_UPSTREAM, edge: true, ...(telemetry ? { onRequestStart: telemetry.onRequestStart, onRequestDone: telemetry.onRequestDone } : {}) });
+  return { engine, view: createGatewayView(compileMesh(r.value, 1), "bench") };
+}
+
 interface Variant {
   readonly name: string;
   readonly telemetry: RequestTelemetry;
+  /** Drive engine.handle + finish instead of calling the hooks directly (telemetry then runs inside the engine). */
+  readonly engine?: EngineRun;
   /** Extra per-request work the gateway does beside the hooks (its mesh summary). */
   readonly after?: (record: TelemetryRecord) => void;
   readonly tracer?: ProxyTracer;
@@ -188,6 +232,12 @@ async function inProcess(children: ChildProcess[]): Promise<{ rows: Row[]; notes
       tracer: t,
       exported,
     });
+    const engineWithAll = (name: string, t: ProxyTracer): Variant => {
+      const telemetry = createRequestTelemetry({ accessLog: accessLog(), metrics: metrics(), tracer: t });
+      const record = summary();
+      // As createProxyTelemetry wires them: the request hooks, then the mesh summary.
+      return { name, telemetry, engine: engineRun({ onRequestStart: telemetry.onRequestStart, onRequestDone: (r) => (telemetry.onRequestDone(r), record(r)) }), tracer: t };
+    };
     let otlpBase = 0;
     const variants: Variant[] = [
       { name: "nothing (hooks with no parts)", telemetry: createRequestTelemetry({}) },
@@ -199,6 +249,8 @@ async function inProcess(children: ChildProcess[]): Promise<{ rows: Row[]; notes
       everything("all, tracing 0.01 (default), no exporter", tracer(0.01)),
       everything("all, tracing 1.0 → no-op exporter", tracer(1, noop), async () => noopSpans),
       everything("all, tracing 1.0 → OTLP/HTTP JSON sink", tracer(1, createOtlpHttpExporter({ url: sink.url, serviceName: "weft-gateway-bench" })), async () => (await sink.count()).spans - otlpBase),
+      { name: "engine.handle + finish, no telemetry (immediate upstream)", telemetry: createRequestTelemetry({}), engine: engineRun(undefined) },
+      engineWithAll("engine.handle + finish + all, tracing 0.01 (gateway default)", tracer(0.01)),
     ];
 
     const rows: Row[] = [];
@@ -213,10 +265,15 @@ async function inProcess(children: ChildProcess[]): Promise<{ rows: Row[]; notes
         const cpu0 = process.cpuUsage();
         const t0 = performance.now();
         for (let i = 0; i < IN_PROCESS_COUNT; i++) {
-          const s = v.telemetry.onRequestStart(HEAD);
-          const record = recordFor(i, s);
-          v.telemetry.onRequestDone(record);
-          v.after?.(record);
+          if (v.engine) {
+            const exchange = await v.engine.engine.handle(ENGINE_HEAD, NO_BODY, v.engine.view);
+            exchange.finish(0, 24);
+          } else {
+            const s = v.telemetry.onRequestStart(HEAD);
+            const record = recordFor(i, s);
+            v.telemetry.onRequestDone(record);
+            v.after?.(record);
+          }
           started += 1;
           // Give the loop a turn as a server would between reads: the sink flushes, spans export.
           if (i % BATCH === BATCH - 1) await new Promise((r) => setImmediate(r));
@@ -244,7 +301,7 @@ async function inProcess(children: ChildProcess[]): Promise<{ rows: Row[]; notes
         "round spread": `${fmt(((sorted.at(-1)!.us - sorted[0]!.us) / median.us) * 100)}%`,
       });
     }
-    notes.push(`${IN_PROCESS_COUNT} requests per round, ${ROUNDS} rounds after a warm-up round, an event-loop turn every ${BATCH}; access log to /dev/null through the gateway's buffered sink; "all" = metrics + access log + tracer + mesh summary, as createProxyTelemetry wires them; BatchSpanProcessor defaults (queue 2048, batch 512)`);
+    notes.push(`${IN_PROCESS_COUNT} requests per round, ${ROUNDS} rounds after a warm-up round, an event-loop turn every ${BATCH}; access log to /dev/null through the gateway's buffered sink; "all" = metrics + access log + tracer + mesh summary, as createProxyTelemetry wires them; BatchSpanProcessor defaults (queue 2048, batch 512); the engine rows answer from an UpstreamClient that returns a 200 head at once (the engine's own cost, no socket)`);
     return { rows, notes };
   } finally {
     for (const t of tracers) await t.shutdown().catch(() => undefined);
