@@ -163,6 +163,36 @@ test("bad names, duplicate families, reserved labels and unordered buckets are r
   assert.throws(() => family.labels("1", "2"), TypeError);
 });
 
+test("clear() drops a gauge's series; one still held starts over as a new series when next set", async () => {
+  const registry = createMetricsRegistry();
+  const family = registry.gauge({ name: "g", help: "g", labelNames: ["endpoint"] });
+  const held = family.labels("a");
+  held.set(3);
+  family.labels("b").set(1);
+  family.clear();
+  assert.equal(parseExposition(await registry.expose()).samples.length, 0);
+  held.inc();
+  const parsed = parseExposition(await registry.expose());
+  assert.equal(parsed.samples.length, 1);
+  assert.equal(sample(parsed, "g", { endpoint: "a" }), 1);
+});
+
+test("a histogram series appears at its first observation, in the order series were first observed", async () => {
+  const registry = createMetricsRegistry();
+  const family = registry.histogram({ name: "h", help: "h", labelNames: ["route"], buckets: [1] });
+  const first = family.labels("first");
+  family.labels("second").observe(0.5);
+  assert.deepEqual(
+    parseExposition(await registry.expose()).samples.map((s) => s.labels.route),
+    ["second", "second", "second", "second"],
+  );
+  first.observe(2);
+  const parsed = parseExposition(await registry.expose());
+  assert.deepEqual([...new Set(parsed.samples.map((s) => s.labels.route))], ["second", "first"]);
+  assert.equal(sample(parsed, "h_bucket", { route: "first", le: "1" }), 0);
+  assert.equal(sample(parsed, "h_count", { route: "first" }), 1);
+});
+
 test("special float values use the text format's spelling", async () => {
   const registry = createMetricsRegistry();
   registry.gauge({ name: "g", help: "g" }).labels().set(-Infinity);

@@ -1,4 +1,4 @@
-import { Counter as PromCounter, Gauge as PromGauge, Histogram as PromHistogram, Registry } from "prom-client";
+import { Registry, type Metric } from "prom-client";
 
 /** One labelled counter series. */
 export interface Counter {
@@ -71,10 +71,205 @@ const OVERFLOW = "overflow";
 
 type Kind = "counter" | "gauge" | "histogram";
 
+type Labels = Record<string, string>;
+
+/** A counter's or gauge's sample as prom-client's Registry reads it. */
+interface ScalarEntry {
+  value: number;
+  readonly labels: Labels;
+}
+
+/** A histogram's series: per-bucket (not cumulative) counts, sum and count, as prom-client keeps them. */
+interface BucketEntry {
+  readonly labels: Labels;
+  readonly counts: number[];
+  sum: number;
+  count: number;
+}
+
 /**
- * createMetricsRegistry holds counters, gauges and fixed-bucket histograms (prom-client underneath)
- * and renders them in the Prometheus text format. Series are created on first use, looked up by
- * their label values, and capped per family so that cardinality stays bounded.
+ * The registry's view of one counter or gauge family. Series are plain numbers updated in place, so
+ * a request costs a field add instead of prom-client's per-update label hashing; prom-client's
+ * Registry still renders them (same samples, same order: first use, as its hash map kept them).
+ */
+class ScalarFamily {
+  readonly name: string;
+  readonly help: string;
+  readonly type: "counter" | "gauge";
+  readonly aggregator = "sum";
+  entries = new Map<string, ScalarEntry>();
+  /** Bumped by reset(): series made before it find their entry again on their next update. */
+  generation = 0;
+  private readonly unlabelled: boolean;
+
+  constructor(type: "counter" | "gauge", name: string, help: string, unlabelled: boolean) {
+    this.type = type;
+    this.name = name;
+    this.help = help;
+    this.unlabelled = unlabelled;
+    this.reset();
+  }
+
+  reset(): void {
+    this.entries = new Map();
+    this.generation++;
+    // As prom-client: a family without labels always has its one series.
+    if (this.unlabelled) this.entries.set("", { value: 0, labels: {} });
+  }
+
+  entry(key: string, labels: Labels): ScalarEntry {
+    let e = this.entries.get(key);
+    if (e === undefined) this.entries.set(key, (e = { value: 0, labels }));
+    return e;
+  }
+
+  async get() {
+    return { name: this.name, help: this.help, type: this.type, values: [...this.entries.values()], aggregator: this.aggregator };
+  }
+}
+
+class ScalarSeries {
+  protected entry: ScalarEntry;
+  private generation: number;
+  private readonly family: ScalarFamily;
+  private readonly key: string;
+  private readonly labels: Labels;
+
+  constructor(family: ScalarFamily, key: string, labels: Labels) {
+    this.family = family;
+    this.key = key;
+    this.labels = labels;
+    this.entry = family.entry(key, labels);
+    this.generation = family.generation;
+  }
+
+  protected current(): ScalarEntry {
+    if (this.generation !== this.family.generation) {
+      this.entry = this.family.entry(this.key, this.labels);
+      this.generation = this.family.generation;
+    }
+    return this.entry;
+  }
+}
+
+class CounterSeries extends ScalarSeries implements Counter {
+  inc(by = 1): void {
+    // A counter only goes up (Prometheus); a negative or NaN increment is a caller bug, ignored.
+    if (!(by > 0)) return;
+    if (by === Infinity) throw new TypeError(`Value is not a valid number: ${by}`);
+    this.current().value += by;
+  }
+}
+
+class GaugeSeries extends ScalarSeries implements Gauge {
+  constructor(family: ScalarFamily, key: string, labels: Labels) {
+    super(family, key, labels);
+    // A new series starts at 0 even where its entry already held a value (prom-client's set(0)).
+    this.entry.value = 0;
+  }
+  set(value: number): void {
+    this.current().value = value;
+  }
+  inc(by = 1): void {
+    this.current().value += by;
+  }
+  dec(by = 1): void {
+    this.current().value -= by;
+  }
+}
+
+/** The registry's view of one histogram family; see ScalarFamily. */
+class HistogramFamily {
+  readonly name: string;
+  readonly help: string;
+  readonly type = "histogram";
+  readonly aggregator = "sum";
+  readonly bounds: readonly number[];
+  entries = new Map<string, BucketEntry>();
+  generation = 0;
+
+  constructor(name: string, help: string, bounds: readonly number[], unlabelled: boolean) {
+    this.name = name;
+    this.help = help;
+    this.bounds = bounds;
+    // As prom-client: a histogram without labels has its series from the start (reset() does not restore it).
+    if (unlabelled) this.entry("", {});
+  }
+
+  reset(): void {
+    this.entries = new Map();
+    this.generation++;
+  }
+
+  entry(key: string, labels: Labels): BucketEntry {
+    let e = this.entries.get(key);
+    if (e === undefined) this.entries.set(key, (e = { labels, counts: this.bounds.map(() => 0), sum: 0, count: 0 }));
+    return e;
+  }
+
+  /** The samples as prom-client's Histogram lists them for the text format: buckets (cumulative), +Inf, _sum, _count. */
+  async getForPromString() {
+    const bucket = `${this.name}_bucket`;
+    const values: { labels: Record<string, string | number>; sharedLabels: Labels; value: number; metricName: string; exemplar?: null }[] = [];
+    for (const e of this.entries.values()) {
+      let acc = 0;
+      for (let i = 0; i < this.bounds.length; i++) {
+        acc += e.counts[i]!;
+        values.push({ labels: { le: this.bounds[i]! }, sharedLabels: e.labels, value: acc, metricName: bucket, exemplar: null });
+      }
+      values.push({ labels: { le: "+Inf" }, sharedLabels: e.labels, value: e.count, metricName: bucket, exemplar: null });
+      values.push({ labels: {}, sharedLabels: e.labels, value: e.sum, metricName: `${this.name}_sum`, exemplar: undefined });
+      values.push({ labels: {}, sharedLabels: e.labels, value: e.count, metricName: `${this.name}_count`, exemplar: undefined });
+    }
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+
+  /** The same samples with each series' labels folded in after `le` (prom-client's get()). */
+  async get() {
+    const data = await this.getForPromString();
+    const values = data.values.map(({ labels, sharedLabels, ...rest }) => ({ ...rest, labels: { ...labels, ...sharedLabels } }));
+    return { ...data, values };
+  }
+}
+
+class HistogramSeries implements Histogram {
+  private entry: BucketEntry | undefined;
+  private generation = -1;
+  private readonly family: HistogramFamily;
+  private readonly key: string;
+  private readonly labels: Labels;
+
+  constructor(family: HistogramFamily, key: string, labels: Labels) {
+    this.family = family;
+    this.key = key;
+    this.labels = labels;
+  }
+
+  observe(value: number): void {
+    if (Number.isNaN(value)) return;
+    if (!Number.isFinite(value)) throw new TypeError(`Value is not a valid number: ${value}`);
+    let e = this.entry;
+    // The series appears at its first observation, as in prom-client.
+    if (e === undefined || this.generation !== this.family.generation) {
+      e = this.entry = this.family.entry(this.key, this.labels);
+      this.generation = this.family.generation;
+    }
+    e.sum += value;
+    e.count += 1;
+    const bounds = this.family.bounds;
+    for (let i = 0; i < bounds.length; i++) {
+      if (value <= bounds[i]!) {
+        e.counts[i]! += 1;
+        break;
+      }
+    }
+  }
+}
+
+/**
+ * createMetricsRegistry holds counters, gauges and fixed-bucket histograms and renders them in the
+ * Prometheus text format (prom-client's Registry). Series are created on first use, looked up by
+ * their label values, kept as plain numbers, and capped per family so that cardinality stays bounded.
  * @example
  * const registry = createMetricsRegistry();
  * const requests = registry.counter({ name: "weft_requests_total", help: "Requests.", labelNames: ["code"] });
@@ -84,12 +279,14 @@ type Kind = "counter" | "gauge" | "histogram";
 export function createMetricsRegistry(): MetricsRegistry {
   const registry = new Registry();
   const kinds = new Map<string, { kind: Kind; labelNames: readonly string[] }>();
+  const register = (metric: ScalarFamily | HistogramFamily) => registry.registerMetric(metric as unknown as Metric);
 
   function check(kind: Kind, options: FamilyOptions): readonly string[] {
     const { name } = options;
     const labelNames = options.labelNames ?? [];
     if (!METRIC_NAME.test(name)) throw new TypeError(`invalid metric name "${name}"`);
     if (kinds.has(name)) throw new TypeError(`metric "${name}" is already registered`);
+    if (!options.help) throw new TypeError(`metric "${name}" needs a help text`);
     for (const label of labelNames) {
       if (!LABEL_NAME.test(label) || label.startsWith("__") || (kind === "histogram" && label === "le")) {
         throw new TypeError(`invalid label name "${label}" on ${name}`);
@@ -99,12 +296,17 @@ export function createMetricsRegistry(): MetricsRegistry {
     return labelNames;
   }
 
-  /** Caches one child per label set (prom-client's labels() allocates) and caps how many exist. */
-  function family<S>(options: FamilyOptions, labelNames: readonly string[], child: (values: string[]) => S, reset: () => void): Family<S> {
+  /** Caches one series per label set and caps how many exist. */
+  function family<S>(options: FamilyOptions, labelNames: readonly string[], child: (key: string, labels: Labels) => S, reset: () => void): Family<S> {
     const { name, help } = options;
     const maxSeries = options.maxSeries ?? 2000;
     const series = new Map<string, S>();
     let overflow: S | undefined;
+    const labelsOf = (values: readonly string[]) => {
+      const labels: Labels = {};
+      for (let i = 0; i < labelNames.length; i++) labels[labelNames[i]!] = values[i]!;
+      return labels;
+    };
     return {
       name,
       help,
@@ -114,8 +316,14 @@ export function createMetricsRegistry(): MetricsRegistry {
         const key = values.length === 1 ? values[0]! : values.join(SEP);
         const found = series.get(key);
         if (found) return found;
-        if (series.size >= maxSeries) return (overflow ??= child(labelNames.map(() => OVERFLOW)));
-        const created = child(values);
+        if (series.size >= maxSeries) {
+          if (overflow === undefined) {
+            const values = labelNames.map(() => OVERFLOW);
+            overflow = child(values.join(SEP), labelsOf(values));
+          }
+          return overflow;
+        }
+        const created = child(key, labelsOf(values));
         series.set(key, created);
         return created;
       },
@@ -130,23 +338,16 @@ export function createMetricsRegistry(): MetricsRegistry {
   return {
     counter(options) {
       const labelNames = check("counter", options);
-      const metric = new PromCounter({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry] });
-      return family<Counter>(options, labelNames, (values) => {
-        const c = labelNames.length ? metric.labels(...values) : metric;
-        // A series exists from its first use, at 0, as Prometheus recommends (rates need the start).
-        c.inc(0);
-        // A counter only goes up (Prometheus); a negative or NaN increment is a caller bug, ignored.
-        return { inc: (by = 1) => void (by > 0 && c.inc(by)) };
-      }, () => metric.reset());
+      const metric = new ScalarFamily("counter", options.name, options.help, labelNames.length === 0);
+      register(metric);
+      // A series exists from its first use, at 0, as Prometheus recommends (rates need the start).
+      return family<Counter>(options, labelNames, (key, labels) => new CounterSeries(metric, key, labels), () => metric.reset());
     },
     gauge(options) {
       const labelNames = check("gauge", options);
-      const metric = new PromGauge({ name: options.name, help: options.help, labelNames: [...labelNames], registers: [registry] });
-      return family<Gauge>(options, labelNames, (values) => {
-        const g = labelNames.length ? metric.labels(...values) : metric;
-        g.set(0);
-        return { set: (v) => g.set(v), inc: (by = 1) => g.inc(by), dec: (by = 1) => g.dec(by) };
-      }, () => metric.reset());
+      const metric = new ScalarFamily("gauge", options.name, options.help, labelNames.length === 0);
+      register(metric);
+      return family<Gauge>(options, labelNames, (key, labels) => new GaugeSeries(metric, key, labels), () => metric.reset());
     },
     histogram(options) {
       const bounds = [...options.buckets];
@@ -156,11 +357,9 @@ export function createMetricsRegistry(): MetricsRegistry {
         }
       }
       const labelNames = check("histogram", options);
-      const metric = new PromHistogram({ name: options.name, help: options.help, labelNames: [...labelNames], buckets: bounds, registers: [registry] });
-      return family<Histogram>(options, labelNames, (values) => {
-        const h = labelNames.length ? metric.labels(...values) : metric;
-        return { observe: (v) => void (!Number.isNaN(v) && h.observe(v)) };
-      }, () => metric.reset());
+      const metric = new HistogramFamily(options.name, options.help, bounds, labelNames.length === 0);
+      register(metric);
+      return family<Histogram>(options, labelNames, (key, labels) => new HistogramSeries(metric, key, labels), () => metric.reset());
     },
     expose: () => registry.metrics(),
     async toJson() {
