@@ -132,6 +132,30 @@ test("the sample ratio applies to new traces and can be changed at run time", as
   await tracer.shutdown();
 });
 
+test("at a partial ratio each sampled new trace exports one span with the ids it propagated; unsampled ones export none", async () => {
+  const exporter = new InMemorySpanExporter();
+  const tracer = createTracer({ exporter, processing: "simple", sampleRatio: 0.5 });
+  const sampled = new Map<string, string>();
+  const spanIds = new Set<string>();
+  for (let i = 0; i < 200; i++) {
+    const s = tracer.start({ method: "GET", headers: {} });
+    const parsed = parseTraceparent(s.upstreamHeaders.traceparent);
+    assert.ok(parsed.ok);
+    assert.equal(parsed.value.traceId, s.traceId);
+    assert.equal(parsed.value.parentId, s.spanId);
+    spanIds.add(s.spanId);
+    if (parsed.value.sampled) sampled.set(s.spanId, s.traceId);
+    tracer.end(record({ traceId: s.traceId, spanId: s.spanId }));
+  }
+  await tracer.flush();
+  assert.equal(spanIds.size, 200);
+  assert.ok(sampled.size > 0 && sampled.size < 200, `sampled ${sampled.size} of 200`);
+  const exported = exporter.getFinishedSpans();
+  assert.equal(exported.length, sampled.size);
+  for (const span of exported) assert.equal(sampled.get(span.spanContext().spanId), span.spanContext().traceId);
+  await tracer.shutdown();
+});
+
 test("spans whose request never finishes are bounded by maxOpenSpans", async () => {
   const exporter = new InMemorySpanExporter();
   const tracer = createTracer({ exporter, processing: "simple", sampleRatio: 1, maxOpenSpans: 2 });

@@ -4,6 +4,7 @@ import {
   BasicTracerProvider,
   BatchSpanProcessor,
   ParentBasedSampler,
+  RandomIdGenerator,
   SamplingDecision,
   SimpleSpanProcessor,
   TraceIdRatioBasedSampler,
@@ -108,7 +109,19 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
     shutdown: async () => exporter?.shutdown(),
   };
   const spanProcessors: SpanProcessor[] = [options.processing === "simple" ? new SimpleSpanProcessor(delegate) : new BatchSpanProcessor(delegate)];
-  const provider = new BasicTracerProvider({ sampler, spanProcessors });
+  // The ids OpenTelemetry would draw; a new trace's id is drawn here first (to decide its sampling
+  // without a span) and handed to the span when it is sampled.
+  const random = new RandomIdGenerator();
+  let rootTraceId: string | undefined;
+  const idGenerator = {
+    generateTraceId() {
+      const id = rootTraceId ?? random.generateTraceId();
+      rootTraceId = undefined;
+      return id;
+    },
+    generateSpanId: () => random.generateSpanId(),
+  };
+  const provider = new BasicTracerProvider({ sampler, spanProcessors, idGenerator });
   const tracer = provider.getTracer(options.scope ?? "weft");
   const maxOpen = options.maxOpenSpans ?? 10_000;
   // Only recording spans wait here; an unsampled request leaves nothing behind.
@@ -120,38 +133,57 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
       let parent: Context = ROOT_CONTEXT;
       let tracestate: string | undefined;
       let b3 = false;
+      // The parent-based decision, made here so that an unsampled request never builds a span.
+      let traceId: string | undefined;
+      let sampled = false;
       if (incoming.ok) {
         tracestate = parseTracestate(head.headers.tracestate);
-        parent = trace.setSpanContext(ROOT_CONTEXT, {
-          traceId: incoming.value.traceId,
-          spanId: incoming.value.parentId,
-          traceFlags: incoming.value.sampled ? TraceFlags.SAMPLED : TraceFlags.NONE,
-          isRemote: true,
-          traceState: tracestate === undefined ? undefined : new TraceState(tracestate),
-        });
+        traceId = incoming.value.traceId;
+        sampled = incoming.value.sampled;
+        if (sampled) {
+          parent = trace.setSpanContext(ROOT_CONTEXT, {
+            traceId,
+            spanId: incoming.value.parentId,
+            traceFlags: TraceFlags.SAMPLED,
+            isRemote: true,
+            traceState: tracestate === undefined ? undefined : new TraceState(tracestate),
+          });
+        }
       } else if (head.headers.b3 !== undefined || head.headers["x-b3-traceid"] !== undefined) {
         // A Zipkin caller: its trace continues in W3C form. A deferred sampling decision is ours to make.
         const from = parseB3(head.headers);
         b3 = true;
         if (from !== undefined) {
-          const sampled = from.sampled ?? sampler.decide(from.traceId);
-          parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: from.traceId, spanId: from.parentId, traceFlags: sampled ? TraceFlags.SAMPLED : TraceFlags.NONE, isRemote: true });
+          traceId = from.traceId;
+          sampled = from.sampled ?? sampler.decide(from.traceId);
+          if (sampled) parent = trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId: from.parentId, traceFlags: TraceFlags.SAMPLED, isRemote: true });
         }
       }
-      const span = tracer.startSpan(head.method, { kind: outbound ? SpanKind.CLIENT : SpanKind.SERVER }, parent);
-      const ctx = span.spanContext();
-      const sampled = (ctx.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED;
-      if (span.isRecording()) {
-        if (open.size >= maxOpen) open.delete(open.keys().next().value!);
-        open.set(ctx.spanId, span);
+      if (traceId === undefined) {
+        // A new trace: the ratio decides on its id, as OpenTelemetry's root sampler would.
+        traceId = idGenerator.generateTraceId();
+        sampled = sampler.decide(traceId);
+        if (sampled) rootTraceId = traceId;
       }
+      let spanId: string;
+      if (sampled) {
+        const span = tracer.startSpan(head.method, { kind: outbound ? SpanKind.CLIENT : SpanKind.SERVER }, parent);
+        rootTraceId = undefined;
+        spanId = span.spanContext().spanId;
+        if (span.isRecording()) {
+          if (open.size >= maxOpen) open.delete(open.keys().next().value!);
+          open.set(spanId, span);
+        }
+      } else {
+        // Unsampled (OpenTelemetry's non-recording span): only its ids travel on.
+        spanId = idGenerator.generateSpanId();
+      }
+      const traceparent = formatTraceparent(traceId, spanId, sampled);
       return {
-        traceId: ctx.traceId,
-        spanId: ctx.spanId,
+        traceId,
+        spanId,
         // A tracestate travels only with the traceparent it belongs to (W3C §3.3).
-        upstreamHeaders: b3
-          ? { traceparent: formatTraceparent(ctx.traceId, ctx.spanId, sampled), tracestate, ...B3_REMOVED }
-          : { traceparent: formatTraceparent(ctx.traceId, ctx.spanId, sampled), tracestate },
+        upstreamHeaders: b3 ? { traceparent, tracestate, ...B3_REMOVED } : { traceparent, tracestate },
       };
     },
     end(record) {
