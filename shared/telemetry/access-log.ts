@@ -91,6 +91,32 @@ function jsonValue(value: FieldValue): string {
   return jsonString(value);
 }
 
+/** The JSON form of the last value a field held: most fields repeat from line to line (method, host, route, peer). */
+class LastJson {
+  private last: string | undefined;
+  private json = "null";
+
+  of(value: string | undefined): string {
+    if (value !== this.last) {
+      this.last = value;
+      this.json = value === undefined ? "null" : jsonString(value);
+    }
+    return this.json;
+  }
+}
+
+const METHOD = new LastJson();
+const AUTHORITY = new LastJson();
+const PROTOCOL = new LastJson();
+const REASON = new LastJson();
+const ROUTE = new LastJson();
+const SERVICE = new LastJson();
+const UPSTREAM = new LastJson();
+const SOURCE = new LastJson();
+const USER = new LastJson();
+const CLIENT_IP = new LastJson();
+const USER_AGENT = new LastJson();
+
 /**
  * formatJsonLine serialises one finished request as a JSON object (no trailing newline); absent fields are null.
  * @example
@@ -99,15 +125,15 @@ function jsonValue(value: FieldValue): string {
 export function formatJsonLine(r: TelemetryRecord): string {
   return (
     `{"start_time":"${isoTime(r.startTimeMs)}"` +
-    `,"method":${jsonString(r.method)}` +
-    `,"authority":${jsonString(r.authority)}` +
+    `,"method":${METHOD.of(r.method)}` +
+    `,"authority":${AUTHORITY.of(r.authority)}` +
     `,"path":${jsonString(redactQuery(r.path))}` +
-    `,"protocol":${jsonString(r.protocol)}` +
+    `,"protocol":${PROTOCOL.of(r.protocol)}` +
     `,"status":${r.status}` +
-    `,"reason":${jsonValue(r.reason)}` +
-    `,"route":${jsonValue(r.route)}` +
-    `,"upstream_service":${jsonValue(r.service)}` +
-    `,"upstream_host":${jsonValue(r.upstream)}` +
+    `,"reason":${REASON.of(r.reason)}` +
+    `,"route":${ROUTE.of(r.route)}` +
+    `,"upstream_service":${SERVICE.of(r.service)}` +
+    `,"upstream_host":${UPSTREAM.of(r.upstream)}` +
     `,"bytes_received":${r.bytesIn}` +
     `,"bytes_sent":${r.bytesOut}` +
     `,"duration_ms":${jsonValue(r.durationMs)}` +
@@ -116,10 +142,10 @@ export function formatJsonLine(r: TelemetryRecord): string {
     `,"request_id":${jsonString(r.requestId)}` +
     `,"trace_id":${jsonValue(r.traceId)}` +
     `,"span_id":${jsonValue(r.spanId)}` +
-    `,"source_principal":${jsonValue(r.sourcePrincipal)}` +
-    `,"request_principal":${jsonValue(r.requestPrincipal)}` +
-    `,"client_ip":${jsonString(r.clientIp)}` +
-    `,"user_agent":${jsonValue(r.userAgent)}` +
+    `,"source_principal":${SOURCE.of(r.sourcePrincipal)}` +
+    `,"request_principal":${USER.of(r.requestPrincipal)}` +
+    `,"client_ip":${CLIENT_IP.of(r.clientIp)}` +
+    `,"user_agent":${USER_AGENT.of(r.userAgent)}` +
     `,"grpc_status":${jsonValue(r.grpcStatus)}}`
   );
 }
