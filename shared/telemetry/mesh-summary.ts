@@ -60,6 +60,8 @@ export const CLIENTS_NODE = "clients";
 const MAX_DENIALS = 20;
 
 interface EdgeState {
+  readonly source: string;
+  readonly destination: string;
   requests: number;
   errors: number;
   readonly durations: number[];
@@ -79,15 +81,22 @@ export function createMeshSummary(options: MeshSummaryOptions): MeshSummary {
   const { proxyId, role, workload, inboundService } = options;
   const sampleSize = options.sampleSize ?? 512;
   const random = options.random ?? Math.random;
-  let edges = new Map<string, EdgeState>();
+  // Edges in the order first seen (the summary lists them so), found by source then destination
+  // without building a key string per request.
+  let edges: EdgeState[] = [];
+  let bySource = new Map<string, Map<string, EdgeState>>();
   let denials: DenialSummary[] = [];
   let revision = 0;
   let since: number | undefined;
 
   function count(source: string, destination: string, r: TelemetryRecord) {
-    const key = `${source}\u0001${destination}`;
-    let e = edges.get(key);
-    if (!e) edges.set(key, (e = { requests: 0, errors: 0, durations: [] }));
+    let byDestination = bySource.get(source);
+    if (!byDestination) bySource.set(source, (byDestination = new Map()));
+    let e = byDestination.get(destination);
+    if (!e) {
+      byDestination.set(destination, (e = { source, destination, requests: 0, errors: 0, durations: [] }));
+      edges.push(e);
+    }
     e.requests++;
     if (r.status >= 500) e.errors++;
     // Reservoir sampling keeps a uniform sample of the interval's durations in bounded memory.
@@ -117,13 +126,13 @@ export function createMeshSummary(options: MeshSummaryOptions): MeshSummary {
     },
     take(now) {
       const out: EdgeSummary[] = [];
-      for (const [key, e] of edges) {
-        const [source, destination] = key.split("\u0001") as [string, string];
+      for (const e of edges) {
         const sorted = e.durations.sort((a, b) => a - b);
-        out.push({ source, destination, requests: e.requests, errors: e.errors, p50Ms: quantile(sorted, 0.5), p99Ms: quantile(sorted, 0.99) });
+        out.push({ source: e.source, destination: e.destination, requests: e.requests, errors: e.errors, p50Ms: quantile(sorted, 0.5), p99Ms: quantile(sorted, 0.99) });
       }
       const summary: ProxySummary = { v: 1, proxyId, role, workload, revision, intervalMs: since === undefined ? 0 : now - since, sentAt: now, edges: out, denials };
-      edges = new Map();
+      edges = [];
+      bySource = new Map();
       denials = [];
       since = now;
       return summary;
