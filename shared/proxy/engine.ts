@@ -77,9 +77,88 @@ export type Exchange = (
   | { readonly kind: "local"; readonly status: number; readonly headers: OutgoingHeaders; readonly body: string }
   | { readonly kind: "upstream"; readonly status: number; readonly headers: OutgoingHeaders; readonly response: UpstreamResponse }
 ) & {
-  /** Call once the response is written (or failed), with the byte counts the adapter saw and the trailers it relayed. */
+  /**
+   * Call once the response is written (or failed), with the byte counts the adapter saw and the trailers it
+   * relayed. A method of the exchange (shared by all of them): call it as `exchange.finish(...)`.
+   */
   finish(bytesIn: number, bytesOut: number, error?: string, trailers?: HeaderMap): void;
 };
+
+/** What an engine does when one of its exchanges finishes; one per engine, shared by its exchanges. */
+interface ExchangeEnd {
+  done(record: RequestRecord, bytesIn: number, bytesOut: number, error: string | undefined, trailers: HeaderMap | undefined): void;
+  mirror(copy: MirrorCopy, head: RequestHead): void;
+}
+
+/** A copy of a request with a body, sent once the primary is done with the whole of it (see forward). */
+interface PendingMirror {
+  readonly copy: MirrorCopy;
+  readonly head: RequestHead;
+  readonly body: RequestBody;
+  readonly length: number;
+}
+
+// Exchanges are class instances so that finishing one needs no closure per request: a circuit slot to give
+// back and a mirrored copy to send are plain fields that finish() reads.
+class LocalExchange {
+  readonly kind = "local";
+  readonly status: number;
+  readonly headers: OutgoingHeaders;
+  readonly body: string;
+  readonly record: RequestRecord;
+  readonly end: ExchangeEnd;
+  circuit: CircuitBreaker | undefined = undefined;
+  mirror: PendingMirror | undefined = undefined;
+
+  constructor(status: number, headers: OutgoingHeaders, body: string, record: RequestRecord, end: ExchangeEnd) {
+    this.status = status;
+    this.headers = headers;
+    this.body = body;
+    this.record = record;
+    this.end = end;
+  }
+
+  finish(bytesIn: number, bytesOut: number, error?: string, trailers?: HeaderMap): void {
+    finishExchange(this, bytesIn, bytesOut, error, trailers);
+  }
+}
+
+class UpstreamExchange {
+  readonly kind = "upstream";
+  readonly status: number;
+  readonly headers: OutgoingHeaders;
+  readonly response: UpstreamResponse;
+  readonly record: RequestRecord;
+  readonly end: ExchangeEnd;
+  circuit: CircuitBreaker | undefined = undefined;
+  mirror: PendingMirror | undefined = undefined;
+
+  constructor(response: UpstreamResponse, headers: OutgoingHeaders, record: RequestRecord, end: ExchangeEnd) {
+    this.status = response.status;
+    this.headers = headers;
+    this.response = response;
+    this.record = record;
+    this.end = end;
+  }
+
+  finish(bytesIn: number, bytesOut: number, error?: string, trailers?: HeaderMap): void {
+    finishExchange(this, bytesIn, bytesOut, error, trailers);
+  }
+}
+
+type EngineExchange = LocalExchange | UpstreamExchange;
+
+function finishExchange(exchange: EngineExchange, bytesIn: number, bytesOut: number, error: string | undefined, trailers: HeaderMap | undefined): void {
+  // The circuit slot goes back first, once (a second finish must not free another request's slot).
+  const circuit = exchange.circuit;
+  if (circuit !== undefined) {
+    exchange.circuit = undefined;
+    circuit.leave();
+  }
+  exchange.end.done(exchange.record, bytesIn, bytesOut, error, trailers);
+  const mirror = exchange.mirror;
+  if (mirror !== undefined && bytesIn === mirror.length && mirror.body.replayable) exchange.end.mirror(mirror.copy, mirror.head);
+}
 
 /** What telemetry decides when a request starts (see EngineOptions.onRequestStart). */
 export interface RequestStart {
@@ -205,7 +284,7 @@ export function createEngine(options: EngineOptions): Engine {
     reason: Reason,
     extra?: readonly (readonly [string, string])[],
     status: number = REASONS[reason],
-  ): Exchange {
+  ): LocalExchange {
     const headers: OutgoingHeaders = { "content-type": "text/plain; charset=utf-8", "x-weft-reason": reason, "x-request-id": record.requestId };
     if (extra) for (const [name, value] of extra) headers[name] = value;
     if (grpcCalls.has(record)) {
@@ -215,15 +294,15 @@ export function createEngine(options: EngineOptions): Engine {
       record.status = 200;
       record.reason = reason;
       record.grpcStatus = Number(grpc["grpc-status"]);
-      return { kind: "local", status: 200, headers, body: "", finish: finisher(record) };
+      return new LocalExchange(200, headers, "", record, end);
     }
     record.status = status;
     record.reason = reason;
-    return { kind: "local", status, headers, body: `${reason}\n`, finish: finisher(record) };
+    return new LocalExchange(status, headers, `${reason}\n`, record, end);
   }
 
-  function finisher(record: RequestRecord): Exchange["finish"] {
-    return (bytesIn, bytesOut, error, trailers) => {
+  const end: ExchangeEnd = {
+    done(record, bytesIn, bytesOut, error, trailers) {
       if (!onRequestDone) return;
       record.bytesIn = bytesIn;
       record.bytesOut = bytesOut;
@@ -231,8 +310,9 @@ export function createEngine(options: EngineOptions): Engine {
       record.durationMs = now() - record.startTimeMs;
       if (error && record.reason === undefined) record.reason = error;
       onRequestDone(record);
-    };
-  }
+    },
+    mirror: (copy, head) => mirrorNow(copy, head),
+  };
 
   function startRecord(head: RequestHead, xffTrustedHops: number): RequestRecord {
     const incomingId = edge ? undefined : firstValue(head.headers, "x-request-id");
@@ -306,14 +386,14 @@ export function createEngine(options: EngineOptions): Engine {
       const headers: OutgoingHeaders = { "content-type": d.contentType ?? "text/plain; charset=utf-8", "x-request-id": requestId };
       if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
       record.status = d.status;
-      return { kind: "local", status: d.status, headers, body: d.body ?? "", finish: finisher(record) };
+      return new LocalExchange(d.status, headers, d.body ?? "", record, end);
     }
     if (route.redirect) {
       const status = route.redirect.status ?? 301;
       const headers: OutgoingHeaders = { location: redirectLocation(route.redirect, head, match), "x-request-id": requestId };
       if (route.headers?.response) applyHeaderOps(route.headers.response, headers);
       record.status = status;
-      return { kind: "local", status, headers, body: "", finish: finisher(record) };
+      return new LocalExchange(status, headers, "", record, end);
     }
     return forward(head, body, view, match, route, record, verdict, started?.upstreamHeaders);
   }
@@ -414,15 +494,8 @@ export function createEngine(options: EngineOptions): Engine {
     if (body.length === 0) mirrorNow(mirror, head);
     const exchange = await (circuit ? throughCircuit(circuit, plan) : tryUpstream(plan));
     if (body.length === 0 || body.length === undefined) return exchange;
-    const finish = exchange.finish;
-    const length = body.length;
-    return {
-      ...exchange,
-      finish(bytesIn, bytesOut, error, trailers) {
-        finish(bytesIn, bytesOut, error, trailers);
-        if (bytesIn === length && body.replayable) mirrorNow(mirror, head);
-      },
-    };
+    exchange.mirror = { copy: mirror, head, body, length: body.length };
+    return exchange;
   }
 
   function mirrorCopy(config: MirrorConfig, view: RouteView, plan: ForwardPlan): MirrorCopy | undefined {
@@ -440,7 +513,7 @@ export function createEngine(options: EngineOptions): Engine {
   }
 
   /** Takes a request slot of the circuit (or waits for one), runs the request and gives the slot back when its answer is sent. */
-  async function throughCircuit(circuit: CircuitBreaker, plan: ForwardPlan): Promise<Exchange> {
+  async function throughCircuit(circuit: CircuitBreaker, plan: ForwardPlan): Promise<EngineExchange> {
     const entry = circuit.enter();
     if (entry === "overflow") return local(plan.record, "overflow");
     if (entry !== "entered") {
@@ -451,7 +524,7 @@ export function createEngine(options: EngineOptions): Engine {
         return local(plan.record, "timeout");
       }
     }
-    let exchange: Exchange;
+    let exchange: EngineExchange;
     try {
       exchange = await tryUpstream(plan);
     } catch (err) {
@@ -463,22 +536,12 @@ export function createEngine(options: EngineOptions): Engine {
       return exchange;
     }
     // An upstream answer holds its slot until its body is sent, as Envoy counts an active request.
-    const finish = exchange.finish;
-    let left = false;
-    return {
-      ...exchange,
-      finish(bytesIn, bytesOut, error, trailers) {
-        if (!left) {
-          left = true;
-          circuit.leave();
-        }
-        finish(bytesIn, bytesOut, error, trailers);
-      },
-    };
+    exchange.circuit = circuit;
+    return exchange;
   }
 
   /** Sends a request to the cluster's endpoints: picks (outliers left out), tries, reports each outcome, retries within policy and budget. */
-  async function tryUpstream(plan: ForwardPlan): Promise<Exchange> {
+  async function tryUpstream(plan: ForwardPlan): Promise<EngineExchange> {
     const { head, body, record, route, verdict, cluster, headers, path, retry, deadline, outlier, circuit } = plan;
     const traffic = cluster.service.traffic;
     const maxBody = route.forward!.maxBodyBytes;
@@ -572,7 +635,7 @@ export function createEngine(options: EngineOptions): Engine {
     }
   }
 
-  function upstreamExchange(response: UpstreamResponse, route: RouteConfig, record: RequestRecord, verdict: PolicyVerdict | undefined): Exchange {
+  function upstreamExchange(response: UpstreamResponse, route: RouteConfig, record: RequestRecord, verdict: PolicyVerdict | undefined): UpstreamExchange {
     const headers = copyForwardable(response.headers, false);
     // Rate-limit headers and the like from the policy step (draft-ietf-httpapi-ratelimit-headers).
     if (verdict?.ok && verdict.responseHeaders) for (const [name, value] of verdict.responseHeaders) headers[name] = value;
@@ -582,9 +645,9 @@ export function createEngine(options: EngineOptions): Engine {
       headers.upgrade = firstValue(response.headers, "upgrade") ?? WEBSOCKET;
     }
     record.status = response.status;
-    // A trailers-only answer carries it here; a full one in its trailers (see finisher).
+    // A trailers-only answer carries it here; a full one in its trailers (see end.done).
     if (grpcCalls.has(record)) record.grpcStatus = grpcStatusOfResponse(response.headers);
-    return { kind: "upstream", status: response.status, headers, response, finish: finisher(record) };
+    return new UpstreamExchange(response, headers, record, end);
   }
 
   function healthReport(): readonly ClusterHealthReport[] {
