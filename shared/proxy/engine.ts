@@ -395,7 +395,8 @@ export function createEngine(options: EngineOptions): Engine {
       record.status = status;
       return new LocalExchange(status, headers, "", record, end);
     }
-    return forward(head, body, view, match, route, record, verdict, started?.upstreamHeaders);
+    // `return await` settles in fewer microtask turns than returning the promise from an async function (V8).
+    return await forward(head, body, view, match, route, record, verdict, started?.upstreamHeaders);
   }
 
   async function forward(
@@ -488,7 +489,7 @@ export function createEngine(options: EngineOptions): Engine {
 
     // A copy of an upgrade would open a second connection that nobody reads: upgrades are not mirrored.
     const mirror = !websocket && fwd.mirror && chance(fwd.mirror.percentage, random) ? mirrorCopy(fwd.mirror, view, plan) : undefined;
-    if (!mirror) return circuit ? throughCircuit(circuit, plan) : tryUpstream(plan);
+    if (!mirror) return await (circuit ? throughCircuit(circuit, plan) : tryUpstream(plan));
     // A request without a body is copied at once; one with a body only once the whole of it was read
     // and held, when the primary is done with it (the adapter's body feeds one upstream at a time).
     if (body.length === 0) mirrorNow(mirror, head);
