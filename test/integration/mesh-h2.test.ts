@@ -17,7 +17,7 @@ import { createEngine, createSidecarViews, type MeshIdentity, type RequestRecord
 import { activeGate, createPolicyGate } from "../../shared/policy/index.ts";
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { createMeshFront, meshTlsOptions } from "../../shared/runtime/node/mesh-tls.ts";
-import type { NodeUpstreamResponse } from "../../shared/runtime/node/upstream.ts";
+import { readWhole, type NodeUpstreamResponse } from "../../shared/runtime/node/upstream.ts";
 import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
 import { meshRequest } from "../harness/mesh-request.ts";
@@ -85,11 +85,9 @@ type Client = ReturnType<typeof nodeRuntime.createUpstreamClient>;
 async function callMesh(client: Client, request: UpstreamRequest) {
   const result = await client.forward(request);
   if (!result.ok) return { ok: false as const, reason: result.reason, detail: result.detail };
-  const message = (result.response as NodeUpstreamResponse).message;
-  let text = "";
-  for await (const chunk of message) text += chunk;
-  const trailers = { ...(message.trailers as Record<string, unknown> | undefined) };
-  return { ok: true as const, status: result.response.status, body: JSON.parse(text) as { version: string; xfcc: string | null }, trailers };
+  const whole = await readWhole(result.response as NodeUpstreamResponse);
+  const trailers = { ...whole.trailers };
+  return { ok: true as const, status: result.response.status, body: JSON.parse(whole.body.toString()) as { version: string; xfcc: string | null }, trailers };
 }
 
 const cleanups = cleanupsAfterAll();
@@ -261,7 +259,7 @@ test("after a renewal new requests open a session with the new certificate while
     const r = await slow;
     assert.ok(r.ok);
     assert.equal(r.response.status, 200);
-    (r.response as NodeUpstreamResponse).message.resume();
+    r.response.discard();
   } finally {
     await client.close();
     await new Promise<void>((r) => server.close(() => r()));

@@ -15,6 +15,7 @@ import { createEngine, createSidecarViews, type MeshIdentity } from "../../share
 import { nodeRuntime } from "../../shared/runtime/node/index.ts";
 import { cleanupsAfterAll } from "../harness/cleanup.ts";
 import { heldIdentity, issueSvid } from "../harness/mesh-identity.ts";
+import { readWhole, type NodeUpstreamResponse } from "../../shared/runtime/node/upstream.ts";
 import { meshRequest } from "../harness/mesh-request.ts";
 
 const TD = "example.org";
@@ -57,10 +58,8 @@ async function startInbound(identity: MeshIdentity, appPort: number, mode: () =>
 async function callMesh(client: ReturnType<typeof nodeRuntime.createUpstreamClient>, port: number, identity: MeshIdentity, expectedId: string) {
   const result = await client.forward(meshRequest(port, identity, expectedId));
   if (!result.ok) return { ok: false as const, reason: result.reason, detail: result.detail };
-  const message = (result.response as import("../../shared/runtime/node/upstream.ts").NodeUpstreamResponse).message;
-  let text = "";
-  for await (const chunk of message) text += chunk;
-  return { ok: true as const, status: result.response.status, body: JSON.parse(text) as { xfcc: string | null } };
+  const whole = await readWhole(result.response as NodeUpstreamResponse);
+  return { ok: true as const, status: result.response.status, body: JSON.parse(whole.body.toString()) as { xfcc: string | null } };
 }
 
 const cleanups = cleanupsAfterAll();

@@ -52,7 +52,7 @@ function listenBun(options: ListenOptions, target: ServeTarget): Promise<Listene
   });
 }
 
-/** Bun's fetch for plain upstreams; node:https (Bun's Node compatibility) where mesh mTLS must check the peer's SPIFFE ID. */
+/** Bun's fetch for plain upstreams; the Node client (undici on Bun's node:tls) where mesh mTLS must check the peer's SPIFFE ID or TLS is originated. */
 function createBunUpstreamClient(): UpstreamClient {
   const plain = createFetchUpstreamClient({ decompress: false });
   const mesh = bridgeWebToNode(createNodeUpstreamClient());

@@ -16,13 +16,12 @@ const deno = (globalThis as unknown as { Deno: DenoGlobal }).Deno;
 const KEEP_BYTES = 65536;
 
 /**
- * Deno's fetch always sends the URL's host as Host, so upstream requests go through node:http
- * (Deno's Node compatibility), with Web bodies bridged to Node streams and back. Deno's node:http
- * (like its fetch) re-sends a request whose reused connection was reset, so a POST would reach the
- * upstream twice: non-idempotent requests take a fresh connection instead of a pooled one.
+ * Deno's fetch always sends the URL's host as Host (and re-sends a request whose reused connection
+ * was reset), so upstream requests go through the Node client (undici on Deno's Node compatibility),
+ * with Web bodies bridged to Node streams and back.
  */
 function createDenoUpstreamClient(): UpstreamClient {
-  return bridgeWebToNode(createNodeUpstreamClient({ freshConnectionForUnsafeMethods: true }));
+  return bridgeWebToNode(createNodeUpstreamClient());
 }
 
 function listenDeno(options: ListenOptions, target: ServeTarget): Promise<Listener> {
@@ -58,7 +57,7 @@ function listenDeno(options: ListenOptions, target: ServeTarget): Promise<Listen
   });
 }
 
-/** The Deno runtime: Deno.serve listeners, node:http upstreams (Deno's fetch drops Host). */
+/** The Deno runtime: Deno.serve listeners, undici upstreams (Deno's fetch drops Host). */
 export const denoRuntime: ProxyRuntime = {
   name: "deno",
   createUpstreamClient: createDenoUpstreamClient,

@@ -5,7 +5,7 @@ import type { EventEmitter } from "node:events";
 import type { Exchange, HeaderMap, ListenOptions, PeerIdentity, RequestHead, ServeTarget } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
 import { sniffPreface } from "./h2-preface.ts";
-import type { NodeUpstreamResponse } from "./upstream.ts";
+import type { BodyReader, NodeUpstreamResponse } from "./upstream.ts";
 
 // RFC 9113 §8.2.2: connection-specific fields must not appear in HTTP/2 (node refuses to send them).
 const CONNECTION_SPECIFIC = new Set(["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"]);
@@ -193,7 +193,7 @@ function respond(exchange: Exchange, res: http2.Http2ServerResponse, body: NodeR
   const stream = res.stream;
   if (stream.destroyed || stream.closed) {
     // The client reset the stream while the engine worked.
-    if (exchange.kind === "upstream") (exchange.response as NodeUpstreamResponse).request.destroy();
+    if (exchange.kind === "upstream") (exchange.response as NodeUpstreamResponse).cancel();
     exchange.finish(body.bytesRead, 0, "downstream_disconnect");
     return;
   }
@@ -214,10 +214,10 @@ function respond(exchange: Exchange, res: http2.Http2ServerResponse, body: NodeR
     return;
   }
   const upstream = exchange.response as NodeUpstreamResponse;
-  if ((upstream.message as { headersOnly?: boolean }).headersOnly === true) {
+  if (upstream.headersOnly === true) {
     // An HTTP/2 upstream answered with HEADERS alone (gRPC trailers-only): pass it on as one frame too.
     stream.respond({ ...h2Fields(exchange.headers), ":status": exchange.status }, { endStream: true });
-    upstream.message.resume();
+    upstream.discard();
     exchange.finish(body.bytesRead, 0);
     return;
   }
@@ -226,7 +226,7 @@ function respond(exchange: Exchange, res: http2.Http2ServerResponse, body: NodeR
 }
 
 /** Copies one upstream response body (and its trailers) onto an HTTP/2 stream. */
-class H2Relay {
+class H2Relay implements BodyReader {
   readonly exchange: Exchange;
   readonly res: http2.Http2ServerResponse;
   readonly body: NodeRequestBody;
@@ -242,32 +242,35 @@ class H2Relay {
   }
 
   start(): void {
-    const message = this.upstream.message;
-    message.on("data", (chunk: Buffer) => {
-      this.bytesOut += chunk.length;
-      if (!this.res.write(chunk)) {
-        message.pause();
-        this.res.once("drain", () => message.resume());
-      }
-    });
-    message.once("end", () => {
-      this.ended = true;
-      // node:http fills `trailers` at the end of the body; the HTTP/2 upstream client sets them as they arrive.
-      const trailers = h2Fields(message.trailers);
-      if (Object.keys(trailers).length > 0) this.res.addTrailers(trailers);
-      this.res.end();
-      this.finish(undefined, message.trailers);
-    });
-    message.once("aborted", () => {
-      // The upstream went away mid-body: the client cannot get a complete response, so reset the stream too.
-      this.res.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
-      this.finish("upstream_reset");
-    });
     this.res.once("close", () => {
       if (this.ended) return;
-      this.upstream.request.destroy();
+      this.upstream.cancel();
       this.finish("downstream_disconnect");
     });
+    this.upstream.read(this);
+  }
+
+  data(chunk: Buffer): boolean {
+    this.bytesOut += chunk.length;
+    if (this.res.write(chunk)) return true;
+    this.res.once("drain", () => this.upstream.resume());
+    return false;
+  }
+
+  end(trailers: HeaderMap | undefined): void {
+    this.ended = true;
+    if (trailers !== undefined) {
+      const fields = h2Fields(trailers);
+      if (Object.keys(fields).length > 0) this.res.addTrailers(fields);
+    }
+    this.res.end();
+    this.finish(undefined, trailers);
+  }
+
+  abort(): void {
+    // The upstream went away mid-body: the client cannot get a complete response, so reset the stream too.
+    this.res.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    this.finish("upstream_reset");
   }
 
   finish(error?: string, trailers?: HeaderMap): void {

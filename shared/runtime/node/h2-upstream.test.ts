@@ -5,8 +5,8 @@ import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
 import type { Endpoint, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
 import { createNodeBody, type NodeRequestBody } from "./body.ts";
-import { createNodeH2UpstreamClient, type RelayedStream } from "./h2-upstream.ts";
-import type { NodeUpstreamResponse } from "./upstream.ts";
+import { createNodeH2UpstreamClient } from "./h2-upstream.ts";
+import { readWhole, type NodeUpstreamResponse } from "./upstream.ts";
 
 const NO_BODY: NodeRequestBody = { length: 0, replayable: true, bytesRead: 0, sendTo: (target) => target.end() };
 
@@ -36,14 +36,7 @@ function requestTo(port: number, overrides: Partial<UpstreamRequest> = {}): Upst
 function readAll(result: UpstreamResult): Promise<{ status: number; headers: Record<string, unknown>; body: string; trailers: unknown; aborted: boolean }> {
   assert.ok(result.ok, JSON.stringify(result));
   const response = result.response as NodeUpstreamResponse;
-  return new Promise((resolve) => {
-    let body = "";
-    const done = (aborted: boolean) =>
-      resolve({ status: response.status, headers: { ...response.headers }, body, trailers: response.message.trailers, aborted });
-    response.message.on("data", (c: Buffer) => (body += c.toString()));
-    response.message.once("end", () => done(false));
-    response.message.once("aborted", () => done(true));
-  });
+  return readWhole(response).then((whole) => ({ status: response.status, headers: { ...response.headers }, body: whole.body.toString(), trailers: whole.trailers, aborted: whole.aborted }));
 }
 
 describe("HTTP/2 upstream client (h2c)", () => {
@@ -179,7 +172,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
       const result = await client.forward(requestTo(port, { path: "/headers-only" }));
       assert.ok(result.ok);
       assert.equal(result.response.headers["grpc-status"], "14");
-      assert.equal(((result.response as NodeUpstreamResponse).message as unknown as RelayedStream).headersOnly, true);
+      assert.equal((result.response as NodeUpstreamResponse).headersOnly, true);
       result.response.discard();
     } finally {
       await client.close();

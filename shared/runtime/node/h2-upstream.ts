@@ -1,11 +1,10 @@
-import type http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import tls from "node:tls";
 import { REFUSED_STREAM_DETAIL, type HeaderMap, type UpstreamClient, type UpstreamFailure, type UpstreamRequest, type UpstreamResult } from "../../proxy/index.ts";
 import type { NodeRequestBody } from "./body.ts";
 import { meshClientTlsOptions } from "./mesh-tls.ts";
-import type { NodeUpstreamResponse } from "./upstream.ts";
+import type { BodyReader, NodeUpstreamResponse } from "./upstream.ts";
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 
@@ -45,7 +44,7 @@ interface PooledSession {
  * expected peer's SPIFFE ID checked). Requests to one endpoint share a multiplexed session, a second
  * connection opens only when every session has its streams' worth in flight (up to `maxConnections`),
  * a certificate renewal sends new requests to new sessions while old ones finish, and response
- * trailers (grpc-status, grpc-message) come back on the response's `message.trailers`.
+ * trailers (grpc-status, grpc-message) come back at the end of the response's body (BodyReader.end).
  * @example
  * const client = createNodeH2UpstreamClient({ maxConcurrentStreams: 100 });
  * const result = await client.forward({ ...request, http2: true });
@@ -216,7 +215,7 @@ export function withHttp2Upstreams(http1: UpstreamClient, h2: UpstreamClient = c
 }
 
 /**
- * The stream as the node relays read an upstream body: data, end, aborted, trailers once they came,
+ * The stream as H2Response reads an upstream body: data, end, aborted, trailers once they came,
  * and `headersOnly` when the response HEADERS frame ended the stream (node's endAfterHeaders stays
  * false on client streams).
  */
@@ -298,21 +297,41 @@ class H2Call {
   }
 }
 
-/** An HTTP/2 upstream answer; the relays use only the stream calls an IncomingMessage and a ClientRequest share with it. */
+/** An HTTP/2 upstream answer; its body and trailers are read off the stream. */
 class H2Response implements NodeUpstreamResponse {
   readonly status: number;
   readonly headers: HeaderMap;
-  readonly message: http.IncomingMessage;
-  readonly request: http.ClientRequest;
+  readonly stream: RelayedStream;
+  readonly headersOnly: boolean;
   constructor(raw: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, stream: RelayedStream) {
     this.status = Number(raw[":status"] ?? 502);
     this.headers = withoutPseudo(raw);
-    this.message = stream as unknown as http.IncomingMessage;
-    this.request = stream as unknown as http.ClientRequest;
+    this.stream = stream;
+    this.headersOnly = stream.headersOnly === true;
+  }
+  read(reader: BodyReader): void {
+    const stream = this.stream;
+    stream.on("data", (chunk: Buffer) => {
+      if (!reader.data(chunk)) stream.pause();
+    });
+    stream.once("end", () => reader.end(stream.trailers));
+    stream.once("aborted", () => reader.abort());
+  }
+  resume(): void {
+    this.stream.resume();
+  }
+  cancel(): void {
+    closeUnread(this.stream);
   }
   discard(): void {
-    (this.message as unknown as http2.ClientHttp2Stream).close(NGHTTP2_CANCEL);
+    closeUnread(this.stream);
   }
+}
+
+/** Resets a stream nobody will read: it must still flow to its end, or it never closes (nor its draining session). */
+function closeUnread(stream: RelayedStream): void {
+  stream.resume();
+  stream.close(NGHTTP2_CANCEL);
 }
 
 function onCallTimeout(call: H2Call): void {

@@ -8,7 +8,7 @@ import { createH2Sessions, createHttp2Front } from "./h2-server.ts";
 import { createMeshFront, type MeshFront } from "./mesh-tls.ts";
 import { createPairSet, serveMeshTcp } from "./tcp-proxy.ts";
 import { openTunnel, type Tunnel } from "./tunnel.ts";
-import type { NodeUpstreamResponse } from "./upstream.ts";
+import type { BodyReader, NodeUpstreamResponse } from "./upstream.ts";
 
 function writeRawError(socket: Socket, status: number, reason: string) {
   const text = status === 431 ? "Request Header Fields Too Large" : status === 500 ? "Internal Server Error" : "Bad Request";
@@ -241,21 +241,16 @@ function respond(exchange: Exchange, res: http.ServerResponse, body: NodeRequest
   const upstream = exchange.response as NodeUpstreamResponse;
   res.writeHead(exchange.status, exchange.headers);
   const relay = new Relay(exchange, res, body, upstream);
-  const message = upstream.message as RelayMessage;
-  message[RELAY] = relay;
   (res as RelayResponse)[RELAY] = relay;
-  message.on("data", onRelayData);
-  message.once("end", onRelayEnd);
-  message.once("aborted", onRelayAborted);
   res.once("close", onClientClose);
+  upstream.read(relay);
 }
 
 const RELAY = Symbol("weft.relay");
-type RelayMessage = http.IncomingMessage & { [RELAY]: Relay };
 type RelayResponse = http.ServerResponse & { [RELAY]: Relay };
 
-/** Copies one upstream response body to the client; shared listeners find it on the streams, so no closures per request. */
-class Relay {
+/** Copies one upstream response body to the client; shared listeners find it on the response, so no closures per request. */
+class Relay implements BodyReader {
   readonly exchange: Exchange;
   readonly res: http.ServerResponse;
   readonly body: NodeRequestBody;
@@ -268,6 +263,26 @@ class Relay {
     this.body = body;
     this.upstream = upstream;
   }
+
+  data(chunk: Buffer): boolean {
+    this.bytesOut += chunk.length;
+    if (this.res.write(chunk)) return true;
+    this.res.once("drain", onClientDrain);
+    return false;
+  }
+
+  end(trailers: HeaderMap | undefined): void {
+    this.res.end();
+    // The trailers are not sent to an HTTP/1.1 client, but their grpc-status is logged.
+    this.finish(undefined, trailers);
+  }
+
+  abort(): void {
+    // The upstream went away mid-body: the client cannot get a complete response, so cut it too.
+    this.res.destroy();
+    this.finish("upstream_reset");
+  }
+
   finish(error?: string, trailers?: HeaderMap): void {
     if (this.done) return;
     this.done = true;
@@ -275,36 +290,13 @@ class Relay {
   }
 }
 
-function onRelayData(this: RelayMessage, chunk: Buffer): void {
-  const relay = this[RELAY];
-  relay.bytesOut += chunk.length;
-  if (!relay.res.write(chunk)) {
-    this.pause();
-    relay.res.once("drain", onClientDrain);
-  }
-}
-
 function onClientDrain(this: RelayResponse): void {
-  this[RELAY].upstream.message.resume();
-}
-
-function onRelayEnd(this: RelayMessage): void {
-  const relay = this[RELAY];
-  relay.res.end();
-  // The trailers are not sent to an HTTP/1.1 client, but their grpc-status is logged.
-  relay.finish(undefined, this.trailers);
-}
-
-function onRelayAborted(this: RelayMessage): void {
-  // The upstream went away mid-body: the client cannot get a complete response, so cut it too.
-  const relay = this[RELAY];
-  relay.res.destroy();
-  relay.finish("upstream_reset");
+  this[RELAY].upstream.resume();
 }
 
 function onClientClose(this: RelayResponse): void {
   if (this.writableFinished) return;
   const relay = this[RELAY];
-  relay.upstream.request.destroy();
+  relay.upstream.cancel();
   relay.finish("downstream_disconnect");
 }

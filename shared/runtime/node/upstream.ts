@@ -1,10 +1,13 @@
 import { readFileSync } from "node:fs";
-import http from "node:http";
-import https from "node:https";
 import type { Socket } from "node:net";
-import { checkServerIdentity, type PeerCertificate } from "node:tls";
+import { PassThrough } from "node:stream";
+import { checkServerIdentity, type ConnectionOptions, type PeerCertificate } from "node:tls";
+// The package itself, by path: Bun answers a bare "undici" with its own partial copy (no dispatch).
+import { Pool } from "undici/index.js";
+import type { Dispatcher } from "undici/index.js";
 import {
   isIdempotent,
+  type HeaderMap,
   type MeshIdentity,
   type UpstreamClient,
   type UpstreamFailure,
@@ -16,76 +19,78 @@ import {
 import type { NodeRequestBody } from "./body.ts";
 import { meshClientTlsOptions } from "./mesh-tls.ts";
 
-/** An upstream response whose body is a node stream, for the node adapter to write out. */
+/** Where an upstream response body goes, chunk by chunk: the adapter's relay implements it. */
+export interface BodyReader {
+  /** A chunk of the body; false asks for a pause until the response's resume(). */
+  data(chunk: Buffer): boolean;
+  /** The body is complete; its trailers, if the upstream sent any. */
+  end(trailers: HeaderMap | undefined): void;
+  /** The upstream went away before the body was complete. */
+  abort(): void;
+}
+
+/** An upstream response whose body the node adapters read through a BodyReader. */
 export interface NodeUpstreamResponse extends UpstreamResponse {
-  readonly message: http.IncomingMessage;
-  /** The request it answers, destroyed if the client goes away. */
-  readonly request: http.ClientRequest;
+  /** Hands the body to `reader` (once): what already arrived, then the rest as it comes. */
+  read(reader: BodyReader): void;
+  /** Goes on after a reader's data() returned false. */
+  resume(): void;
+  /** The client went away: the upstream request stops and its connection is not reused. */
+  cancel(): void;
+  /** An HTTP/2 answer that was HEADERS alone (gRPC trailers-only): there is no body to read. */
+  readonly headersOnly?: boolean;
   /** After a 101: the switched connection, the bytes read past the response head, and its idle timeout. */
   readonly upgraded?: { readonly socket: Socket; readonly head: Buffer; readonly idleTimeoutMs: number };
 }
 
-const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ENOENT", "EACCES"]);
-
-export interface NodeUpstreamOptions {
-  /**
-   * Send requests with non-idempotent methods (POST, PATCH, ...) on a fresh connection, never a
-   * pooled one. For node:http implementations that silently re-send a request whose reused
-   * connection was reset (Deno's), since the upstream may already have acted on it.
-   */
-  readonly freshConnectionForUnsafeMethods?: boolean;
-}
+const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ENOENT", "EACCES", "UND_ERR_CONNECT_TIMEOUT"]);
+/** Errors of a connection that closed under a request whose answer had not begun. */
+const CLOSED_ERRORS = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE"]);
+/** Bytes of an answer held while no reader is attached yet, before the upstream is paused. */
+const PENDING_LIMIT = 65536;
+const EMPTY = Buffer.alloc(0);
 
 /**
- * createNodeUpstreamClient sends requests upstream over node:http with one keep-alive pool per
- * endpoint, streaming bodies both ways.
+ * createNodeUpstreamClient sends requests upstream over HTTP/1.1 with undici's dispatcher: one
+ * keep-alive pool per endpoint (per expected peer for mesh mTLS, per server name for TLS
+ * origination), bodies streamed both ways with backpressure.
  * @example
  * const client = createNodeUpstreamClient();
  * const result = await client.forward(request);
  */
-export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): UpstreamClient {
-  const agents = new Map<string, http.Agent>();
-  /** Mesh pools: one per endpoint and expected peer, rebuilt when the proxy's certificate changes. */
-  const meshAgents = new Map<string, { agent: https.Agent; generation: number }>();
+export function createNodeUpstreamClient(): UpstreamClient {
+  const pools = new Map<string, Pool>();
+  /** Mesh pools: one per endpoint and expected peer, replaced when the proxy's certificate changes. */
+  const meshPools = new Map<string, { pool: Pool; generation: number }>();
 
-  /** TLS-origination pools: one per endpoint, server name and CA file. */
-  const tlsAgents = new Map<string, https.Agent>();
-
-  function agentFor(req: UpstreamRequest): http.Agent | string {
-    if (req.mesh) return meshAgentFor(req, req.mesh);
-    if (req.tls) return tlsAgentFor(req, req.tls);
-    let agent = agents.get(req.endpoint.address);
-    if (agent === undefined) {
-      // LIFO keeps a few connections hot instead of spreading load over all idle ones;
-      // the idle timeout stays below the usual 65 s server keep-alive (Node's default).
-      agent = new http.Agent({ keepAlive: true, maxSockets: req.maxConnections, scheduling: "lifo", timeout: req.idleTimeoutMs });
-      agents.set(req.endpoint.address, agent);
+  function poolFor(req: UpstreamRequest): Pool | string {
+    if (req.mesh) return meshPoolFor(req, req.mesh);
+    if (req.tls) return tlsPoolFor(req, req.tls);
+    let pool = pools.get(req.endpoint.address);
+    if (pool === undefined) {
+      pool = newPool(req, false, {});
+      pools.set(req.endpoint.address, pool);
     }
-    return agent;
+    return pool;
   }
 
-  function meshAgentFor(req: UpstreamRequest, mesh: { identity: MeshIdentity; expectedId: string }): https.Agent {
+  function meshPoolFor(req: UpstreamRequest, mesh: { identity: MeshIdentity; expectedId: string }): Pool {
     const key = `${req.endpoint.address}|${mesh.expectedId}`;
-    const held = meshAgents.get(key);
+    const held = meshPools.get(key);
     const generation = mesh.identity.generation;
-    if (held !== undefined && held.generation === generation) return held.agent;
-    if (held !== undefined) retire(held.agent);
-    const agent = new https.Agent({
-      keepAlive: true,
-      maxSockets: req.maxConnections,
-      scheduling: "lifo",
-      timeout: req.idleTimeoutMs,
-      ...meshClientTlsOptions(mesh.identity, mesh.expectedId, ["http/1.1"]),
-    });
-    meshAgents.set(key, { agent, generation });
-    return agent;
+    if (held !== undefined && held.generation === generation) return held.pool;
+    // Requests in flight on the old certificate finish; its idle connections close.
+    if (held !== undefined) held.pool.close().catch(() => {});
+    const pool = newPool(req, true, meshClientTlsOptions(mesh.identity, mesh.expectedId, ["http/1.1"]));
+    meshPools.set(key, { pool, generation });
+    return pool;
   }
 
   /** A pool that originates TLS to an external host, verified against the system roots or the CA file; a CA file that cannot be read is a string (the failure detail). */
-  function tlsAgentFor(req: UpstreamRequest, tls: UpstreamTls): https.Agent | string {
+  function tlsPoolFor(req: UpstreamRequest, tls: UpstreamTls): Pool | string {
     const key = `${req.endpoint.address}|${tls.servername}|${tls.caFile ?? ""}`;
-    let agent = tlsAgents.get(key);
-    if (agent !== undefined) return agent;
+    let pool = pools.get(key);
+    if (pool !== undefined) return pool;
     let ca: string | undefined;
     if (tls.caFile !== undefined) {
       try {
@@ -94,98 +99,121 @@ export function createNodeUpstreamClient(options: NodeUpstreamOptions = {}): Ups
         return `ca_file_unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
       }
     }
-    agent = new https.Agent({
-      keepAlive: true,
-      maxSockets: req.maxConnections,
-      scheduling: "lifo",
-      timeout: req.idleTimeoutMs,
+    pool = newPool(req, true, {
       servername: tls.servername,
       ...(ca !== undefined ? { ca } : {}),
       rejectUnauthorized: true,
       minVersion: "TLSv1.2",
-      ALPNProtocols: ["http/1.1"],
       // The certificate must be valid for the called host, whatever address the endpoint has.
       checkServerIdentity: (_host: string, cert: PeerCertificate) => checkServerIdentity(tls.servername, cert),
     });
-    tlsAgents.set(key, agent);
-    return agent;
+    pools.set(key, pool);
+    return pool;
   }
 
   function forward(req: UpstreamRequest, allowStaleRetry = true): Promise<UpstreamResult> {
     return new Promise((resolve) => {
-      const fresh = options.freshConnectionForUnsafeMethods === true && !isIdempotent(req.method);
-      const agent = agentFor(req);
-      if (typeof agent === "string") {
-        resolve({ ok: false, reason: "upstream_tls_failure", detail: agent });
+      const pool = poolFor(req);
+      if (typeof pool === "string") {
+        resolve({ ok: false, reason: "upstream_tls_failure", detail: pool });
         return;
       }
-      const ep = req.endpoint;
-      const secure = req.mesh !== undefined || req.tls !== undefined;
-      const outgoing = (secure ? https : http).request({
-        // A fresh connection still needs the pool's TLS settings: a one-off agent of the same kind.
-        agent: fresh ? (secure ? oneShot(agent as https.Agent) : false) : agent,
-        host: ep.socketPath ? undefined : ep.host,
-        port: ep.socketPath ? undefined : ep.port,
-        socketPath: ep.socketPath,
-        method: req.method,
-        path: req.path,
-        headers: req.headers,
-        setHost: false,
-      }) as CallRequest;
-      const call = new UpstreamCall(req, outgoing, resolve, allowStaleRetry ? forward : undefined);
-      outgoing[CALL] = call;
-      outgoing.on("socket", onSocket);
-      outgoing.on("response", onResponse);
-      outgoing.on("error", onError);
-      if (req.upgrade) outgoing.on("upgrade", onUpgrade);
+      const call = new UpstreamCall(req, resolve, allowStaleRetry ? forward : undefined);
       const body = req.body as NodeRequestBody;
-      if (body.length === 0) outgoing.end();
-      else body.sendTo(outgoing, req.maxBodyBytes, req.maxReplayBytes, () => call.fail("body_too_large"));
+      let source: PassThrough | null = null;
+      if (body.length !== 0) {
+        source = new PassThrough();
+        body.sendTo(source, req.maxBodyBytes, req.maxReplayBytes, () => call.fail("body_too_large"));
+      }
+      try {
+        pool.dispatch(
+          {
+            path: req.path,
+            method: req.method,
+            headers: sendable(req),
+            body: source,
+            upgrade: req.upgrade?.protocol ?? null,
+            // The try's own timer bounds the wait for the answer; a body may pause as long as its reader does.
+            headersTimeout: 0,
+            bodyTimeout: 0,
+          },
+          call,
+        );
+      } catch (err) {
+        // undici refused the request itself (a method or header it will not send).
+        call.fail("upstream_protocol_error", (err as NodeJS.ErrnoException).code ?? String(err));
+      }
     });
   }
 
   return {
     forward: (req) => forward(req),
     async close() {
-      for (const agent of agents.values()) agent.destroy();
-      for (const held of meshAgents.values()) held.agent.destroy();
-      for (const agent of tlsAgents.values()) agent.destroy();
-      agents.clear();
-      meshAgents.clear();
-      tlsAgents.clear();
+      const all = [...pools.values(), ...[...meshPools.values()].map((held) => held.pool)];
+      pools.clear();
+      meshPools.clear();
+      await Promise.all(all.map((pool) => pool.destroy().catch(() => {})));
     },
   };
 }
 
-const CALL = Symbol("weft.upstreamCall");
-type CallRequest = http.ClientRequest & { [CALL]: UpstreamCall };
+/** A pool for one endpoint with the request's connection settings (the first request's, as a pool outlives config changes). */
+function newPool(req: UpstreamRequest, secure: boolean, tls: ConnectionOptions): Pool {
+  const ep = req.endpoint;
+  const host = ep.host.includes(":") ? `[${ep.host}]` : ep.host;
+  const origin = ep.socketPath ? `${secure ? "https" : "http"}://localhost` : `${secure ? "https" : "http"}://${host}:${ep.port}`;
+  return new Pool(origin, {
+    connections: req.maxConnections,
+    pipelining: 1,
+    // Idle connections close before the usual 65 s server keep-alive; a server's shorter Keep-Alive hint wins.
+    keepAliveTimeout: req.idleTimeoutMs,
+    keepAliveMaxTimeout: req.idleTimeoutMs,
+    connect: { ...tls, timeout: req.connectTimeoutMs, ...(ep.socketPath ? { socketPath: ep.socketPath } : {}) },
+  });
+}
+
+/** The request's headers as undici sends them: it writes the upgrade pair itself and sends no Expect (the listener answered 100-continue). */
+function sendable(req: UpstreamRequest): Record<string, string | string[]> {
+  const headers = req.headers;
+  if (req.upgrade === undefined && headers.expect === undefined) return headers;
+  const out: Record<string, string | string[]> = {};
+  for (const name in headers) {
+    if (name === "expect" || (req.upgrade !== undefined && (name === "connection" || name === "upgrade"))) continue;
+    out[name] = headers[name]!;
+  }
+  return out;
+}
 
 /**
- * One try upstream. The hot path allocates this object and no closures: the request's listeners
- * are shared functions that find their call on the request.
+ * One try upstream, and its answer once it comes: the hot path allocates this object, a controller
+ * inside undici, and no closures.
  */
-class UpstreamCall {
+class UpstreamCall implements Dispatcher.DispatchHandler, NodeUpstreamResponse {
   readonly req: UpstreamRequest;
-  readonly outgoing: CallRequest;
-  readonly resolve: (result: UpstreamResult | PromiseLike<UpstreamResult>) => void;
-  /** Sends the request once more on a fresh connection (a stale pooled one), or undefined on that second send. */
+  readonly settle: (result: UpstreamResult | PromiseLike<UpstreamResult>) => void;
+  /** Sends the request once more (a pooled connection that closed under it), or undefined on that second send. */
   readonly resend: ((req: UpstreamRequest, allowStaleRetry: boolean) => Promise<UpstreamResult>) | undefined;
+  readonly timer: ReturnType<typeof setTimeout>;
+  controller: Dispatcher.DispatchController | undefined = undefined;
   settled = false;
-  connected = false;
-  /** TLS origination: the TCP connection is up (the handshake may still fail). */
-  tcpConnected = false;
-  timer: ReturnType<typeof setTimeout>;
-  connectTimer: ReturnType<typeof setTimeout> | undefined = undefined;
+  /** undici is writing the request: the connection is up (and mTLS checked out). */
+  started = false;
+  status = 0;
+  headers: HeaderMap = {};
+  upgraded: NodeUpstreamResponse["upgraded"] = undefined;
+  reader: BodyReader | undefined = undefined;
+  /** Chunks that came before a reader; `ended`/`aborted` what happened meanwhile. */
+  pending: Buffer[] | undefined = undefined;
+  /** How many of `pending` the reader has taken. */
+  taken = 0;
+  pendingBytes = 0;
+  ended = false;
+  aborted = false;
+  trailers: HeaderMap | undefined = undefined;
 
-  constructor(
-    req: UpstreamRequest,
-    outgoing: CallRequest,
-    resolve: (result: UpstreamResult | PromiseLike<UpstreamResult>) => void,
-    resend: UpstreamCall["resend"],
-  ) {
+  constructor(req: UpstreamRequest, settle: UpstreamCall["settle"], resend: UpstreamCall["resend"]) {
     this.req = req;
-    this.outgoing = outgoing;
-    this.resolve = resolve;
+    this.settle = settle;
     this.resend = resend;
     this.timer = setTimeout(onTimeout, req.timeoutMs, this);
   }
@@ -194,138 +222,190 @@ class UpstreamCall {
     if (this.settled) return;
     this.settled = true;
     clearTimeout(this.timer);
-    if (this.connectTimer) clearTimeout(this.connectTimer);
-    this.outgoing.destroy();
-    this.resolve({ ok: false, reason, detail });
+    this.controller?.abort(new Error(reason));
+    this.settle({ ok: false, reason, detail });
+  }
+
+  // undici's handler
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    this.started = true;
+    // Failed (timed out, body too large) while it waited for a connection: it is not sent.
+    if (this.settled) controller.abort(new Error("abandoned"));
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, status: number, headers: HeaderMap): void {
+    if (this.settled) {
+      controller.abort(new Error("abandoned"));
+      return;
+    }
+    this.settled = true;
+    clearTimeout(this.timer);
+    this.status = status;
+    this.headers = headers;
+    this.settle({ ok: true, response: this });
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    const reader = this.reader;
+    if (reader !== undefined && this.pending === undefined) {
+      if (!reader.data(chunk)) controller.pause();
+      return;
+    }
+    // Held until a reader comes, or behind chunks it has not taken yet.
+    (this.pending ??= []).push(chunk);
+    this.pendingBytes += chunk.length;
+    if (reader !== undefined || this.pendingBytes > PENDING_LIMIT) controller.pause();
+  }
+
+  onResponseEnd(_controller: Dispatcher.DispatchController, trailers: HeaderMap): void {
+    const some = hasAny(trailers) ? trailers : undefined;
+    if (this.reader !== undefined && this.pending === undefined) this.reader.end(some);
+    else {
+      this.ended = true;
+      this.trailers = some;
+    }
+  }
+
+  onRequestUpgrade(_controller: Dispatcher.DispatchController, status: number, headers: HeaderMap, socket: Socket): void {
+    if (this.settled) {
+      socket.destroy();
+      return;
+    }
+    this.settled = true;
+    clearTimeout(this.timer);
+    // undici put back the bytes past the response head and let go of the socket (and its error
+    // listener): an error before the tunnel listens must not crash the process.
+    socket.setTimeout(0);
+    socket.on("error", destroyOnError);
+    this.status = status;
+    this.headers = headers;
+    this.upgraded = { socket, head: EMPTY, idleTimeoutMs: this.req.upgrade!.idleTimeoutMs };
+    this.settle({ ok: true, response: this });
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.settled) {
+      if (this.status === 0 || this.upgraded !== undefined) return;
+      // The upstream went away mid-body.
+      if (this.reader !== undefined && this.pending === undefined) this.reader.abort();
+      else this.aborted = true;
+      return;
+    }
+    const req = this.req;
+    const code = (err as NodeJS.ErrnoException).code;
+    // A pooled connection the upstream closed as the request went out, with nothing of an answer
+    // read: sent once more on another connection. A close there cannot be told apart from an
+    // application that read the request and died, so (as Go's net/http does) only idempotent
+    // methods are resent silently; anything else goes back to the engine, whose retry policy decides.
+    if (this.resend !== undefined && this.started && code !== undefined && CLOSED_ERRORS.has(code) && reusedConnection(err) && req.body.replayable && isIdempotent(req.method)) {
+      this.settled = true;
+      clearTimeout(this.timer);
+      this.settle(this.resend(req, false));
+      return;
+    }
+    // Originating TLS, a failure before the request went out with a TLS error is the TLS layer's.
+    if (req.tls && !this.started && isTlsError(code)) this.fail("upstream_tls_failure", code);
+    else if (!this.started || (code !== undefined && CONNECT_ERRORS.has(code))) this.fail("upstream_connect_failure", code === "UND_ERR_CONNECT_TIMEOUT" ? "connect timeout" : (code ?? err.message));
+    else if (code?.startsWith("HPE_") || code === "UND_ERR_HEADERS_OVERFLOW") this.fail("upstream_protocol_error", code);
+    else this.fail("upstream_reset", code);
+  }
+
+  // The answer, as the adapters read it
+
+  read(reader: BodyReader): void {
+    this.reader = reader;
+    this.flush();
+  }
+
+  resume(): void {
+    this.flush();
+  }
+
+  /** Hands the reader what is held, as far as it takes it, then what happened meanwhile; or lets undici go on. */
+  flush(): void {
+    const reader = this.reader!;
+    const pending = this.pending;
+    if (pending !== undefined) {
+      while (this.taken < pending.length) {
+        const chunk = pending[this.taken++]!;
+        if (!reader.data(chunk)) return;
+      }
+      this.pending = undefined;
+      this.taken = 0;
+      this.pendingBytes = 0;
+    }
+    if (this.ended) {
+      this.ended = false;
+      reader.end(this.trailers);
+    } else if (this.aborted) {
+      this.aborted = false;
+      reader.abort();
+    } else this.controller?.resume();
+  }
+
+  cancel(): void {
+    if (this.upgraded !== undefined) this.upgraded.socket.destroy();
+    else this.controller?.abort(new Error("downstream_disconnect"));
+  }
+
+  discard(): void {
+    if (this.upgraded !== undefined) this.upgraded.socket.destroy();
+    else this.read(DRAIN);
   }
 }
 
-/** The upstream response handed to the engine; its body is read by the node adapter. */
-class CallResponse implements NodeUpstreamResponse {
-  readonly status: number;
-  readonly headers: http.IncomingHttpHeaders;
-  readonly message: http.IncomingMessage;
-  readonly request: http.ClientRequest;
-  readonly upgraded: NodeUpstreamResponse["upgraded"];
-  constructor(message: http.IncomingMessage, request: http.ClientRequest, upgraded?: NodeUpstreamResponse["upgraded"]) {
-    this.status = message.statusCode ?? 502;
-    this.headers = message.headers;
-    this.message = message;
-    this.request = request;
-    this.upgraded = upgraded;
-  }
-  discard(): void {
-    if (this.upgraded) this.upgraded.socket.destroy();
-    else this.message.resume();
-  }
-}
+/** Reads a body to its end and forgets it, so that the connection can serve the next request. */
+const DRAIN: BodyReader = { data: () => true, end: () => {}, abort: () => {} };
 
 function onTimeout(call: UpstreamCall): void {
   call.fail("timeout");
-}
-
-function onConnectTimeout(call: UpstreamCall): void {
-  call.fail("upstream_connect_failure", "connect timeout");
-}
-
-function onSocket(this: CallRequest, socket: Socket & { [CALL]?: UpstreamCall }): void {
-  const call = this[CALL];
-  if (!socket.connecting) {
-    call.connected = true;
-    return;
-  }
-  call.connectTimer = setTimeout(onConnectTimeout, call.req.connectTimeoutMs, call);
-  // Over mTLS the upstream is reached once the handshake (and the peer's SPIFFE ID) checked out.
-  socket[CALL] = call;
-  socket.once(call.req.mesh || call.req.tls ? "secureConnect" : "connect", onConnect);
-  if (call.req.tls) socket.once("connect", onTcpConnect);
-}
-
-function onTcpConnect(this: Socket & { [CALL]?: UpstreamCall }): void {
-  const call = this[CALL];
-  if (call !== undefined) call.tcpConnected = true;
-}
-
-function onConnect(this: Socket & { [CALL]?: UpstreamCall }): void {
-  const call = this[CALL];
-  if (call === undefined) return;
-  this[CALL] = undefined;
-  call.connected = true;
-  clearTimeout(call.connectTimer);
-}
-
-function onResponse(this: CallRequest, message: http.IncomingMessage): void {
-  const call = this[CALL];
-  if (call.settled) {
-    message.resume();
-    return;
-  }
-  call.settled = true;
-  clearTimeout(call.timer);
-  call.resolve({ ok: true, response: new CallResponse(message, this) });
-}
-
-/** A 101: node:http has let go of the socket; it is the adapter's to tunnel from here. */
-function onUpgrade(this: CallRequest, message: http.IncomingMessage, socket: Socket, head: Buffer): void {
-  const call = this[CALL];
-  if (call.settled) {
-    socket.destroy();
-    return;
-  }
-  call.settled = true;
-  clearTimeout(call.timer);
-  // The pool's idle timeout no longer applies: the tunnel keeps its own. node:http took its error
-  // listener away, and an error before the tunnel listens must not crash the process.
-  socket.setTimeout(0);
-  socket.on("error", destroyOnError);
-  call.resolve({ ok: true, response: new CallResponse(message, this, { socket, head, idleTimeoutMs: call.req.upgrade!.idleTimeoutMs }) });
 }
 
 function destroyOnError(this: Socket): void {
   this.destroy();
 }
 
-function onError(this: CallRequest, err: NodeJS.ErrnoException): void {
-  const call = this[CALL];
-  if (call.settled) return;
-  const req = call.req;
-  // A pooled connection the upstream closed while idle fails on first use and is sent once
-  // more on a fresh connection. A reset there cannot be told apart from an application that
-  // read the request and died, so (as Go's net/http does) only idempotent methods are resent
-  // silently; anything else goes back to the engine, whose retry policy decides.
-  if (
-    call.resend !== undefined &&
-    this.reusedSocket &&
-    (err.code === "ECONNRESET" || err.code === "EPIPE") &&
-    req.body.replayable &&
-    isIdempotent(req.method)
-  ) {
-    call.settled = true;
-    clearTimeout(call.timer);
-    call.resolve(call.resend(req, false));
-    return;
-  }
-  // Originating TLS, a failure after the TCP connect and before the handshake completed is the TLS layer's.
-  if (req.tls && !call.connected && (call.tcpConnected || isTlsError(err.code))) call.fail("upstream_tls_failure", err.code ?? err.message);
-  else if (!call.connected || (err.code !== undefined && CONNECT_ERRORS.has(err.code))) call.fail("upstream_connect_failure", err.code);
-  else if (err.code?.startsWith("HPE_")) call.fail("upstream_protocol_error", err.code);
-  else call.fail("upstream_reset", err.code);
+function hasAny(headers: HeaderMap | undefined): boolean {
+  if (headers === undefined) return false;
+  for (const _ in headers) return true;
+  return false;
+}
+
+/** undici says how much its connection had read when it closed: anything means it had answered before. */
+function reusedConnection(err: Error): boolean {
+  const socket = (err as { socket?: { bytesRead?: number } }).socket;
+  return (socket?.bytesRead ?? 0) > 0;
 }
 
 // OpenSSL's X509 verification codes as Node reports them, and its TLS/SSL error families.
-const TLS_CODES = /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|HOSTNAME_MISMATCH|INVALID_CA)/;
+const TLS_CODES = /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|HOSTNAME_MISMATCH|INVALID_CA|EPROTO$)/;
 
 function isTlsError(code: string | undefined): boolean {
   return code !== undefined && TLS_CODES.test(code);
 }
 
-/** Lets a pool made with an older certificate finish its requests, then close every connection. */
-function retire(agent: http.Agent): void {
-  for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
-  agent.on("free", (socket: Socket) => socket.destroy());
-}
-
-/** A keep-alive-less agent with the TLS settings of `pool`, for one request on its own connection. */
-function oneShot(pool: https.Agent): https.Agent {
-  return new https.Agent({ ...pool.options, keepAlive: false });
+/**
+ * readWhole reads a response body into memory with its trailers: for small bodies of declared
+ * length (the Web bridge) and for callers that need the whole answer; `aborted` if it broke off.
+ * @example
+ * const { body, trailers } = await readWhole(result.response as NodeUpstreamResponse);
+ */
+export function readWhole(response: NodeUpstreamResponse): Promise<{ body: Buffer; trailers: HeaderMap | undefined; aborted: boolean }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    response.read({
+      data(chunk) {
+        chunks.push(chunk);
+        return true;
+      },
+      end(trailers) {
+        resolve({ body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), trailers, aborted: false });
+      },
+      abort() {
+        resolve({ body: Buffer.concat(chunks), trailers: undefined, aborted: true });
+      },
+    });
+  });
 }

@@ -1,14 +1,14 @@
 import http from "node:http";
 import { Readable } from "node:stream";
 import { getRequestListener } from "@hono/node-server";
-import type { Listener, ListenOptions, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
+import type { HeaderMap, Listener, ListenOptions, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
 import { serveWeb, webHead, type WebRequestBody, type WebUpstreamResponse } from "../web/exchange.ts";
 import type { NodeRequestBody } from "./body.ts";
 import { createMeshFront } from "./mesh-tls.ts";
-import type { NodeUpstreamResponse } from "./upstream.ts";
+import { readWhole, type NodeUpstreamResponse } from "./upstream.ts";
 
 /**
- * bridgeWebToNode lets a Web-runtime adapter (Bun, Deno) send through a node:http upstream client:
+ * bridgeWebToNode lets a Web-runtime adapter (Bun, Deno) send through the Node upstream client (undici):
  * Web request bodies become Node streams and Node response bodies become Web streams.
  * @example
  * const client = bridgeWebToNode(createNodeUpstreamClient());
@@ -34,17 +34,62 @@ export function bridgeWebToNode(node: UpstreamClient): UpstreamClient {
       };
       const result = await node.forward({ ...req, body: bridged });
       if (!result.ok) return result;
-      const message = (result.response as NodeUpstreamResponse).message;
-      const response: WebUpstreamResponse = {
-        status: result.response.status,
-        headers: result.response.headers,
-        body: Readable.toWeb(message) as unknown as ReadableStream<Uint8Array>,
-        discard: () => result.response.discard(),
-      };
-      return { ok: true, response };
+      return { ok: true, response: new BridgedResponse(result.response as NodeUpstreamResponse) };
     },
     close: () => node.close(),
   };
+}
+
+/** A node upstream answer as a Web one: its body becomes a Web stream when read as one. */
+class BridgedResponse implements WebUpstreamResponse {
+  readonly status: number;
+  readonly headers: HeaderMap;
+  readonly node: NodeUpstreamResponse;
+  constructor(node: NodeUpstreamResponse) {
+    this.status = node.status;
+    this.headers = node.headers;
+    this.node = node;
+  }
+  #body: ReadableStream<Uint8Array> | undefined = undefined;
+  /** The body as a Web stream; it starts reading on the consumer's first pull, so looking at it takes nothing. */
+  get body(): ReadableStream<Uint8Array> {
+    if (this.#body !== undefined) return this.#body;
+    const node = this.node;
+    let reading = false;
+    this.#body = new ReadableStream<Uint8Array>(
+      {
+        pull(controller) {
+          if (reading) {
+            node.resume();
+            return;
+          }
+          reading = true;
+          node.read({
+            data(chunk) {
+              controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+              return (controller.desiredSize ?? 0) > 0;
+            },
+            end: () => controller.close(),
+            abort: () => controller.error(new Error("upstream_reset")),
+          });
+        },
+        cancel: () => node.cancel(),
+      },
+      // Nothing is pulled before a consumer reads; each read asks the upstream for more.
+      { highWaterMark: 0 },
+    );
+    return this.#body;
+  }
+  async bytes(): Promise<Uint8Array<ArrayBuffer>> {
+    const whole = await readWhole(this.node);
+    if (whole.aborted) throw new Error("upstream_reset");
+    const copy = new Uint8Array(whole.body.byteLength);
+    copy.set(whole.body);
+    return copy;
+  }
+  discard(): void {
+    this.node.discard();
+  }
 }
 
 const KEEP_BYTES = 65536;
