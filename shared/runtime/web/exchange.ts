@@ -14,6 +14,25 @@ export interface WebUpstreamResponse extends UpstreamResponse {
   bytes?(): Promise<Uint8Array<ArrayBuffer>>;
 }
 
+/** The body of a request that has none: immutable, so every such request shares it. */
+const EMPTY_BODY: WebRequestBody = Object.freeze({ length: 0, replayable: true, bytesRead: 0, take: () => null });
+
+/** A small body of declared length, read whole so that a retry can send it again. */
+class KeptBody implements WebRequestBody {
+  readonly length: number;
+  readonly replayable = true;
+  readonly bytesRead: number;
+  readonly #bytes: Uint8Array<ArrayBuffer>;
+  constructor(length: number, bytes: Uint8Array<ArrayBuffer>) {
+    this.length = length;
+    this.#bytes = bytes;
+    this.bytesRead = bytes.byteLength;
+  }
+  take(): BodyInit {
+    return this.#bytes;
+  }
+}
+
 /**
  * readWebBody prepares a Web request body: a body declared no larger than `keepBytes` is read into
  * memory (replayable); anything else streams once.
@@ -21,15 +40,17 @@ export interface WebUpstreamResponse extends UpstreamResponse {
  * const body = await readWebBody(request, 65536);
  */
 export async function readWebBody(request: Request, keepBytes: number): Promise<WebRequestBody> {
+  return webBody(request, keepBytes);
+}
+
+/** webBody is readWebBody without a promise when there is no body to read (most GETs). */
+function webBody(request: Request, keepBytes: number): WebRequestBody | Promise<WebRequestBody> {
   const declared = request.headers.get("content-length");
   const chunked = request.headers.has("transfer-encoding");
   const length = chunked ? undefined : declared === null ? 0 : Number(declared);
-  if (!request.body || length === 0) {
-    return { length: 0, replayable: true, bytesRead: 0, take: () => null };
-  }
+  if (length === 0 || !request.body) return EMPTY_BODY;
   if (length !== undefined && length <= keepBytes) {
-    const bytes = new Uint8Array(await request.arrayBuffer());
-    return { length, replayable: true, bytesRead: bytes.byteLength, take: () => bytes };
+    return request.arrayBuffer().then((buffer) => new KeptBody(length, new Uint8Array(buffer)));
   }
   let bytesRead = 0;
   let taken = false;
@@ -68,8 +89,10 @@ export function webHead(request: Request, scheme: "http" | "https", clientIp: st
   request.headers.forEach((value, name) => {
     headers[name] = value;
   });
-  const cookies = (request.headers as Headers & { getSetCookie?: () => string[] }).getSetCookie?.();
-  if (cookies && cookies.length > 1) headers["set-cookie"] = cookies;
+  if (headers["set-cookie"] !== undefined) {
+    const cookies = (request.headers as Headers & { getSetCookie?: () => string[] }).getSetCookie?.();
+    if (cookies && cookies.length > 1) headers["set-cookie"] = cookies;
+  }
   // The URL's authority is Host, or on Deno an absolute-form target's own, which replaces Host (RFC 9112 §3.2.2);
   // a target of another scheme (ftp://...) has none a gateway serves, so it is left empty (400).
   const host = request.headers.get("host");
@@ -101,25 +124,60 @@ export function toHeaderPairs(headers: HeaderMap): [string, string][] {
 }
 
 /**
+ * toHeadersInit gives engine headers to a Web Headers/Response: the map itself when every value is one
+ * string (no copy), else the flattened pairs.
+ * @example
+ * new Response(null, { status: 204, headers: toHeadersInit({ "x-a": "1" }) });
+ */
+export function toHeadersInit(headers: HeaderMap): HeadersInit {
+  for (const name in headers) {
+    if (typeof headers[name] !== "string") return toHeaderPairs(headers);
+  }
+  return headers as Record<string, string>;
+}
+
+const INTERNAL_HEADERS = { "x-weft-reason": "internal" };
+const RESET_HEADERS = { "x-weft-reason": "upstream_reset" };
+
+/**
  * serveWeb runs one request through the engine and turns the exchange into a Web Response,
  * counting response bytes for the access log.
+ * @example
+ * return serveWeb(target, request, webHead(request, "http", ip, port), 65536);
  */
-export async function serveWeb(target: ServeTarget, request: Request, head: RequestHead, keepBytes: number): Promise<Response> {
-  let exchange: Exchange;
-  let body: WebRequestBody | undefined;
+export function serveWeb(target: ServeTarget, request: Request, head: RequestHead, keepBytes: number): Promise<Response> {
+  let body: WebRequestBody | Promise<WebRequestBody>;
   try {
-    body = await readWebBody(request, keepBytes);
+    body = webBody(request, keepBytes);
+  } catch (err) {
+    return Promise.resolve(internalError(target, err));
+  }
+  // No body to read (most GETs): straight to the engine, one promise fewer per request.
+  if (!(body instanceof Promise)) return handleWeb(target, head, body, keepBytes);
+  return body.then(
+    (read) => handleWeb(target, head, read, keepBytes),
+    (err: unknown) => internalError(target, err),
+  );
+}
+
+function internalError(target: ServeTarget, err: unknown): Response {
+  target.onInternalError?.(err);
+  return new Response("internal\n", { status: 500, headers: INTERNAL_HEADERS });
+}
+
+async function handleWeb(target: ServeTarget, head: RequestHead, body: WebRequestBody, keepBytes: number): Promise<Response> {
+  let exchange: Exchange;
+  try {
     exchange = await target.engine.handle(head, body, target.current());
   } catch (err) {
-    target.onInternalError?.(err);
-    return new Response("internal\n", { status: 500, headers: { "x-weft-reason": "internal" } });
+    return internalError(target, err);
   }
   if (exchange.kind === "local") {
     exchange.finish(body.bytesRead, exchange.body.length);
-    return new Response(exchange.body || null, { status: exchange.status, headers: toHeaderPairs(exchange.headers) });
+    return new Response(exchange.body || null, { status: exchange.status, headers: toHeadersInit(exchange.headers) });
   }
   const upstream = exchange.response as WebUpstreamResponse;
-  const headers = toHeaderPairs(exchange.headers);
+  const headers = toHeadersInit(exchange.headers);
   if (!upstream.body) {
     exchange.finish(body.bytesRead, 0);
     return new Response(null, { status: exchange.status, headers });
@@ -133,13 +191,14 @@ export async function serveWeb(target: ServeTarget, request: Request, head: Requ
       bytes = await upstream.bytes();
     } catch {
       exchange.finish(body.bytesRead, 0, "upstream_reset");
-      return new Response("upstream_reset\n", { status: 502, headers: { "x-weft-reason": "upstream_reset" } });
+      return new Response("upstream_reset\n", { status: 502, headers: RESET_HEADERS });
     }
     exchange.finish(body.bytesRead, bytes.byteLength);
     return new Response(bytes, { status: exchange.status, headers });
   }
   let bytesOut = 0;
   const requestBody = body;
+  const finished = exchange;
   const counted = upstream.body.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, controller) {
@@ -147,7 +206,7 @@ export async function serveWeb(target: ServeTarget, request: Request, head: Requ
         controller.enqueue(chunk);
       },
       flush() {
-        exchange.finish(requestBody.bytesRead, bytesOut);
+        finished.finish(requestBody.bytesRead, bytesOut);
       },
     }),
   );

@@ -1,5 +1,33 @@
-import type { UpstreamClient, UpstreamFailure, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
-import { toHeaderPairs, type WebRequestBody, type WebUpstreamResponse } from "./exchange.ts";
+import type { HeaderMap, UpstreamClient, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
+import { toHeadersInit, type WebRequestBody, type WebUpstreamResponse } from "./exchange.ts";
+
+/** An upstream answer from fetch: the headers copied once for the engine, the body left to the Response. */
+class FetchUpstreamResponse implements WebUpstreamResponse {
+  readonly status: number;
+  readonly headers: HeaderMap;
+  readonly body: ReadableStream<Uint8Array> | null;
+  readonly #response: Response;
+  constructor(response: Response, headers: HeaderMap) {
+    this.status = response.status;
+    this.headers = headers;
+    this.body = response.body;
+    this.#response = response;
+  }
+  async bytes(): Promise<Uint8Array<ArrayBuffer>> {
+    const response = this.#response as Response & { bytes?: () => Promise<Uint8Array<ArrayBuffer>> };
+    return response.bytes ? response.bytes() : new Uint8Array(await response.arrayBuffer());
+  }
+  discard(): void {
+    this.body?.cancel().catch(ignore);
+  }
+}
+
+function ignore(): void {}
+
+/** The timer's abort: only it aborts a forward's controller, so an aborted signal means the timeout passed. */
+function abortOnTimeout(controller: AbortController): void {
+  controller.abort();
+}
 
 /**
  * createFetchUpstreamClient reaches upstreams with the runtime's own fetch (pooled, streaming).
@@ -13,21 +41,17 @@ export function createFetchUpstreamClient(extraInit: Record<string, unknown> = {
     const body = req.body as WebRequestBody;
     const url = ep.socketPath ? `http://localhost${req.path}` : `http://${ep.host.includes(":") ? `[${ep.host}]` : ep.host}:${ep.port}${req.path}`;
     const controller = new AbortController();
-    let reason: UpstreamFailure | undefined;
-    const timer = setTimeout(() => {
-      reason = "timeout";
-      controller.abort();
-    }, req.timeoutMs);
+    const timer = setTimeout(abortOnTimeout, req.timeoutMs, controller);
     try {
       const init: Record<string, unknown> = {
         method: req.method,
-        headers: toHeaderPairs(req.headers),
+        headers: toHeadersInit(req.headers),
         body: req.method === "GET" || req.method === "HEAD" ? null : body.take(),
         redirect: "manual",
         signal: controller.signal,
         duplex: "half",
-        ...extraInit,
       };
+      for (const key in extraInit) init[key] = extraInit[key];
       if (ep.socketPath) init.unix = ep.socketPath;
       const response = await fetch(url, init as RequestInit);
       clearTimeout(timer);
@@ -35,19 +59,10 @@ export function createFetchUpstreamClient(extraInit: Record<string, unknown> = {
       response.headers.forEach((value, name) => {
         headers[name] = value;
       });
-      const upstream: WebUpstreamResponse = {
-        status: response.status,
-        headers,
-        body: response.body,
-        bytes: async () => new Uint8Array(await response.arrayBuffer()),
-        discard: () => {
-          response.body?.cancel().catch(() => {});
-        },
-      };
-      return { ok: true, response: upstream };
+      return { ok: true, response: new FetchUpstreamResponse(response, headers) };
     } catch (err) {
       clearTimeout(timer);
-      if (reason) return { ok: false, reason };
+      if (controller.signal.aborted) return { ok: false, reason: "timeout" };
       const code = String((err as { code?: string }).code ?? (err as Error).message);
       const refused = /refused|ECONNREFUSED|FailedToOpenSocket|ENOTFOUND|unable to connect|ConnectionClosed/i.test(code);
       return { ok: false, reason: refused ? "upstream_connect_failure" : "upstream_reset", detail: code };
