@@ -1,5 +1,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { rename, writeFile } from "node:fs/promises";
 import http from "node:http";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { rawExchange, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
@@ -184,6 +185,29 @@ describe("gateway on Node: live reload", () => {
       const paths = gw.logs().filter((l) => l.msg === "invalid config").map((l) => l.path);
       assert.ok(paths.includes("gateways.edge.routes.8.forward.to.0.service"), JSON.stringify(paths));
       assert.equal(JSON.parse((await request(port, { path: "/a" })).body).upstream, "beta");
+    } finally {
+      await gw.stop();
+      await a.close();
+      await b.close();
+    }
+  });
+
+  test("a config replaced by a rename reloads, and so does a later in-place edit of the new file", async () => {
+    const a = await startUpstream(replyAs("alpha"));
+    const b = await startUpstream(replyAs("beta"));
+    const config = mesh(a, b);
+    const gw = await startGateway(config);
+    try {
+      const port = gw.ports[0]!;
+      const rerouted = structuredClone(config);
+      (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
+      // As editors save: write a temporary file beside it, then rename it over the config.
+      const temporary = `${gw.configFile}.tmp`;
+      await writeFile(temporary, `export default ${JSON.stringify(rerouted)};\n`);
+      await rename(temporary, gw.configFile);
+      await until("the replaced config routing /a to beta", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
+      await gw.writeConfig(config);
+      await until("the new file's edit routing /a back to alpha", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "alpha");
     } finally {
       await gw.stop();
       await a.close();
