@@ -69,6 +69,10 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
           res.write("0123456789");
           return void setTimeout(() => req.socket.destroy(), 20);
         }
+        if (req.url === "/odd/cookies") {
+          res.setHeader("set-cookie", ["a=1; Path=/", "b=2; Path=/"]);
+          return void res.end("two cookies");
+        }
         if (req.url === "/odd/gzip") {
           res.writeHead(200, { "content-encoding": "gzip", "content-type": "text/plain" });
           return void res.end(gzipSync("squeezed ".repeat(100)));
@@ -166,6 +170,12 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
       assert.equal(r.status, 502);
       assert.equal(r.headers["x-weft-reason"], "upstream_reset");
       assert.equal(resets - before, 1);
+    });
+
+    test("every Set-Cookie header of the upstream's answer reaches the client", async () => {
+      const r = await request(port, { path: "/odd/cookies" });
+      assert.equal(r.status, 200);
+      assert.deepEqual(r.headers["set-cookie"], ["a=1; Path=/", "b=2; Path=/"]);
     });
 
     test("a body the upstream cuts short never reaches the client as complete", async () => {

@@ -78,6 +78,20 @@ function webBody(request: Request, keepBytes: number): WebRequestBody | Promise<
 }
 
 /**
+ * copyHeader is a Headers.forEach callback that copies each header into the map given as `this`.
+ * forEach visits each Set-Cookie on its own (they cannot be joined with commas): those gather in a list.
+ * @example
+ * const map: Record<string, string | string[]> = {};
+ * response.headers.forEach(copyHeader, map);
+ */
+export function copyHeader(this: Record<string, string | string[]>, value: string, name: string): void {
+  const seen = name === "set-cookie" ? this[name] : undefined;
+  if (seen === undefined) this[name] = value;
+  else if (typeof seen === "string") this[name] = [seen, value];
+  else seen.push(value);
+}
+
+/**
  * webHead builds the engine's request head from a Web Request without parsing a URL object.
  * @example
  * const head = webHead(request, "http", "10.0.0.7", 8080);
@@ -86,13 +100,7 @@ export function webHead(request: Request, scheme: "http" | "https", clientIp: st
   const url = request.url;
   const pathStart = url.indexOf("/", url.indexOf("//") + 2);
   const headers: Record<string, string | string[]> = {};
-  request.headers.forEach((value, name) => {
-    headers[name] = value;
-  });
-  if (headers["set-cookie"] !== undefined) {
-    const cookies = (request.headers as Headers & { getSetCookie?: () => string[] }).getSetCookie?.();
-    if (cookies && cookies.length > 1) headers["set-cookie"] = cookies;
-  }
+  request.headers.forEach(copyHeader, headers);
   // The URL's authority is Host, or on Deno an absolute-form target's own, which replaces Host (RFC 9112 §3.2.2);
   // a target of another scheme (ftp://...) has none a gateway serves, so it is left empty (400).
   const host = request.headers.get("host");

@@ -1,5 +1,5 @@
 import type { HeaderMap, UpstreamClient, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
-import { toHeadersInit, type WebRequestBody, type WebUpstreamResponse } from "./exchange.ts";
+import { copyHeader, toHeadersInit, type WebRequestBody, type WebUpstreamResponse } from "./exchange.ts";
 
 /** An upstream answer from fetch: the headers copied once for the engine, the body left to the Response. */
 class FetchUpstreamResponse implements WebUpstreamResponse {
@@ -56,9 +56,7 @@ export function createFetchUpstreamClient(extraInit: Record<string, unknown> = {
       const response = await fetch(url, init as RequestInit);
       clearTimeout(timer);
       const headers: Record<string, string | string[]> = {};
-      response.headers.forEach((value, name) => {
-        headers[name] = value;
-      });
+      response.headers.forEach(copyHeader, headers);
       return { ok: true, response: new FetchUpstreamResponse(response, headers) };
     } catch (err) {
       clearTimeout(timer);
