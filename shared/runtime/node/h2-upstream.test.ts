@@ -3,33 +3,15 @@ import assert from "node:assert/strict";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
-import type { Endpoint, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
-import { createNodeBody, type NodeRequestBody } from "./body.ts";
+import type { UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
+import { requestTo } from "../../../test/harness/mesh-request.ts";
+import { createNodeBody } from "./body.ts";
 import { createNodeH2UpstreamClient } from "./h2-upstream.ts";
 import { readWhole, type NodeUpstreamResponse } from "./upstream.ts";
 
-const NO_BODY: NodeRequestBody = { length: 0, replayable: true, bytesRead: 0, sendTo: (target) => target.end() };
-
-function endpoint(port: number): Endpoint {
-  return { address: `127.0.0.1:${port}`, host: "127.0.0.1", port, labels: {}, weight: 1, draining: false };
-}
-
-function requestTo(port: number, overrides: Partial<UpstreamRequest> = {}): UpstreamRequest {
-  return {
-    endpoint: endpoint(port),
-    method: "GET",
-    path: "/",
-    headers: { host: "svc.test" },
-    body: NO_BODY,
-    connectTimeoutMs: 1000,
-    timeoutMs: 2000,
-    idleTimeoutMs: 5000,
-    maxBodyBytes: undefined,
-    maxReplayBytes: 65536,
-    maxConnections: 4,
-    http2: true,
-    ...overrides,
-  };
+/** The bodiless GET of test/harness, over HTTP/2. */
+function h2RequestTo(port: number, overrides: Partial<UpstreamRequest> = {}): UpstreamRequest {
+  return requestTo(port, { http2: true, ...overrides });
 }
 
 /** Reads a response body and its trailers the way the node relays do. */
@@ -97,7 +79,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
     const client = createNodeH2UpstreamClient();
     const before = sessions;
     try {
-      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => client.forward(requestTo(port, { path: `/r${i}` }))));
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => client.forward(h2RequestTo(port, { path: `/r${i}` }))));
       const answers = await Promise.all(results.map(readAll));
       assert.deepEqual(answers.map((a) => a.body), Array.from({ length: 20 }, (_, i) => `GET /r${i}`));
       assert.equal(sessions - before, 1);
@@ -110,7 +92,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
     const client = createNodeH2UpstreamClient({ maxConcurrentStreams: 2 });
     const before = sessions;
     try {
-      const pending = Array.from({ length: 4 }, () => client.forward(requestTo(port, { path: "/hold" })));
+      const pending = Array.from({ length: 4 }, () => client.forward(h2RequestTo(port, { path: "/hold" })));
       const deadline = Date.now() + 2000;
       while (held.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       for (const release of held.splice(0)) release();
@@ -125,7 +107,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
   test("the request goes out with :authority from Host, no connection-specific fields, and te only as trailers", async () => {
     const client = createNodeH2UpstreamClient();
     try {
-      const r = await client.forward(requestTo(port, { path: "/fields", headers: { host: "svc.test", connection: "keep-alive", te: "trailers", "x-a": "1" } }));
+      const r = await client.forward(h2RequestTo(port, { path: "/fields", headers: { host: "svc.test", connection: "keep-alive", te: "trailers", "x-a": "1" } }));
       await readAll(r);
       const h = seen.findLast((s) => s[":path"] === "/fields")!;
       assert.equal(h[":authority"], "svc.test");
@@ -133,7 +115,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
       assert.equal(h.connection, undefined);
       assert.equal(h.te, "trailers");
       assert.equal(h["x-a"], "1");
-      const gzip = await client.forward(requestTo(port, { path: "/fields2", headers: { host: "svc.test", te: "gzip" } }));
+      const gzip = await client.forward(h2RequestTo(port, { path: "/fields2", headers: { host: "svc.test", te: "gzip" } }));
       await readAll(gzip);
       assert.equal(seen.findLast((s) => s[":path"] === "/fields2")!.te, undefined);
     } finally {
@@ -147,7 +129,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
       const chunks = Array.from({ length: 8 }, () => Buffer.alloc(8192, 1));
       const source = Object.assign(Readable.from(chunks), { headers: {} });
       const body = createNodeBody(source, { length: undefined });
-      const r = await readAll(await client.forward(requestTo(port, { method: "POST", path: "/upload", body })));
+      const r = await readAll(await client.forward(h2RequestTo(port, { method: "POST", path: "/upload", body })));
       assert.equal(r.headers["x-bytes"], String(8 * 8192));
     } finally {
       await client.close();
@@ -157,7 +139,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
   test("response trailers arrive on message.trailers; pseudo-headers never reach the response headers", async () => {
     const client = createNodeH2UpstreamClient();
     try {
-      const r = await readAll(await client.forward(requestTo(port, { path: "/trailers" })));
+      const r = await readAll(await client.forward(h2RequestTo(port, { path: "/trailers" })));
       assert.equal(r.body, "payload");
       assert.deepEqual(r.trailers, { "grpc-status": "0", "grpc-message": "fine" });
       assert.deepEqual(Object.keys(r.headers).filter((n) => n.startsWith(":")), []);
@@ -169,7 +151,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
   test("a HEADERS-only answer (gRPC trailers-only) is marked headersOnly with its grpc-status in the headers", async () => {
     const client = createNodeH2UpstreamClient();
     try {
-      const result = await client.forward(requestTo(port, { path: "/headers-only" }));
+      const result = await client.forward(h2RequestTo(port, { path: "/headers-only" }));
       assert.ok(result.ok);
       assert.equal(result.response.headers["grpc-status"], "14");
       assert.equal((result.response as NodeUpstreamResponse).headersOnly, true);
@@ -182,7 +164,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
   test("a stream the server refuses (REFUSED_STREAM) is upstream_reset with detail refused_stream, which retries treat as unseen", async () => {
     const client = createNodeH2UpstreamClient();
     try {
-      const r = await client.forward(requestTo(port, { path: "/refuse" }));
+      const r = await client.forward(h2RequestTo(port, { path: "/refuse" }));
       assert.deepEqual(r, { ok: false, reason: "upstream_reset", detail: "refused_stream" });
     } finally {
       await client.close();
@@ -192,7 +174,7 @@ describe("HTTP/2 upstream client (h2c)", () => {
   test("a stream reset mid-body is reported as aborted, as node:http reports a cut response", async () => {
     const client = createNodeH2UpstreamClient();
     try {
-      const r = await readAll(await client.forward(requestTo(port, { path: "/reset-mid-body" })));
+      const r = await readAll(await client.forward(h2RequestTo(port, { path: "/reset-mid-body" })));
       assert.equal(r.aborted, true);
       assert.equal(r.body, "half");
     } finally {
@@ -207,9 +189,9 @@ describe("HTTP/2 upstream client (h2c)", () => {
       await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
       const deadPort = (closed.address() as AddressInfo).port;
       await new Promise<void>((r) => closed.close(() => r()));
-      const refused = await client.forward(requestTo(deadPort));
+      const refused = await client.forward(h2RequestTo(deadPort));
       assert.equal(refused.ok ? "ok" : refused.reason, "upstream_connect_failure");
-      const slow = await client.forward(requestTo(port, { path: "/never", timeoutMs: 100 }));
+      const slow = await client.forward(h2RequestTo(port, { path: "/never", timeoutMs: 100 }));
       assert.equal(slow.ok ? "ok" : slow.reason, "timeout");
     } finally {
       await client.close();

@@ -3,32 +3,9 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import net, { type AddressInfo } from "node:net";
 import { Readable } from "node:stream";
-import type { Endpoint, UpstreamRequest } from "../../proxy/index.ts";
-import { createNodeBody, type NodeRequestBody } from "./body.ts";
+import { requestTo } from "../../../test/harness/mesh-request.ts";
+import { createNodeBody } from "./body.ts";
 import { createNodeUpstreamClient, readWhole, type NodeUpstreamResponse } from "./upstream.ts";
-
-const NO_BODY: NodeRequestBody = { length: 0, replayable: true, bytesRead: 0, sendTo: (target) => target.end() };
-
-function endpoint(port: number): Endpoint {
-  return { address: `127.0.0.1:${port}`, host: "127.0.0.1", port, labels: {}, weight: 1, draining: false };
-}
-
-function requestTo(port: number, overrides: Partial<UpstreamRequest> = {}): UpstreamRequest {
-  return {
-    endpoint: endpoint(port),
-    method: "GET",
-    path: "/",
-    headers: { host: "svc.test" },
-    body: NO_BODY,
-    connectTimeoutMs: 1000,
-    timeoutMs: 2000,
-    idleTimeoutMs: 5000,
-    maxBodyBytes: undefined,
-    maxReplayBytes: 65536,
-    maxConnections: 4,
-    ...overrides,
-  };
-}
 
 async function listening(server: net.Server): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
