@@ -144,6 +144,9 @@ export function toHeadersInit(headers: HeaderMap): HeadersInit {
   return headers as Record<string, string>;
 }
 
+/** Statuses whose answer has no body (a Response with one throws). */
+const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+
 const INTERNAL_HEADERS = { "x-weft-reason": "internal" };
 const RESET_HEADERS = { "x-weft-reason": "upstream_reset" };
 
@@ -186,13 +189,10 @@ async function handleWeb(target: ServeTarget, head: RequestHead, body: WebReques
   }
   const upstream = exchange.response as WebUpstreamResponse;
   const headers = toHeadersInit(exchange.headers);
-  if (!upstream.body) {
-    exchange.finish(body.bytesRead, 0);
-    return new Response(null, { status: exchange.status, headers });
-  }
   // A small body of declared length is read whole and answered as bytes: on Bun that costs nothing
   // over handing the stream on, where counting it through a TransformStream doubled the CPU per request.
-  const declared = head.method === "HEAD" ? undefined : declaredLength(exchange.headers["content-length"]);
+  // It is read before upstream.body is looked at: on Bun that look alone builds a ReadableStream.
+  const declared = head.method === "HEAD" || NULL_BODY_STATUS.has(exchange.status) ? undefined : declaredLength(exchange.headers["content-length"]);
   if (upstream.bytes !== undefined && declared !== undefined && declared <= keepBytes) {
     let bytes: Uint8Array<ArrayBuffer>;
     try {
@@ -202,7 +202,11 @@ async function handleWeb(target: ServeTarget, head: RequestHead, body: WebReques
       return new Response("upstream_reset\n", { status: 502, headers: RESET_HEADERS });
     }
     exchange.finish(body.bytesRead, bytes.byteLength);
-    return new Response(bytes, { status: exchange.status, headers });
+    return new Response(bytes.byteLength === 0 ? null : bytes, { status: exchange.status, headers });
+  }
+  if (!upstream.body) {
+    exchange.finish(body.bytesRead, 0);
+    return new Response(null, { status: exchange.status, headers });
   }
   let bytesOut = 0;
   const requestBody = body;

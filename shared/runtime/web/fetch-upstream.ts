@@ -1,24 +1,26 @@
 import type { HeaderMap, UpstreamClient, UpstreamRequest, UpstreamResult } from "../../proxy/index.ts";
 import { copyHeader, toHeadersInit, type WebRequestBody, type WebUpstreamResponse } from "./exchange.ts";
 
-/** An upstream answer from fetch: the headers copied once for the engine, the body left to the Response. */
+/** An upstream answer from fetch: the headers copied once for the engine, the body left in the Response until asked for. */
 class FetchUpstreamResponse implements WebUpstreamResponse {
   readonly status: number;
   readonly headers: HeaderMap;
-  readonly body: ReadableStream<Uint8Array> | null;
   readonly #response: Response;
   constructor(response: Response, headers: HeaderMap) {
     this.status = response.status;
     this.headers = headers;
-    this.body = response.body;
     this.#response = response;
+  }
+  /** Made on first use: on Bun, asking a fetch Response for its body builds a ReadableStream, which bytes() does not need. */
+  get body(): ReadableStream<Uint8Array> | null {
+    return this.#response.body;
   }
   async bytes(): Promise<Uint8Array<ArrayBuffer>> {
     const response = this.#response as Response & { bytes?: () => Promise<Uint8Array<ArrayBuffer>> };
     return response.bytes ? response.bytes() : new Uint8Array(await response.arrayBuffer());
   }
   discard(): void {
-    this.body?.cancel().catch(ignore);
+    this.#response.body?.cancel().catch(ignore);
   }
 }
 
