@@ -37,8 +37,3 @@ export const REASONS = {
 } as const;
 
 export type Reason = keyof typeof REASONS;
-
-/** statusOf gives the HTTP status a locally generated failure answers with. */
-export function statusOf(reason: Reason): number {
-  return REASONS[reason];
-}
