@@ -98,67 +98,60 @@ interface PendingMirror {
   readonly length: number;
 }
 
-// Exchanges are class instances so that finishing one needs no closure per request: a circuit slot to give
-// back and a mirrored copy to send are plain fields that finish() reads.
-class LocalExchange {
-  readonly kind = "local";
+/**
+ * What both kinds of exchange carry to be finished. Exchanges are class instances so that finishing
+ * one needs no closure per request: a circuit slot to give back and a mirrored copy to send are
+ * plain fields that finish() reads.
+ */
+abstract class ExchangeBase {
   readonly status: number;
   readonly headers: OutgoingHeaders;
-  readonly body: string;
   readonly record: RequestRecord;
   readonly end: ExchangeEnd;
   circuit: CircuitBreaker | undefined = undefined;
   mirror: PendingMirror | undefined = undefined;
 
-  constructor(status: number, headers: OutgoingHeaders, body: string, record: RequestRecord, end: ExchangeEnd) {
+  constructor(status: number, headers: OutgoingHeaders, record: RequestRecord, end: ExchangeEnd) {
     this.status = status;
     this.headers = headers;
-    this.body = body;
     this.record = record;
     this.end = end;
   }
 
   finish(bytesIn: number, bytesOut: number, error?: string, trailers?: HeaderMap): void {
-    finishExchange(this, bytesIn, bytesOut, error, trailers);
+    // The circuit slot goes back first, once (a second finish must not free another request's slot).
+    const circuit = this.circuit;
+    if (circuit !== undefined) {
+      this.circuit = undefined;
+      circuit.leave();
+    }
+    this.end.done(this.record, bytesIn, bytesOut, error, trailers);
+    const mirror = this.mirror;
+    if (mirror !== undefined && bytesIn === mirror.length && mirror.body.replayable) this.end.mirror(mirror.copy, mirror.head);
   }
 }
 
-class UpstreamExchange {
+class LocalExchange extends ExchangeBase {
+  readonly kind = "local";
+  readonly body: string;
+
+  constructor(status: number, headers: OutgoingHeaders, body: string, record: RequestRecord, end: ExchangeEnd) {
+    super(status, headers, record, end);
+    this.body = body;
+  }
+}
+
+class UpstreamExchange extends ExchangeBase {
   readonly kind = "upstream";
-  readonly status: number;
-  readonly headers: OutgoingHeaders;
   readonly response: UpstreamResponse;
-  readonly record: RequestRecord;
-  readonly end: ExchangeEnd;
-  circuit: CircuitBreaker | undefined = undefined;
-  mirror: PendingMirror | undefined = undefined;
 
   constructor(response: UpstreamResponse, headers: OutgoingHeaders, record: RequestRecord, end: ExchangeEnd) {
-    this.status = response.status;
-    this.headers = headers;
+    super(response.status, headers, record, end);
     this.response = response;
-    this.record = record;
-    this.end = end;
-  }
-
-  finish(bytesIn: number, bytesOut: number, error?: string, trailers?: HeaderMap): void {
-    finishExchange(this, bytesIn, bytesOut, error, trailers);
   }
 }
 
 type EngineExchange = LocalExchange | UpstreamExchange;
-
-function finishExchange(exchange: EngineExchange, bytesIn: number, bytesOut: number, error: string | undefined, trailers: HeaderMap | undefined): void {
-  // The circuit slot goes back first, once (a second finish must not free another request's slot).
-  const circuit = exchange.circuit;
-  if (circuit !== undefined) {
-    exchange.circuit = undefined;
-    circuit.leave();
-  }
-  exchange.end.done(exchange.record, bytesIn, bytesOut, error, trailers);
-  const mirror = exchange.mirror;
-  if (mirror !== undefined && bytesIn === mirror.length && mirror.body.replayable) exchange.end.mirror(mirror.copy, mirror.head);
-}
 
 /** What telemetry decides when a request starts (see EngineOptions.onRequestStart). */
 export interface RequestStart {
