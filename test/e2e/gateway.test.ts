@@ -166,16 +166,27 @@ describe("gateway on Node: routing, splitting, framing", () => {
 });
 
 describe("gateway on Node: live reload", () => {
-  test("a valid change reroutes and an invalid one keeps the last good config", async () => {
+  /** A gateway routing /a to alpha (`config`), the same config routing it to beta (`rerouted`), torn down after `run`. */
+  async function withReloadingGateway(run: (gw: Awaited<ReturnType<typeof startGateway>>, config: ReturnType<typeof mesh>, rerouted: ReturnType<typeof mesh>) => Promise<void>) {
     const a = await startUpstream(replyAs("alpha"));
     const b = await startUpstream(replyAs("beta"));
     const config = mesh(a, b);
     const gw = await startGateway(config);
     try {
-      const port = gw.ports[0]!;
-      assert.equal(JSON.parse((await request(port, { path: "/a" })).body).upstream, "alpha");
       const rerouted = structuredClone(config);
       (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
+      await run(gw, config, rerouted);
+    } finally {
+      await gw.stop();
+      await a.close();
+      await b.close();
+    }
+  }
+
+  test("a valid change reroutes and an invalid one keeps the last good config", () =>
+    withReloadingGateway(async (gw, _config, rerouted) => {
+      const port = gw.ports[0]!;
+      assert.equal(JSON.parse((await request(port, { path: "/a" })).body).upstream, "alpha");
       await gw.writeConfig(rerouted);
       await until("the reloaded config routing /a to beta", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
       const broken = structuredClone(rerouted) as unknown as { gateways: { edge: { routes: unknown[] } } };
@@ -185,22 +196,11 @@ describe("gateway on Node: live reload", () => {
       const paths = gw.logs().filter((l) => l.msg === "invalid config").map((l) => l.path);
       assert.ok(paths.includes("gateways.edge.routes.8.forward.to.0.service"), JSON.stringify(paths));
       assert.equal(JSON.parse((await request(port, { path: "/a" })).body).upstream, "beta");
-    } finally {
-      await gw.stop();
-      await a.close();
-      await b.close();
-    }
-  });
+    }));
 
-  test("a config replaced by a rename reloads, and so does a later in-place edit of the new file", async () => {
-    const a = await startUpstream(replyAs("alpha"));
-    const b = await startUpstream(replyAs("beta"));
-    const config = mesh(a, b);
-    const gw = await startGateway(config);
-    try {
+  test("a config replaced by a rename reloads, and so does a later in-place edit of the new file", () =>
+    withReloadingGateway(async (gw, config, rerouted) => {
       const port = gw.ports[0]!;
-      const rerouted = structuredClone(config);
-      (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
       // As editors save: write a temporary file beside it, then rename it over the config.
       const temporary = `${gw.configFile}.tmp`;
       await writeFile(temporary, `export default ${JSON.stringify(rerouted)};\n`);
@@ -208,21 +208,10 @@ describe("gateway on Node: live reload", () => {
       await until("the replaced config routing /a to beta", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
       await gw.writeConfig(config);
       await until("the new file's edit routing /a back to alpha", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "alpha");
-    } finally {
-      await gw.stop();
-      await a.close();
-      await b.close();
-    }
-  });
+    }));
 
-  test("edits arriving faster than the reload delay still reload while they go on", async () => {
-    const a = await startUpstream(replyAs("alpha"));
-    const b = await startUpstream(replyAs("beta"));
-    const config = mesh(a, b);
-    const gw = await startGateway(config);
-    try {
-      const rerouted = structuredClone(config);
-      (rerouted.gateways.edge.routes[1] as { forward: { to: { service: string }[] } }).forward.to = [{ service: "beta" }];
+  test("edits arriving faster than the reload delay still reload while they go on", () =>
+    withReloadingGateway(async (gw, config, rerouted) => {
       // 50 writes 30 ms apart: a reload delay restarted by every change would never fire during them.
       for (let i = 0; i < 50; i++) {
         await gw.writeConfig(i % 2 === 0 ? rerouted : config);
@@ -231,10 +220,5 @@ describe("gateway on Node: live reload", () => {
       const during = gw.logs().filter((l) => l.msg === "config reloaded").length;
       assert.ok(during >= 1, `reloads during the edits: ${during}`);
       assert.equal(gw.logs().filter((l) => l.msg === "invalid config").length, 0);
-    } finally {
-      await gw.stop();
-      await a.close();
-      await b.close();
-    }
-  });
+    }));
 });
