@@ -29,7 +29,7 @@ import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { weftBundle } from "./weft-bundle.ts";
-import { cpuSeconds, freePort, killProcessTrees, loadGenerator, markdownTable, parseWrk, requireTools, waitForJsonLog, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, getStatus, killProcessTrees, loadGenerator, markdownTable, parseWrk, requireTools, waitForJsonLog, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const GRPC_METHOD = "/weft.bench.Echo/Call";
@@ -102,17 +102,6 @@ async function grpcLoad(port: number, seconds: number, authority: string): Promi
   const sorted = latencies.subarray(0, calls).sort();
   const pct = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
   process.stdout.write(JSON.stringify({ calls, errors, rps: calls / elapsed, p50Ms: pct(50), p99Ms: pct(99) }));
-}
-
-/** One GET /bench with a Host; its status, or 0 when the connection failed. */
-function status(port: number, host: string): Promise<number> {
-  return new Promise((done) => {
-    const req = http.get({ host: "127.0.0.1", port, path: "/bench", headers: { host }, agent: false }, (res) => {
-      res.resume();
-      res.on("end", () => done(res.statusCode ?? 0));
-    });
-    req.on("error", () => done(0));
-  });
 }
 
 interface Run {
@@ -311,7 +300,7 @@ export async function main(argv: string[]): Promise<void> {
       const reachB = async (protocol: string) => {
         const deadline = Date.now() + 30_000;
         for (;;) {
-          if ((await status(outbound, "bench-h1")) === 200 && lastProtocol() === protocol) return;
+          if ((await getStatus(outbound, "bench-h1")) === 200 && lastProtocol() === protocol) return;
           if (Date.now() > deadline) throw new Error(`sidecar B not reached over ${protocol} within 30 s`);
           await new Promise((r) => setTimeout(r, 200));
         }

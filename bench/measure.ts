@@ -2,6 +2,7 @@
 // waiting for a listener, reading wrk's output, and printing a Markdown table.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 
 const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
@@ -216,4 +217,19 @@ export function markdownTable(rows: readonly Readonly<Record<string, string>>[])
   const width = columns.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? "").length)));
   const line = (cells: readonly string[]) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(width[i]!) : c.padStart(width[i]!))).join(" | ")} |`;
   return [line(columns), `|${width.map((w, i) => (i === 0 ? "-".repeat(w + 2) : `${"-".repeat(w + 1)}:`)).join("|")}|`, ...rows.map((r) => line(columns.map((c) => r[c] ?? "")))].join("\n");
+}
+
+/**
+ * getStatus sends one GET /bench with the given Host on a fresh connection; its status, or 0 when the connection failed.
+ * @example
+ * while ((await getStatus(outbound, "bench-server")) !== 200) await sleep(100);
+ */
+export function getStatus(port: number, host: string): Promise<number> {
+  return new Promise((done) => {
+    const req = http.get({ host: "127.0.0.1", port, path: "/bench", headers: { host }, agent: false }, (res) => {
+      res.resume();
+      res.on("end", () => done(res.statusCode ?? 0));
+    });
+    req.on("error", () => done(0));
+  });
 }

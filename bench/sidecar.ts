@@ -12,14 +12,13 @@
 //   throughput: wrk -t1 -c20 for --duration s, direct vs through both sidecars
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import http from "node:http";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { mintJoinToken } from "../shared/identity/index.ts";
 import { weftBundle } from "./weft-bundle.ts";
-import { cpuSeconds, freePort, killProcessTrees, loadGenerator, parseWrk, processTable, processTree, requireTools, waitForJsonLog, waitForPort } from "./measure.ts";
+import { cpuSeconds, freePort, getStatus, killProcessTrees, loadGenerator, parseWrk, processTable, processTree, requireTools, waitForJsonLog, waitForPort } from "./measure.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const SERVER = "bench-server";
@@ -169,7 +168,7 @@ export async function main(argv: string[]): Promise<void> {
 
     // First request: sidecar A discovers bench-server on demand, then both hops are warm.
     const deadline = Date.now() + 20_000;
-    while ((await status(outbound, SERVER)) !== 200) {
+    while ((await getStatus(outbound, SERVER)) !== 200) {
       if (Date.now() > deadline) throw new Error("no 200 through the sidecars within 20 s");
       await sleep(100);
     }
@@ -267,17 +266,6 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** One GET through a port with the given Host; resolves with the status (0 when the connection failed). */
-function status(port: number, host: string): Promise<number> {
-  return new Promise((done) => {
-    const req = http.get({ host: "127.0.0.1", port, path: "/bench", headers: { host }, agent: false }, (res) => {
-      res.resume();
-      res.on("end", () => done(res.statusCode ?? 0));
-    });
-    req.on("error", () => done(0));
-  });
-}
 
 /** A field of /proc/<pid>/status in KiB (VmRSS, VmHWM). */
 function statusKiB(pid: number, field: string): number {
