@@ -2,7 +2,8 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { rename, writeFile } from "node:fs/promises";
 import http from "node:http";
-import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
+import net from "node:net";
+import { defaultRuntime, startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { rawExchange, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 import { until } from "../harness/wait.ts";
 
@@ -221,4 +222,38 @@ describe("gateway on Node: live reload", () => {
       assert.ok(during >= 1, `reloads during the edits: ${during}`);
       assert.equal(gw.logs().filter((l) => l.msg === "invalid config").length, 0);
     }));
+});
+
+describe("gateway on Node: a client that leaves before the answer", () => {
+  test("is logged as downstream_disconnect and leaves no request in flight", async () => {
+    let answer: (() => void) | undefined;
+    const slow = await startUpstream((_req, res) => {
+      answer = () => res.end("late");
+    });
+    const fast = await startUpstream(replyAs("alpha"));
+    const gw = await startGateway(mesh(slow, fast));
+    try {
+      const client = net.connect(gw.ports[0]!, "127.0.0.1");
+      client.on("error", () => {});
+      client.write("GET /a/slow HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+      await until("the request at the upstream", () => answer);
+      client.destroy();
+      // The client is gone before the upstream answers: the answer has nobody to go to.
+      await new Promise((r) => setTimeout(r, 100));
+      answer!();
+      const entry = await until("the access-log line", () => gw.accessLog().find((l) => l.path === "/a/slow"));
+      // Deno.serve aborts request.signal only once it fails to write the answer: there the line shows the answer.
+      assert.equal(entry.reason, defaultRuntime() === "deno" ? null : "downstream_disconnect");
+      // The proxy still serves, and nothing stays counted in flight.
+      assert.equal((await request(gw.ports[0]!, { path: "/b/" })).status, 200);
+      await until("no request in flight", async () => {
+        const metrics = (await request(gw.adminPort, { path: "/stats/prometheus" })).body;
+        return /^weft_requests_in_flight 0$/m.test(metrics);
+      });
+    } finally {
+      await gw.stop();
+      await slow.close();
+      await fast.close();
+    }
+  });
 });

@@ -229,6 +229,12 @@ function refuse(res: http.ServerResponse, status: number, reason: string) {
 }
 
 function respond(exchange: Exchange, res: http.ServerResponse, body: NodeRequestBody) {
+  if (res.destroyed) {
+    // The client left while the engine worked: its close has passed, and nobody reads the answer.
+    if (exchange.kind === "upstream") (exchange.response as NodeUpstreamResponse).cancel();
+    exchange.finish(body.bytesRead, 0, "downstream_disconnect");
+    return;
+  }
   if (exchange.kind === "local") {
     const text = exchange.body;
     const length = Buffer.byteLength(text);

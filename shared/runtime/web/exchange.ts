@@ -164,9 +164,9 @@ export function serveWeb(target: ServeTarget, request: Request, head: RequestHea
     return Promise.resolve(internalError(target, err));
   }
   // No body to read (most GETs): straight to the engine, one promise fewer per request.
-  if (!(body instanceof Promise)) return handleWeb(target, head, body, keepBytes);
+  if (!(body instanceof Promise)) return handleWeb(target, request, head, body, keepBytes);
   return body.then(
-    (read) => handleWeb(target, head, read, keepBytes),
+    (read) => handleWeb(target, request, head, read, keepBytes),
     (err: unknown) => internalError(target, err),
   );
 }
@@ -176,12 +176,18 @@ function internalError(target: ServeTarget, err: unknown): Response {
   return new Response("internal\n", { status: 500, headers: INTERNAL_HEADERS });
 }
 
-async function handleWeb(target: ServeTarget, head: RequestHead, body: WebRequestBody, keepBytes: number): Promise<Response> {
+async function handleWeb(target: ServeTarget, request: Request, head: RequestHead, body: WebRequestBody, keepBytes: number): Promise<Response> {
   let exchange: Exchange;
   try {
     exchange = await target.engine.handle(head, body, target.current());
   } catch (err) {
     return internalError(target, err);
+  }
+  if (request.signal.aborted) {
+    // The client left while the engine worked: nobody reads the answer.
+    if (exchange.kind === "upstream") exchange.response.discard();
+    exchange.finish(body.bytesRead, 0, "downstream_disconnect");
+    return new Response(null, { status: 499 });
   }
   if (exchange.kind === "local") {
     exchange.finish(body.bytesRead, exchange.body.length);
