@@ -77,6 +77,7 @@ export function createIngress(options: IngressOptions): Ingress {
   const engine = createEngine({
     client,
     edge: true,
+    load: runtime.requestLoad,
     onRequestDone: options.onRequestDone,
     onRequestStart: options.onRequestStart,
     onMirrorDone: options.onMirrorDone,

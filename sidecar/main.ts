@@ -223,7 +223,7 @@ export async function startSidecar(o: SidecarOptions): Promise<Sidecar> {
   // The identity is known once the first config names this service's namespace and service account.
   const identity = createIdentitySlot();
   const telemetry = createProxyTelemetry(log, `weft-sidecar-${serviceName}`, { proxyId, role: "sidecar", workload: serviceName, inboundService: INBOUND_CLUSTER });
-  const engine = createEngine({ client, edge: false, meshIdentity: identity, onHealthChange: (change) => logHealthChange(log, change), ...telemetry.hooks });
+  const engine = createEngine({ client, edge: false, meshIdentity: identity, load: runtime.requestLoad, onHealthChange: (change) => logHealthChange(log, change), ...telemetry.hooks });
   telemetry.observeClusters({ snapshot: () => views?.snapshot, health: () => engine.health() });
   const policyShared = createPolicyShared();
   const onInternalError = (err: unknown) => log.error("request crashed", { error: String((err as Error)?.stack ?? err) });

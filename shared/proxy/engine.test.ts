@@ -143,3 +143,25 @@ describe("a refused HTTP/2 stream", () => {
     assert.equal(r.tries, 1);
   });
 });
+
+describe("the runtime's request load", () => {
+  const r = validateMesh({
+    services: { api: { endpoints: [{ address: "10.0.0.1:80" }] } },
+    gateways: { edge: { listeners: [{ port: 0 }], routes: [{ match: { path: { prefix: "/api" } }, forward: { to: [{ service: "api" }] } }] } },
+  });
+  assert.ok(r.ok);
+  const view = createGatewayView(compileMesh(r.value, 1), "edge");
+  const head = (path: string): RequestHead => ({ method: "GET", scheme: "http", authority: "api", path, headers: {}, clientIp: "192.0.2.1", localPort: 80 });
+
+  test("is told when each request starts and when its exchange finishes, forwarded or answered locally", async () => {
+    const events: string[] = [];
+    const client: UpstreamClient = { forward: async () => ({ ok: true, response: { status: 200, headers: {}, discard() {} } }), async close() {} };
+    const engine = createEngine({ client, edge: true, load: { started: () => events.push("started"), done: () => events.push("done") } });
+    const forwarded = await engine.handle(head("/api/x"), { length: 0, replayable: true }, view);
+    const refused = await engine.handle(head("/elsewhere"), { length: 0, replayable: true }, view);
+    assert.deepEqual(events, ["started", "started"]);
+    forwarded.finish(0, 2);
+    refused.finish(0, 9);
+    assert.deepEqual(events, ["started", "started", "done", "done"]);
+  });
+});

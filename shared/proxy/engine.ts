@@ -12,7 +12,7 @@ import { backoffMs, isIdempotent, isRefusedStream, shouldRetryFailure, shouldRet
 import { chooseWeighted, type RouteMatch } from "./router.ts";
 import { toOriginForm } from "./request-target.ts";
 import { applyHeaderOps, redirectLocation, rewritePath } from "./route-actions.ts";
-import type { Endpoint, HeaderMap, MeshIdentity, RequestBody, RequestHead, UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamResult } from "./types.ts";
+import type { Endpoint, HeaderMap, MeshIdentity, RequestBody, RequestHead, RequestLoad, UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamResult } from "./types.ts";
 import { WEBSOCKET } from "./upgrade.ts";
 
 /** What one request needs from the live config; built once per config swap (see view.ts). */
@@ -170,6 +170,8 @@ export interface EngineOptions {
   readonly onRequestDone?: (record: RequestRecord) => void;
   /** Called once per request before any decision; its ids go on the record, its headers upstream. */
   readonly onRequestStart?: (head: RequestHead, outbound: boolean) => RequestStart | undefined;
+  /** Told as each request starts and finishes: the runtime's requestLoad (see ProxyRuntime). */
+  readonly load?: RequestLoad;
   readonly newRequestId?: () => string;
   readonly sleep?: (ms: number) => Promise<void>;
   /**
@@ -250,6 +252,7 @@ export function createEngine(options: EngineOptions): Engine {
   const onRequestDone = options.onRequestDone;
   const onRequestStart = options.onRequestStart;
   const onMirrorDone = options.onMirrorDone;
+  const load = options.load;
   const newRequestId = options.newRequestId ?? (() => crypto.randomUUID());
   const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   /** True once `granted` settles (its timer cleared: an injected sleep cannot be), false after `ms`. */
@@ -296,6 +299,7 @@ export function createEngine(options: EngineOptions): Engine {
 
   const end: ExchangeEnd = {
     done(record, bytesIn, bytesOut, error, trailers) {
+      load?.done();
       if (!onRequestDone) return;
       record.bytesIn = bytesIn;
       record.bytesOut = bytesOut;
@@ -310,6 +314,7 @@ export function createEngine(options: EngineOptions): Engine {
   function startRecord(head: RequestHead, xffTrustedHops: number): RequestRecord {
     const incomingId = edge ? undefined : firstValue(head.headers, "x-request-id");
     const requestId = incomingId && incomingId.length <= 128 ? incomingId : newRequestId();
+    load?.started();
     return {
       startTimeMs: now(),
       durationMs: 0,

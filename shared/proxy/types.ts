@@ -210,10 +210,18 @@ export interface ServeTarget {
 /** A small Web-standard HTTP app (the admin API), served by the runtime. */
 export type FetchHandler = (request: Request) => Response | Promise<Response>;
 
+/** Told as each request starts and as it finishes, so that a runtime can do its own work between requests. */
+export interface RequestLoad {
+  started(): void;
+  done(): void;
+}
+
 /** What differs per runtime, implemented once in shared/runtime/<runtime>/ and passed to a role. */
 export interface ProxyRuntime {
   readonly name: "node" | "bun" | "deno";
   createUpstreamClient(): UpstreamClient;
+  /** The process's request load, given to every engine; Node collects young garbage when it falls to zero (idle-gc.ts). */
+  readonly requestLoad?: RequestLoad;
   listen(options: ListenOptions, target: ServeTarget): Promise<Listener>;
   /** Raw TCP and TLS-passthrough listeners; absent on runtimes that do not proxy TCP yet. */
   listenTcp?(options: TcpListenOptions, target: TcpServeTarget): Promise<Listener>;

@@ -4,6 +4,7 @@ import type { ProxyRuntime } from "../../proxy/index.ts";
 import { listenNode } from "./server.ts";
 import { withHttp2Upstreams } from "./h2-upstream.ts";
 import { createNodeUpstreamClient } from "./upstream.ts";
+import { createIdleGc } from "./idle-gc.ts";
 import { listenTcpNode } from "./tcp-proxy.ts";
 
 export * from "./body.ts";
@@ -15,6 +16,7 @@ export * from "./tcp-proxy.ts";
 export const nodeRuntime: ProxyRuntime = {
   name: "node",
   createUpstreamClient: () => withHttp2Upstreams(createNodeUpstreamClient()),
+  requestLoad: createIdleGc(),
   listen: listenNode,
   listenTcp: listenTcpNode,
   serveFetch(handler, { port, address }) {
