@@ -5,7 +5,7 @@
 // core 0, the proxy under test has core 1 (taskset).
 //   throughput: wrk -t1 -c50 for --duration seconds → requests/s, p50, p99
 //   CPU:        the proxy's utime+stime from /proc/<pid>/stat before and after → µs per request
-//   latency:    hey at a fixed 1,000 req/s (10 workers × 100/s) → p50/p99 added over direct (median of 3 pairs)
+//   latency:    hey at a fixed 1,000 req/s (10 workers × 100/s) → p50/p99 added over direct (median of 3 pairs, in rounds)
 // Proxies: direct (no proxy), bench/raw-proxy.ts (the node:http ceiling), weft gateway on Node (the
 // production bundle, and the sources through tsx) and on Bun (routing, round-robin over two upstream
 // ports, JSON access log to a file), and nginx with one worker, upstream keep-alive and its access
@@ -13,7 +13,7 @@
 // sidecar (bench/sidecar.ts), identity (bench/identity-sign.ts), policy (bench/policy.ts) and
 // telemetry (bench/telemetry.ts) and http2 (bench/http2.ts) each describe themselves.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { accessSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -26,6 +26,8 @@ const DURATION = Number(values.duration ?? 10);
 const RATE_DURATION = Number(values["rate-duration"] ?? 5);
 /** Direct/proxied pairs per proxy at the fixed rate; the median pair is reported, every pair printed. */
 const PAIRS = 3;
+/** Seconds at the fixed rate through direct and through the proxy before its pairs (see the latency loop). */
+const SETTLE_SECONDS = 5;
 const has = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
 
 for (const tool of ["wrk", "hey", "taskset"]) {
@@ -36,7 +38,22 @@ for (const tool of ["wrk", "hey", "taskset"]) {
 }
 
 const children: ChildProcess[] = [];
-const dir = mkdtempSync(join(tmpdir(), "weft-bench-"));
+/**
+ * The run's files (configs and the proxies' access logs) live on a memory-backed filesystem when
+ * there is one. On a disk, the kernel writes a wrk run's ~100 MB of access log back about 30 s
+ * later, in the middle of a 1,000 req/s latency run, and that flush stalls both cores for
+ * milliseconds; the proxies still format and write every line either way.
+ */
+const MEMORY_FS = "/dev/shm";
+const dir = mkdtempSync(join(writable(MEMORY_FS) ? MEMORY_FS : tmpdir(), "weft-bench-"));
+function writable(path: string): boolean {
+  try {
+    accessSync(path, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
 /** Kills each child's whole tree by PID: killing only nginx's master would orphan its worker. */
 function stopChildren() {
   const stats = processTable();
@@ -202,7 +219,7 @@ async function gatewaySuite(): Promise<void> {
   }
 
   console.log(`weft bench: ${DURATION}s wrk runs (1 thread, 50 connections), ${RATE_DURATION}s at 1,000 req/s; node ${process.version}`);
-  console.log(`load generator + upstream on core 0, proxy on core 1; numbers are from this run only\n`);
+  console.log(`load generator + upstream on core 0, proxy on core 1; access logs in ${dir}; numbers are from this run only\n`);
 
   // Warm every proxy (JIT, pools) before measuring.
   // served counts every request a subject answered, to check its access log kept a line for each.
@@ -216,26 +233,30 @@ async function gatewaySuite(): Promise<void> {
     results.set(s.name, r);
   }
   // Each proxy's latency run is paired with a direct run just before it, and the added latency is
-  // the difference within the pair: the machine's noise drifts over minutes, not over 20 seconds.
-  // Before the pairs, 2 s at the rate through both: the 50-connection runs above leave garbage and
-  // idle pools behind in the upstream and the proxy, and the pairs measure the steady state. Of
-  // PAIRS pairs the median (by added p99) is reported, so that one burst of another process's work
-  // on this shared machine does not decide; every pair is printed.
+  // the difference within the pair. The pairs go in rounds, one pair of every proxy per round, so
+  // that a proxy's pairs are minutes apart: a stretch of other work on this shared machine (a
+  // minute of it was seen) spoils at most one pair of each, and the median pair (by added p99) is
+  // reported, every pair printed. Before its first pair, SETTLE_SECONDS at the rate through the
+  // proxy: the 50-connection runs above leave garbage and idle pools behind, and V8 recompiles for
+  // a while the code that the change of load deoptimized (a few ms each, on the proxy's one core);
+  // before each later pair, 2 s, as the proxy sat idle during the other proxies' pairs.
   type Pair = { proxied: Awaited<ReturnType<typeof heyAtRate>>; direct: Awaited<ReturnType<typeof heyAtRate>> };
-  const latency = new Map<string, { median: Pair; pairs: Pair[] }>();
-  for (const s of subjects.slice(1)) {
-    count("direct", (await heyAtRate(subjects[0]!.port, 2)).requests);
-    count(s.name, (await heyAtRate(s.port, 2)).requests);
-    const pairs: Pair[] = [];
-    for (let i = 0; i < PAIRS; i++) {
+  const pairsOf = new Map<string, Pair[]>(subjects.slice(1).map((s) => [s.name, []]));
+  count("direct", (await heyAtRate(subjects[0]!.port, SETTLE_SECONDS)).requests);
+  for (let round = 0; round < PAIRS; round++) {
+    for (const s of subjects.slice(1)) {
+      count(s.name, (await heyAtRate(s.port, round === 0 ? SETTLE_SECONDS : 2)).requests);
       const direct = await heyAtRate(subjects[0]!.port, RATE_DURATION);
       count("direct", direct.requests);
       const proxied = await heyAtRate(s.port, RATE_DURATION);
       count(s.name, proxied.requests);
-      pairs.push({ proxied, direct });
+      pairsOf.get(s.name)!.push({ proxied, direct });
     }
+  }
+  const latency = new Map<string, { median: Pair; pairs: Pair[] }>();
+  for (const [name, pairs] of pairsOf) {
     const byAddedP99 = [...pairs].sort((a, b) => a.proxied.p99Ms - a.direct.p99Ms - (b.proxied.p99Ms - b.direct.p99Ms));
-    latency.set(s.name, { median: byAddedP99[Math.floor(PAIRS / 2)]!, pairs });
+    latency.set(name, { median: byAddedP99[Math.floor(PAIRS / 2)]!, pairs });
   }
 
   const nginx = results.get("nginx (1 worker)");
@@ -249,7 +270,7 @@ async function gatewaySuite(): Promise<void> {
       `${pad(s.name, 18)} ${pad(num(r.rps), 9)} ${pad(num(r.p50Ms, 2), 8)} ${pad(num(r.p99Ms, 2), 8)} ${pad(String(r.errors), 7)} ${pad(num(r.cpuUsPerRequest, 1), 11)} ${pad(nginx ? num(r.rps / nginx.rps, 2) : "-", 8)} ${pad(raw ? num(r.rps / raw.rps, 2) : "-", 7)} ${pad(nginx?.cpuUsPerRequest && r.cpuUsPerRequest ? num(r.cpuUsPerRequest / nginx.cpuUsPerRequest, 2) : "-", 11)}`,
     );
   }
-  console.log(`\nadded latency of one hop at 1,000 req/s (hey -q 100 -c 10, ${RATE_DURATION}s; ${PAIRS} pairs, each run paired with a direct run just before it; the median pair by added p99, then every pair's added p99)`);
+  console.log(`\nadded latency of one hop at 1,000 req/s (hey -q 100 -c 10, ${RATE_DURATION}s; ${PAIRS} rounds of one pair per proxy, each proxied run paired with a direct run just before it; the median pair by added p99, then every pair's added p99)`);
   for (const s of subjects.slice(1)) {
     const { median, pairs } = latency.get(s.name)!;
     const { proxied: l, direct } = median;
