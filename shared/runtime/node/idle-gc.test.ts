@@ -4,16 +4,16 @@ import { PerformanceObserver, constants } from "node:perf_hooks";
 import { createIdleGc, minorCollector } from "./idle-gc.ts";
 
 /** An idle collector with a hand-driven clock, heap and deferral queue. */
-function harness(fill: number, options: { minIntervalMs?: number } = {}) {
-  const state = { fill, now: 0, collected: 0, looks: 0 };
+function harness(fill: number, options: { minIntervalMs?: number; capacity?: number } = {}) {
+  const state = { fill, capacity: options.capacity ?? 16 * 1024 * 1024, now: 0, collected: 0, looks: 0 };
   const deferred: (() => void)[] = [];
   const load = createIdleGc({
     threshold: 0.6,
     minIntervalMs: options.minIntervalMs ?? 10,
     now: () => state.now,
-    youngFill: () => {
+    young: () => {
       state.looks++;
-      return state.fill;
+      return { used: state.fill * state.capacity, capacity: state.capacity };
     },
     collect: () => state.collected++,
     defer: (fn) => deferred.push(fn),
@@ -50,6 +50,15 @@ describe("young-generation collection between requests (Node)", () => {
 
   test("leaves a young generation below the threshold to V8", () => {
     const { state, load, runDeferred } = harness(0.5);
+    load.started();
+    load.done();
+    runDeferred();
+    assert.equal(state.looks, 1);
+    assert.equal(state.collected, 0);
+  });
+
+  test("leaves a young generation smaller than minCapacityBytes to V8, however full, so that V8 can grow it", () => {
+    const { state, load, runDeferred } = harness(0.95, { capacity: 1024 * 1024 });
     load.started();
     load.done();
     runDeferred();
@@ -99,7 +108,7 @@ describe("young-generation collection between requests (Node)", () => {
   });
 
   test("with the defaults, reads the real heap and collects in a real idle moment", async () => {
-    const load = createIdleGc({ threshold: 0 });
+    const load = createIdleGc({ threshold: 0, minCapacityBytes: 0 });
     const kinds: number[] = [];
     const observer = new PerformanceObserver((list) => {
       for (const entry of list.getEntries()) kinds.push((entry as unknown as { detail: { kind: number } }).detail.kind);
