@@ -26,7 +26,7 @@ const DURATION = Number(values.duration ?? 10);
 const RATE_DURATION = Number(values["rate-duration"] ?? 5);
 /** Direct/proxied pairs per proxy at the fixed rate; the median pair is reported, every pair printed. */
 const PAIRS = 3;
-/** Seconds at the fixed rate through direct and through the proxy before its pairs (see the latency loop). */
+/** Seconds at the fixed rate through direct, and through a proxy before each of its pairs (see the latency loop). */
 const SETTLE_SECONDS = 5;
 const has = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
 
@@ -236,16 +236,19 @@ async function gatewaySuite(): Promise<void> {
   // the difference within the pair. The pairs go in rounds, one pair of every proxy per round, so
   // that a proxy's pairs are minutes apart: a stretch of other work on this shared machine (a
   // minute of it was seen) spoils at most one pair of each, and the median pair (by added p99) is
-  // reported, every pair printed. Before its first pair, SETTLE_SECONDS at the rate through the
-  // proxy: the 50-connection runs above leave garbage and idle pools behind, and V8 recompiles for
-  // a while the code that the change of load deoptimized (a few ms each, on the proxy's one core);
-  // before each later pair, 2 s, as the proxy sat idle during the other proxies' pairs.
+  // reported, every pair printed. Before every pair, SETTLE_SECONDS at the rate through the proxy:
+  // V8 re-optimizes, a few ms per function on the proxy's one core, the code that a change of load
+  // deoptimized. Before the first pair that change is the end of the 50-connection runs above;
+  // before the later ones, the idle minute during the other proxies' pairs, in which V8's memory
+  // reducer runs its "(reduce)" mark-compacts: those keep no unused maps, so ~140 optimized
+  // functions (node's http, undici, weft) are deoptimized for "weak objects" and recompile under
+  // the next load for longer than the settle (bench/RESULTS.md, Added latency, Round 2).
   type Pair = { proxied: Awaited<ReturnType<typeof heyAtRate>>; direct: Awaited<ReturnType<typeof heyAtRate>> };
   const pairsOf = new Map<string, Pair[]>(subjects.slice(1).map((s) => [s.name, []]));
   count("direct", (await heyAtRate(subjects[0]!.port, SETTLE_SECONDS)).requests);
   for (let round = 0; round < PAIRS; round++) {
     for (const s of subjects.slice(1)) {
-      count(s.name, (await heyAtRate(s.port, round === 0 ? SETTLE_SECONDS : 2)).requests);
+      count(s.name, (await heyAtRate(s.port, SETTLE_SECONDS)).requests);
       const direct = await heyAtRate(subjects[0]!.port, RATE_DURATION);
       count("direct", direct.requests);
       const proxied = await heyAtRate(s.port, RATE_DURATION);
