@@ -193,3 +193,38 @@ test("a refused connection is upstream_connect_failure with the system's code", 
     await client.close();
   }
 });
+
+test("the pool of an endpoint that holds no connection and no request is let go, and a later request to it is served", async () => {
+  const server = http.createServer((_req, res) => res.end("ok"));
+  server.keepAliveTimeout = 100;
+  const idle = await listening(server);
+  // The busy endpoint answers only when told to.
+  const held: http.ServerResponse[] = [];
+  const busyServer = http.createServer((_req, res) => void held.push(res));
+  const busy = await listening(busyServer);
+  const client = createNodeUpstreamClient({ sweepMs: 50 });
+  try {
+    const first = await client.forward(requestTo(idle, { idleTimeoutMs: 100 }));
+    assert.ok(first.ok);
+    assert.equal((await readWhole(first.response as NodeUpstreamResponse)).body.toString(), "ok");
+    const slow = client.forward(requestTo(busy, { timeoutMs: 10_000 }));
+    assert.equal(client.poolCount, 2);
+    // The idle endpoint's connection closes after 100 ms, and a sweep drops its pool; the pool
+    // of the request still waiting for its answer stays.
+    for (let i = 0; i < 100 && client.poolCount > 1; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(client.poolCount, 1);
+    for (let i = 0; i < 100 && held.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    held[0]!.end("late");
+    const late = await slow;
+    assert.ok(late.ok);
+    assert.equal((await readWhole(late.response as NodeUpstreamResponse)).body.toString(), "late");
+    const again = await client.forward(requestTo(idle, { idleTimeoutMs: 100 }));
+    assert.ok(again.ok);
+    assert.equal((await readWhole(again.response as NodeUpstreamResponse)).body.toString(), "ok");
+    assert.equal(client.poolCount, 2);
+  } finally {
+    await client.close();
+    busyServer.closeAllConnections();
+    await Promise.all([closed(server), closed(busyServer)]);
+  }
+});

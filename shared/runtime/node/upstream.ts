@@ -50,18 +50,41 @@ const CLOSED_ERRORS = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE"]);
 const PENDING_LIMIT = 65536;
 const EMPTY = Buffer.alloc(0);
 
+/** How often pools that hold no connection and no request are let go (endpoints come and go with their workloads). */
+const POOL_SWEEP_MS = 60_000;
+
+/** The Node upstream client, and how many keep-alive pools it holds. */
+export interface NodeUpstreamClient extends UpstreamClient {
+  readonly poolCount: number;
+}
+
 /**
  * createNodeUpstreamClient sends requests upstream over HTTP/1.1 with undici's dispatcher: one
  * keep-alive pool per endpoint (per expected peer for mesh mTLS, per server name for TLS
- * origination), bodies streamed both ways with backpressure.
+ * origination), bodies streamed both ways with backpressure. Every sweepMs, a pool with no
+ * connection, no queued and no running request is closed and forgotten, so that the pools of
+ * endpoints that left (a workload rescheduled to a new address) do not pile up.
  * @example
  * const client = createNodeUpstreamClient();
  * const result = await client.forward(request);
  */
-export function createNodeUpstreamClient(): UpstreamClient {
+export function createNodeUpstreamClient(options: { sweepMs?: number } = {}): NodeUpstreamClient {
   const pools = new Map<string, Pool>();
   /** Mesh pools: one per endpoint and expected peer, replaced when the proxy's certificate changes. */
   const meshPools = new Map<string, { pool: Pool; generation: number }>();
+  const sweep = setInterval(() => {
+    for (const [key, pool] of pools) {
+      if (!unused(pool)) continue;
+      pools.delete(key);
+      pool.close().catch(() => {});
+    }
+    for (const [key, held] of meshPools) {
+      if (!unused(held.pool)) continue;
+      meshPools.delete(key);
+      held.pool.close().catch(() => {});
+    }
+  }, options.sweepMs ?? POOL_SWEEP_MS);
+  (sweep as { unref?: () => void }).unref?.();
 
   function poolFor(req: UpstreamRequest): Pool | string {
     if (req.mesh) return meshPoolFor(req, req.mesh);
@@ -148,13 +171,23 @@ export function createNodeUpstreamClient(): UpstreamClient {
 
   return {
     forward: (req) => forward(req),
+    get poolCount() {
+      return pools.size + meshPools.size;
+    },
     async close() {
+      clearInterval(sweep);
       const all = [...pools.values(), ...[...meshPools.values()].map((held) => held.pool)];
       pools.clear();
       meshPools.clear();
       await Promise.all(all.map((pool) => pool.destroy().catch(() => {})));
     },
   };
+}
+
+/** A pool that nothing uses: no connection open, no request queued or sent. */
+function unused(pool: Pool): boolean {
+  const stats = pool.stats;
+  return stats.connected === 0 && stats.pending === 0 && stats.running === 0;
 }
 
 /** A pool for one endpoint with the request's connection settings (the first request's, as a pool outlives config changes). */
