@@ -24,6 +24,19 @@ function harness(fill: number, options: { minIntervalMs?: number; capacity?: num
   return { state, load, deferred, runDeferred };
 }
 
+/** The kinds of the GCs that ran during fn and the 50 ms after it. */
+async function gcKindsDuring(fn: () => void): Promise<number[]> {
+  const kinds: number[] = [];
+  const observer = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) kinds.push((entry as unknown as { detail: { kind: number } }).detail.kind);
+  });
+  observer.observe({ entryTypes: ["gc"] });
+  fn();
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  observer.disconnect();
+  return kinds;
+}
+
 describe("young-generation collection between requests (Node)", () => {
   test("collects once the last request in flight has finished and the young generation is past the threshold", () => {
     const { state, load, deferred, runDeferred } = harness(0.7);
@@ -95,29 +108,17 @@ describe("young-generation collection between requests (Node)", () => {
   test("minorCollector runs a real scavenge and leaves no gc function behind", async () => {
     const collect = minorCollector();
     assert.ok(collect, "Node hands out a collector");
-    const kinds: number[] = [];
-    const observer = new PerformanceObserver((list) => {
-      for (const entry of list.getEntries()) kinds.push((entry as unknown as { detail: { kind: number } }).detail.kind);
-    });
-    observer.observe({ entryTypes: ["gc"] });
-    collect();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    observer.disconnect();
+    const kinds = await gcKindsDuring(collect);
     assert.ok(kinds.includes(constants.NODE_PERFORMANCE_GC_MINOR), `gc kinds seen: ${kinds.join(",")}`);
     if (!process.execArgv.includes("--expose-gc")) assert.equal(typeof (globalThis as { gc?: unknown }).gc, "undefined");
   });
 
   test("with the defaults, reads the real heap and collects in a real idle moment", async () => {
     const load = createIdleGc({ threshold: 0, minCapacityBytes: 0 });
-    const kinds: number[] = [];
-    const observer = new PerformanceObserver((list) => {
-      for (const entry of list.getEntries()) kinds.push((entry as unknown as { detail: { kind: number } }).detail.kind);
+    const kinds = await gcKindsDuring(() => {
+      load.started();
+      load.done();
     });
-    observer.observe({ entryTypes: ["gc"] });
-    load.started();
-    load.done();
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    observer.disconnect();
     assert.ok(kinds.includes(constants.NODE_PERFORMANCE_GC_MINOR), `gc kinds seen: ${kinds.join(",")}`);
   });
 });

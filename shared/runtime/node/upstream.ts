@@ -73,16 +73,8 @@ export function createNodeUpstreamClient(options: { sweepMs?: number } = {}): No
   /** Mesh pools: one per endpoint and expected peer, replaced when the proxy's certificate changes. */
   const meshPools = new Map<string, { pool: Pool; generation: number }>();
   const sweep = setInterval(() => {
-    for (const [key, pool] of pools) {
-      if (!unused(pool)) continue;
-      pools.delete(key);
-      pool.close().catch(() => {});
-    }
-    for (const [key, held] of meshPools) {
-      if (!unused(held.pool)) continue;
-      meshPools.delete(key);
-      held.pool.close().catch(() => {});
-    }
+    letGoUnused(pools, (pool) => pool);
+    letGoUnused(meshPools, (held) => held.pool);
   }, options.sweepMs ?? POOL_SWEEP_MS);
   (sweep as { unref?: () => void }).unref?.();
 
@@ -184,10 +176,15 @@ export function createNodeUpstreamClient(options: { sweepMs?: number } = {}): No
   };
 }
 
-/** A pool that nothing uses: no connection open, no request queued or sent. */
-function unused(pool: Pool): boolean {
-  const stats = pool.stats;
-  return stats.connected === 0 && stats.pending === 0 && stats.running === 0;
+/** Closes and forgets the pools that nothing uses: no connection open, no request queued or sent. */
+function letGoUnused<T>(held: Map<string, T>, poolOf: (entry: T) => Pool): void {
+  for (const [key, entry] of held) {
+    const pool = poolOf(entry);
+    const stats = pool.stats;
+    if (stats.connected !== 0 || stats.pending !== 0 || stats.running !== 0) continue;
+    held.delete(key);
+    pool.close().catch(() => {});
+  }
 }
 
 /** A pool for one endpoint with the request's connection settings (the first request's, as a pool outlives config changes). */
