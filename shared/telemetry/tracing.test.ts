@@ -168,3 +168,28 @@ test("spans whose request never finishes are bounded by maxOpenSpans", async () 
   assert.deepEqual(exporter.getFinishedSpans().map((s) => s.spanContext().spanId), [third.spanId]);
   await tracer.shutdown();
 });
+
+test("without an exporter a sampled request builds no span, yet its ids and sampled flag still travel upstream", async () => {
+  const tracer = createTracer({ processing: "simple", sampleRatio: 1 });
+  const a = tracer.start({ method: "GET", headers: {} });
+  const out = parseTraceparent(a.upstreamHeaders.traceparent);
+  assert.ok(out.ok);
+  assert.deepEqual([out.value.traceId, out.value.parentId, out.value.sampled], [a.traceId, a.spanId, true]);
+  const continued = tracer.start({ method: "GET", headers: { traceparent: `00-${TRACE}-${PARENT}-01` } });
+  assert.equal(continued.traceId, TRACE);
+  assert.match(continued.upstreamHeaders.traceparent!, new RegExp(`^00-${TRACE}-[0-9a-f]{16}-01$`));
+
+  // An exporter configured while those requests were in flight gets only spans started after it.
+  const exporter = new InMemorySpanExporter();
+  await tracer.setExporter(exporter);
+  tracer.end(record({ traceId: a.traceId, spanId: a.spanId }));
+  tracer.end(record({ traceId: continued.traceId, spanId: continued.spanId }));
+  const b = tracer.start({ method: "GET", headers: {} });
+  tracer.end(record({ traceId: b.traceId, spanId: b.spanId }));
+  await tracer.flush();
+  assert.deepEqual(
+    exporter.getFinishedSpans().map((s) => s.spanContext().spanId),
+    [b.spanId],
+  );
+  await tracer.shutdown();
+});

@@ -163,10 +163,11 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
         // A new trace: the ratio decides on its id, as OpenTelemetry's root sampler would.
         traceId = idGenerator.generateTraceId();
         sampled = sampler.decide(traceId);
-        if (sampled) rootTraceId = traceId;
       }
       let spanId: string;
-      if (sampled) {
+      // With nowhere to send it, a sampled span is not built: its ids and the decision still travel on.
+      if (sampled && exporter !== undefined) {
+        rootTraceId = traceId;
         const span = tracer.startSpan(head.method, { kind: outbound ? SpanKind.CLIENT : SpanKind.SERVER }, parent);
         rootTraceId = undefined;
         spanId = span.spanContext().spanId;
@@ -175,7 +176,7 @@ export function createTracer(options: TracerOptions = {}): ProxyTracer {
           open.set(spanId, span);
         }
       } else {
-        // Unsampled (OpenTelemetry's non-recording span): only its ids travel on.
+        // Unsampled (OpenTelemetry's non-recording span) or no exporter: only its ids travel on.
         spanId = idGenerator.generateSpanId();
       }
       const traceparent = formatTraceparent(traceId, spanId, sampled);
