@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { startGateway, type GatewayProcess } from "../harness/gateway.ts";
 import { loadLoop } from "../harness/load.ts";
-import { deadAddress, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { deadAddress, replyAs, request, startUpstream, writeRepeated, type TestUpstream } from "../harness/upstream.ts";
 
 // Real traffic through a real `weft gateway` process: load, retries and timeouts against misbehaving
 // upstreams, 100 MB bodies both ways under an RSS bound, hop-by-hop framing, and an HTTPS listener.
@@ -244,15 +244,7 @@ describe("gateway on Node: 100 MB bodies stream through in bounded memory", () =
       }
       // Generates the download on the fly, honouring backpressure.
       res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(SIZE) });
-      let sent = 0;
-      const pump = () => {
-        while (sent < SIZE) {
-          sent += CHUNK.length;
-          if (!res.write(CHUNK)) return void res.once("drain", pump);
-        }
-        res.end();
-      };
-      pump();
+      writeRepeated(res, SIZE, CHUNK);
     });
     gw = await startGateway({
       accessLog: "off",
@@ -293,15 +285,7 @@ describe("gateway on Node: 100 MB bodies stream through in bounded memory", () =
         },
       );
       req.on("error", reject);
-      let sent = 0;
-      const pump = () => {
-        while (sent < SIZE) {
-          sent += CHUNK.length;
-          if (!req.write(CHUNK)) return void req.once("drain", pump);
-        }
-        req.end();
-      };
-      pump();
+      writeRepeated(req, SIZE, CHUNK);
     });
     const { result, samples } = await sampleRss(upload);
     assert.equal(result.status, 200);

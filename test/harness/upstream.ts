@@ -114,3 +114,22 @@ export async function deadAddress(): Promise<string> {
   await gone.close();
   return gone.address;
 }
+
+/**
+ * writeRepeated writes `chunk` over and over until `size` bytes are out, honouring backpressure,
+ * then ends the stream: a large body made on the fly (a download from an upstream, an upload from a client).
+ * @example
+ * res.writeHead(200, { "content-length": String(size) });
+ * writeRepeated(res, size, Buffer.alloc(65536, 0x61));
+ */
+export function writeRepeated(out: { write(chunk: Buffer): boolean; once(event: "drain", listener: () => void): unknown; end(): unknown }, size: number, chunk: Buffer): void {
+  let sent = 0;
+  const pump = () => {
+    while (sent < size) {
+      sent += chunk.length;
+      if (!out.write(chunk)) return void out.once("drain", pump);
+    }
+    out.end();
+  };
+  pump();
+}

@@ -8,9 +8,11 @@ import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { startGateway, type GatewayProcess, type RuntimeName } from "../harness/gateway.ts";
-import { replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { replyAs, request, startUpstream, writeRepeated, type TestUpstream } from "../harness/upstream.ts";
 
 // One smoke body, run as a real `weft gateway --config <file>` process on each runtime.
+const BIG = 8 * 1024 * 1024;
+const BIG_CHUNK = Buffer.alloc(64 * 1024, 0x62);
 // One self-signed certificate for every runtime's HTTPS listener.
 const certDir = mkdtempSync(join(tmpdir(), "weft-smoke-tls-"));
 const { certFile, keyFile, cert } = selfSignedCertificate(certDir);
@@ -72,6 +74,11 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
         if (req.url === "/odd/cookies") {
           res.setHeader("set-cookie", ["a=1; Path=/", "b=2; Path=/"]);
           return void res.end("two cookies");
+        }
+        if (req.url === "/odd/big") {
+          // More than the gateway reads whole (64 KiB) and than undici holds before a reader comes.
+          res.writeHead(200, { "content-length": String(BIG), "content-type": "application/octet-stream" });
+          return writeRepeated(res, BIG, BIG_CHUNK);
         }
         if (req.url === "/odd/gzip") {
           res.writeHead(200, { "content-encoding": "gzip", "content-type": "text/plain" });
@@ -197,6 +204,25 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
         // Streamed: the status is already sent, so the client connection is cut too.
         assert.ok(r.status === 0 || !r.complete || r.bytes < 100, JSON.stringify(r));
       }
+    });
+
+    test("a body larger than the gateway reads whole streams through to the last byte", { timeout: 30_000 }, async () => {
+      const r = await new Promise<{ status: number; length: string | undefined; bytes: number; foreign: number }>((resolve, reject) => {
+        http
+          .get({ host: "127.0.0.1", port, path: "/odd/big", agent: false }, (res) => {
+            let bytes = 0;
+            let foreign = 0;
+            res.on("data", (c: Buffer) => {
+              bytes += c.length;
+              for (const byte of c) if (byte !== 0x62) foreign++;
+            });
+            res.on("end", () => resolve({ status: res.statusCode!, length: res.headers["content-length"], bytes, foreign }));
+            res.on("error", reject);
+          })
+          .on("error", reject);
+      });
+      // Bun.serve frames a streamed answer itself (chunked), whatever Content-Length it carries.
+      assert.deepEqual(r, { status: 200, length: runtime === "bun" ? undefined : String(BIG), bytes: BIG, foreign: 0 });
     });
 
     test("a gzip response passes through with its encoding and its bytes intact", async () => {

@@ -39,7 +39,7 @@ test("a body and trailers that arrive before anyone reads them are delivered who
   }
 });
 
-test("a reader that asks for a pause gets the rest only after resume, and nothing is lost", async () => {
+test("a reader that asks for a pause gets the rest only after resume, never an empty chunk, and nothing is lost", async () => {
   const size = 4 * 1024 * 1024;
   const server = http.createServer((_req, res) => res.end(Buffer.alloc(size, 7)));
   const port = await listening(server);
@@ -55,6 +55,8 @@ test("a reader that asks for a pause gets the rest only after resume, and nothin
       response.read({
         data(chunk) {
           if (paused) reject(new Error("a chunk came while paused"));
+          // undici's parser flush on resume reads nothing at first on Bun: a Web stream reader would spin on it.
+          if (chunk.length === 0) reject(new Error("an empty chunk"));
           received += chunk.length;
           pauses++;
           paused = true;

@@ -278,6 +278,10 @@ class UpstreamCall implements Dispatcher.DispatchHandler, NodeUpstreamResponse {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    // undici flushes its parser with an empty read on resume; on Bun's node:net that is all a resume
+    // gets at first. Handed on, it would satisfy a Web stream's pull with nothing, and the next pull
+    // would resume again: a loop of empty chunks that never lets the socket be read.
+    if (chunk.length === 0) return;
     const reader = this.reader;
     if (reader !== undefined && this.pending === undefined) {
       if (!reader.data(chunk)) controller.pause();
