@@ -42,7 +42,9 @@ export function copyForwardable(headers: HeaderMap, edge: boolean): OutgoingHead
   return out;
 }
 
-function connectionTokens(value: string | readonly string[]): Set<string> {
+function connectionTokens(value: string | readonly string[]): Set<string> | undefined {
+  // The usual values name only fields that are hop-by-hop anyway.
+  if (value === "keep-alive" || value === "close") return undefined;
   const joined = typeof value === "string" ? value : value.join(",");
   const names = new Set<string>();
   for (const token of joined.split(",")) {
