@@ -79,9 +79,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => pr
 function start(core: number, cmd: string, args: string[], log: string): ChildProcess {
   const out = openSync(join(dir, `${log}.out`), "a");
   const err = openSync(join(dir, `${log}.err`), "a");
-  // BUN_CONFIG_MAX_HTTP_REQUESTS as the README runs Bun (ignored by the others).
-  const env = { ...process.env, BUN_CONFIG_MAX_HTTP_REQUESTS: "4096" };
-  const child = spawn("taskset", ["-c", String(core), cmd, ...args], { cwd: ROOT, env, stdio: ["ignore", out, err] });
+  const child = spawn("taskset", ["-c", String(core), cmd, ...args], { cwd: ROOT, stdio: ["ignore", out, err] });
   children.push(child);
   return child;
 }

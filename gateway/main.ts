@@ -98,7 +98,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     process.exit(1);
   }
 
-  const runtime = await detectRuntime(log);
+  const runtime = await detectRuntime();
   const telemetry = createProxyTelemetry(log, `weft-gateway-${name}`, { proxyId: `gateway-${name}`, role: "gateway", workload: name });
   const ingress = createIngress({ runtime, name, log, ...ingressTelemetry(telemetry), viewDeps: policyDeps() });
   telemetry.observeClusters({ snapshot: () => ingress.snapshot, health: () => ingress.health() });
@@ -234,7 +234,7 @@ async function serveFromBus(
     store: fileStore(env.stateDir, proxyId),
     attestation,
     log,
-    runtime: await detectRuntime(log),
+    runtime: await detectRuntime(),
     admin: values.admin ?? env.adminAddress,
     graceMs: Number(values["grace-ms"] ?? 10_000),
     address: values.address,

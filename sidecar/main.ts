@@ -148,7 +148,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     proxyId,
     store: fileStore(env.stateDir, proxyId),
     log,
-    runtime: await detectRuntime(log),
+    runtime: await detectRuntime(),
     inbound: { port: ports.inbound, address: values["inbound-address"] ?? "0.0.0.0" },
     outbound: { port: ports.outbound, socket: values["outbound-socket"] ? resolve(values["outbound-socket"]) : undefined },
     admin: values.admin ?? env.adminAddress,

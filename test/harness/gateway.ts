@@ -11,8 +11,7 @@ export type RuntimeName = "node" | "bun" | "deno";
 
 /** The command that runs a weft TypeScript entry on a runtime, as the README documents it. */
 export function runtimeCommand(runtime: RuntimeName, entry: string): [string, string[]] {
-  // env execs bun in place (same PID); the variable must be set when Bun starts.
-  if (runtime === "bun") return ["env", ["BUN_CONFIG_MAX_HTTP_REQUESTS=4096", join(ROOT, "node_modules/.bin/bun"), entry]];
+  if (runtime === "bun") return [join(ROOT, "node_modules/.bin/bun"), [entry]];
   if (runtime === "deno") return [join(ROOT, "node_modules/.bin/deno"), ["run", "-A", "--unstable-no-legacy-abort", entry]];
   return [process.execPath, ["--import", "tsx", entry]];
 }

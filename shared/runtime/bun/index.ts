@@ -1,7 +1,5 @@
-import type { Listener, ListenOptions, ProxyRuntime, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
-import { createNodeUpstreamClient } from "../node/upstream.ts";
-import { bridgeWebToNode, listenMeshWeb } from "../node/web-bridge.ts";
-import { createFetchUpstreamClient } from "../web/fetch-upstream.ts";
+import type { Listener, ListenOptions, ProxyRuntime, ServeTarget } from "../../proxy/index.ts";
+import { createBridgedUpstreamClient, listenMeshWeb } from "../node/web-bridge.ts";
 import { serveWeb, webHead } from "../web/exchange.ts";
 
 // The subset of Bun.serve this adapter uses; declared here so the tree type-checks without bun-types.
@@ -51,44 +49,15 @@ function listenBun(options: ListenOptions, target: ServeTarget): Promise<Listene
   });
 }
 
-/** Bun's fetch for plain upstreams; the Node client (undici on Bun's node:tls) where mesh mTLS must check the peer's SPIFFE ID or TLS is originated. */
-function createBunUpstreamClient(): UpstreamClient {
-  const plain = createFetchUpstreamClient({ decompress: false });
-  const mesh = bridgeWebToNode(createNodeUpstreamClient());
-  return {
-    forward: (req) => (req.mesh || req.tls ? mesh.forward(req) : plain.forward(req)),
-    close: async () => {
-      await Promise.all([plain.close(), mesh.close()]);
-    },
-  };
-}
-
-/** Concurrent fetches a Bun process allows when BUN_CONFIG_MAX_HTTP_REQUESTS is not set. */
-const BUN_DEFAULT_MAX_HTTP_REQUESTS = 256;
-
 /**
- * bunWarnings says what this Bun process's settings limit: Bun's fetch keeps at most
- * BUN_CONFIG_MAX_HTTP_REQUESTS requests in flight (256 unless set when the process starts), and
- * every plain upstream request of the gateway goes through fetch.
- * @example
- * for (const w of bunWarnings()) log.warn(w.msg, w.fields);
+ * The Bun runtime: Bun.serve listeners, and upstreams through the Node client (undici on Bun's
+ * node:net and node:tls) rather than Bun's fetch. fetch hands every request to its own HTTP client
+ * thread and back; the Node client stays on the JavaScript thread and cost less CPU per proxied
+ * request (42–44 µs against 50–54 in the gateway bench, `bench/RESULTS.md`).
  */
-export function bunWarnings(): { msg: string; fields: Record<string, unknown> }[] {
-  const env = (globalThis as unknown as { process?: { env: Record<string, string | undefined> } }).process?.env ?? {};
-  const set = Number(env.BUN_CONFIG_MAX_HTTP_REQUESTS);
-  if (Number.isFinite(set) && set > BUN_DEFAULT_MAX_HTTP_REQUESTS) return [];
-  return [
-    {
-      msg: "Bun queues upstream requests beyond BUN_CONFIG_MAX_HTTP_REQUESTS in flight; set it (e.g. 4096) in the environment that starts the proxy",
-      fields: { limit: Number.isFinite(set) && set > 0 ? set : BUN_DEFAULT_MAX_HTTP_REQUESTS },
-    },
-  ];
-}
-
-/** The Bun runtime: Bun.serve listeners and Bun's fetch (which keeps Host and, told so, compressed bodies). */
 export const bunRuntime: ProxyRuntime = {
   name: "bun",
-  createUpstreamClient: createBunUpstreamClient,
+  createUpstreamClient: createBridgedUpstreamClient,
   listen: listenBun,
   async serveFetch(handler, { port, address }) {
     const server = bun.serve({ port, hostname: address, fetch: handler });

@@ -1,6 +1,5 @@
-import type { Listener, ListenOptions, ProxyRuntime, ServeTarget, UpstreamClient } from "../../proxy/index.ts";
-import { createNodeUpstreamClient } from "../node/upstream.ts";
-import { bridgeWebToNode, listenMeshWeb } from "../node/web-bridge.ts";
+import type { Listener, ListenOptions, ProxyRuntime, ServeTarget } from "../../proxy/index.ts";
+import { createBridgedUpstreamClient, listenMeshWeb } from "../node/web-bridge.ts";
 import { serveWeb, webHead } from "../web/exchange.ts";
 
 // The subset of Deno.serve this adapter uses; declared here so the tree type-checks without Deno's types.
@@ -14,15 +13,6 @@ interface DenoGlobal {
 const deno = (globalThis as unknown as { Deno: DenoGlobal }).Deno;
 
 const KEEP_BYTES = 65536;
-
-/**
- * Deno's fetch always sends the URL's host as Host (and re-sends a request whose reused connection
- * was reset), so upstream requests go through the Node client (undici on Deno's Node compatibility),
- * with Web bodies bridged to Node streams and back.
- */
-function createDenoUpstreamClient(): UpstreamClient {
-  return bridgeWebToNode(createNodeUpstreamClient());
-}
 
 function listenDeno(options: ListenOptions, target: ServeTarget): Promise<Listener> {
   if (options.mesh) return listenMeshWeb(options, target);
@@ -60,7 +50,9 @@ function listenDeno(options: ListenOptions, target: ServeTarget): Promise<Listen
 /** The Deno runtime: Deno.serve listeners, undici upstreams (Deno's fetch drops Host). */
 export const denoRuntime: ProxyRuntime = {
   name: "deno",
-  createUpstreamClient: createDenoUpstreamClient,
+  // Deno's fetch always sends the URL's host as Host (and re-sends a request whose reused connection
+  // was reset): upstreams go through the Node client (undici on Deno's Node compatibility).
+  createUpstreamClient: createBridgedUpstreamClient,
   listen: listenDeno,
   serveFetch(handler, { port, address }) {
     return new Promise((resolve) => {

@@ -5,15 +5,10 @@ import type { HeaderMap, Listener, ListenOptions, ServeTarget, UpstreamClient } 
 import { serveWeb, webHead, type WebRequestBody, type WebUpstreamResponse } from "../web/exchange.ts";
 import type { NodeRequestBody } from "./body.ts";
 import { createMeshFront } from "./mesh-tls.ts";
-import { readWhole, type NodeUpstreamResponse } from "./upstream.ts";
+import { createNodeUpstreamClient, readWhole, type NodeUpstreamResponse } from "./upstream.ts";
 
-/**
- * bridgeWebToNode lets a Web-runtime adapter (Bun, Deno) send through the Node upstream client (undici):
- * Web request bodies become Node streams and Node response bodies become Web streams.
- * @example
- * const client = bridgeWebToNode(createNodeUpstreamClient());
- */
-export function bridgeWebToNode(node: UpstreamClient): UpstreamClient {
+/** Lets a Web-runtime adapter send through a Node upstream client: Web request bodies become Node streams, Node response bodies Web ones. */
+function bridgeWebToNode(node: UpstreamClient): UpstreamClient {
   return {
     async forward(req) {
       const web = req.body as WebRequestBody;
@@ -38,6 +33,16 @@ export function bridgeWebToNode(node: UpstreamClient): UpstreamClient {
     },
     close: () => node.close(),
   };
+}
+
+/**
+ * createBridgedUpstreamClient is the upstream client of the Web-runtime adapters (Bun, Deno): the
+ * Node client (undici on the runtime's node:net and node:tls), with bodies bridged between Web and Node streams.
+ * @example
+ * const client = createBridgedUpstreamClient();
+ */
+export function createBridgedUpstreamClient(): UpstreamClient {
+  return bridgeWebToNode(createNodeUpstreamClient());
 }
 
 /** A node upstream answer as a Web one: its body becomes a Web stream when read as one. */

@@ -10,8 +10,8 @@ export interface WebRequestBody extends RequestBody {
 /** An upstream response whose body is a Web stream. */
 export interface WebUpstreamResponse extends UpstreamResponse {
   readonly body: ReadableStream<Uint8Array> | null;
-  /** The whole body read natively (Bun's fetch), for small bodies of declared length. */
-  bytes?(): Promise<Uint8Array<ArrayBuffer>>;
+  /** The whole body at once, for small bodies of declared length. */
+  bytes(): Promise<Uint8Array<ArrayBuffer>>;
 }
 
 /** The body of a request that has none: immutable, so every such request shares it. */
@@ -34,16 +34,9 @@ class KeptBody implements WebRequestBody {
 }
 
 /**
- * readWebBody prepares a Web request body: a body declared no larger than `keepBytes` is read into
- * memory (replayable); anything else streams once.
- * @example
- * const body = await readWebBody(request, 65536);
+ * webBody prepares a Web request body: a body declared no larger than `keepBytes` is read into
+ * memory (replayable), anything else streams once; no promise when there is none (most GETs).
  */
-export async function readWebBody(request: Request, keepBytes: number): Promise<WebRequestBody> {
-  return webBody(request, keepBytes);
-}
-
-/** webBody is readWebBody without a promise when there is no body to read (most GETs). */
 function webBody(request: Request, keepBytes: number): WebRequestBody | Promise<WebRequestBody> {
   const declared = request.headers.get("content-length");
   const chunked = request.headers.has("transfer-encoding");
@@ -80,11 +73,8 @@ function webBody(request: Request, keepBytes: number): WebRequestBody | Promise<
 /**
  * copyHeader is a Headers.forEach callback that copies each header into the map given as `this`.
  * forEach visits each Set-Cookie on its own (they cannot be joined with commas): those gather in a list.
- * @example
- * const map: Record<string, string | string[]> = {};
- * response.headers.forEach(copyHeader, map);
  */
-export function copyHeader(this: Record<string, string | string[]>, value: string, name: string): void {
+function copyHeader(this: Record<string, string | string[]>, value: string, name: string): void {
   const seen = name === "set-cookie" ? this[name] : undefined;
   if (seen === undefined) this[name] = value;
   else if (typeof seen === "string") this[name] = [seen, value];
@@ -115,12 +105,12 @@ export function webHead(request: Request, scheme: "http" | "https", clientIp: st
     clientIp,
     localPort,
     // A Web Response cannot hand the connection over: the engine answers a WebSocket upgrade 501.
-    ...(protocol === undefined ? {} : { upgrade: { protocol, tunnel: false } }),
+    upgrade: protocol === undefined ? undefined : { protocol, tunnel: false },
   };
 }
 
 /** toHeaderPairs flattens engine headers into what a Web Headers/Response accepts. */
-export function toHeaderPairs(headers: HeaderMap): [string, string][] {
+function toHeaderPairs(headers: HeaderMap): [string, string][] {
   const pairs: [string, string][] = [];
   for (const name in headers) {
     const value = headers[name];
@@ -134,10 +124,8 @@ export function toHeaderPairs(headers: HeaderMap): [string, string][] {
 /**
  * toHeadersInit gives engine headers to a Web Headers/Response: the map itself when every value is one
  * string (no copy), else the flattened pairs.
- * @example
- * new Response(null, { status: 204, headers: toHeadersInit({ "x-a": "1" }) });
  */
-export function toHeadersInit(headers: HeaderMap): HeadersInit {
+function toHeadersInit(headers: HeaderMap): HeadersInit {
   for (const name in headers) {
     if (typeof headers[name] !== "string") return toHeaderPairs(headers);
   }
@@ -195,11 +183,11 @@ async function handleWeb(target: ServeTarget, request: Request, head: RequestHea
   }
   const upstream = exchange.response as WebUpstreamResponse;
   const headers = toHeadersInit(exchange.headers);
-  // A small body of declared length is read whole and answered as bytes: on Bun that costs nothing
-  // over handing the stream on, where counting it through a TransformStream doubled the CPU per request.
-  // It is read before upstream.body is looked at: on Bun that look alone builds a ReadableStream.
+  // A small body of declared length is read whole and answered as bytes: on Bun counting it through a
+  // TransformStream instead doubled the CPU per request. It is read before upstream.body is looked at:
+  // that look alone builds a ReadableStream.
   const declared = head.method === "HEAD" || NULL_BODY_STATUS.has(exchange.status) ? undefined : declaredLength(exchange.headers["content-length"]);
-  if (upstream.bytes !== undefined && declared !== undefined && declared <= keepBytes) {
+  if (declared !== undefined && declared <= keepBytes) {
     let bytes: Uint8Array<ArrayBuffer>;
     try {
       bytes = await upstream.bytes();
