@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, relative } from "node:path";
+import { freePort } from "../harness/ports.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const dockerfile = readFileSync(join(ROOT, "deploy/Dockerfile"), "utf8").replace(/\\\n/g, " ");
@@ -141,12 +142,3 @@ test("the production bundle (scripts/build.mjs) runs a gateway from a TypeScript
     rmSync(`${out}.map`, { force: true });
   }
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = http.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}

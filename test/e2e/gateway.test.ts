@@ -4,7 +4,7 @@ import { rename, writeFile } from "node:fs/promises";
 import http from "node:http";
 import net from "node:net";
 import { defaultRuntime, startGateway, type GatewayProcess } from "../harness/gateway.ts";
-import { rawExchange, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
+import { deadAddress, rawExchange, replyAs, request, startUpstream, type TestUpstream } from "../harness/upstream.ts";
 import { assertShare } from "../harness/load.ts";
 import { until } from "../harness/wait.ts";
 
@@ -38,16 +38,13 @@ function mesh(a: TestUpstream, b: TestUpstream, goneAddress = "127.0.0.1:9") {
 describe("gateway on Node: routing, splitting, framing", () => {
   let a: TestUpstream;
   let b: TestUpstream;
-  let gone: TestUpstream;
   let gw: GatewayProcess;
   let port: number;
 
   before(async () => {
     a = await startUpstream(replyAs("alpha"));
     b = await startUpstream(replyAs("beta"));
-    gone = await startUpstream();
-    await gone.close(); // a port nobody listens on any more
-    const config = mesh(a, b, gone.address);
+    const config = mesh(a, b, await deadAddress());
     gw = await startGateway(config);
     port = gw.ports[0]!;
   });

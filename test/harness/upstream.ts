@@ -1,5 +1,6 @@
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { freePort } from "./ports.ts";
 
 export interface TestUpstream {
   readonly port: number;
@@ -105,14 +106,13 @@ export async function rawExchange(port: number, payload: string, quietMs = 300):
 }
 
 /**
- * deadAddress returns a 127.0.0.1 address that was just bound and released, so a connect to it is refused.
+ * deadAddress returns a 127.0.0.1 address nobody listens on, so a connect to it is refused: a free port
+ * below the ephemeral range, which no listener on port 0 (another test's upstream) can be given.
  * @example
  * const services = { gone: { endpoints: [{ address: await deadAddress() }] } };
  */
 export async function deadAddress(): Promise<string> {
-  const gone = await startUpstream();
-  await gone.close();
-  return gone.address;
+  return `127.0.0.1:${await freePort()}`;
 }
 
 /**
