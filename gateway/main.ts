@@ -113,22 +113,28 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
   log.info("admin listening", { address: adminHost, port: admin.port });
 
   // The file itself is watched, re-armed when an editor replaces it (see watchConfigFile). A load
-  // starts 100 ms after the first change (a fixed delay: edits every few ms still reload), and a
-  // refusal is reported only when no newer change came during the load (it read a half-written file).
+  // starts RELOAD_DELAY_MS after the first change (a fixed delay: edits every few ms still reload). A
+  // load that fails may have read a save between its truncate and its write, whose change event can
+  // come after the load is done: the refusal is reported only when no newer change comes within
+  // another RELOAD_DELAY_MS (a newer change brings its own load).
   let reloadTimer: ReturnType<typeof setTimeout> | undefined;
   let changes = 0;
   let reloading = Promise.resolve();
+  const settled = async (seen: number) => {
+    await new Promise((r) => setTimeout(r, RELOAD_DELAY_MS));
+    return changes === seen;
+  };
   const reload = async (seen: number) => {
     const next = await loadMeshModule(url);
     if (!next.ok) {
-      if (changes !== seen) return;
+      if (!(await settled(seen))) return;
       telemetry.rejected();
       log.error("config refused, still serving the last good one", { file, revision });
       reportIssues(next.issues);
       return;
     }
     if (!next.value.gateways[name]) {
-      if (changes !== seen) return;
+      if (!(await settled(seen))) return;
       telemetry.rejected();
       log.error("config refused: gateway missing, still serving the last good one", { file, gateway: name });
       return;
@@ -144,7 +150,7 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
       reloadTimer = undefined;
       const seen = changes;
       reloading = reloading.then(() => reload(seen));
-    }, 100);
+    }, RELOAD_DELAY_MS);
   });
 
   const graceMs = Number(values["grace-ms"] ?? 10_000);
@@ -160,6 +166,9 @@ export async function main(argv: string[]): Promise<() => Promise<void>> {
     })());
   return stop;
 }
+
+/** How long after a change to the config file it is loaded, and how long a refusal waits for a newer change. */
+const RELOAD_DELAY_MS = 100;
 
 /** How often a config file that was removed is looked for again. */
 const REARM_MS = 100;

@@ -1,6 +1,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { rename, writeFile } from "node:fs/promises";
+import { open, rename, writeFile } from "node:fs/promises";
 import http from "node:http";
 import net from "node:net";
 import { defaultRuntime, startGateway, type GatewayProcess } from "../harness/gateway.ts";
@@ -206,6 +206,24 @@ describe("gateway on Node: live reload", () => {
       await until("the replaced config routing /a to beta", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
       await gw.writeConfig(config);
       await until("the new file's edit routing /a back to alpha", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "alpha");
+    }));
+
+  test("a load that reads a save half-written in place reports nothing, and the finished save reloads", () =>
+    withReloadingGateway(async (gw, _config, rerouted) => {
+      const port = gw.ports[0]!;
+      const text = `export default ${JSON.stringify(rerouted, null, 2)};\n`;
+      // As an editor saving in place: truncate, write, and here a pause long enough for the load
+      // (100 ms after the first change) to read the first half, a module that does not parse.
+      const file = await open(gw.configFile, "w");
+      try {
+        await file.write(text.slice(0, text.length >> 1));
+        await new Promise((r) => setTimeout(r, 150));
+        await file.write(text.slice(text.length >> 1));
+      } finally {
+        await file.close();
+      }
+      await until("the finished save routing /a to beta", async () => JSON.parse((await request(port, { path: "/a" })).body).upstream === "beta");
+      assert.deepEqual(gw.logs().filter((l) => l.level === "error").map((l) => l.msg), []);
     }));
 
   test("edits arriving faster than the reload delay still reload while they go on", () =>
