@@ -5,7 +5,6 @@ import { validateMesh, type ConfigIssue, type MeshConfig } from "../config/index
 
 export type Loaded = { ok: true; value: MeshConfig } | { ok: false; issues: readonly ConfigIssue[] };
 
-let loads = 0;
 let building = 0;
 
 /**
@@ -21,7 +20,7 @@ export async function loadMeshModule(url: URL): Promise<Loaded> {
   try {
     if (file.endsWith(".json")) config = JSON.parse(await readFile(file, "utf8"));
     else {
-      config = "Bun" in globalThis || "Deno" in globalThis ? await importFresh(url) : await evaluateBundle(file);
+      config = await evaluateBundle(file);
       if (config === undefined) {
         return { ok: false, issues: [{ path: "(file)", message: "the module has no default export (export default defineMesh({...}))" }] };
       }
@@ -32,17 +31,11 @@ export async function loadMeshModule(url: URL): Promise<Loaded> {
   return validateMesh(config);
 }
 
-/** Bun and Deno load TypeScript themselves and key their module cache by URL, query included. */
-async function importFresh(url: URL): Promise<unknown> {
-  const fresh = new URL(url);
-  fresh.searchParams.set("weft-load", String(++loads));
-  return ((await import(fresh.href)) as { default?: unknown }).default;
-}
-
 /**
- * Node: loaders (tsx among them) cache modules by path and ignore query strings, and a module once
- * imported is never freed. So the config and what it imports are bundled in memory by esbuild and
- * run as a function: every load sees the files as they are now, and nothing stays behind.
+ * The config and what it imports are bundled in memory by esbuild and run as a function, on every
+ * runtime: every load sees the files as they are now, and nothing stays behind. An import would not:
+ * Node's loaders (tsx among them) cache modules by path and ignore query strings, Bun served a module
+ * edited since its first import stale even under a new query, and a module once imported is never freed.
  */
 async function evaluateBundle(file: string): Promise<unknown> {
   const esbuild = await import("esbuild");

@@ -9,6 +9,7 @@ import { gunzipSync, gzipSync } from "node:zlib";
 import { selfSignedCertificate } from "../harness/external-tls.ts";
 import { startGateway, type GatewayProcess, type RuntimeName } from "../harness/gateway.ts";
 import { assertShare } from "../harness/load.ts";
+import { until } from "../harness/wait.ts";
 import { replyAs, request, startUpstream, writeRepeated, type TestUpstream } from "../harness/upstream.ts";
 
 // One smoke body, run as a real `weft gateway --config <file>` process on each runtime.
@@ -253,6 +254,26 @@ for (const runtime of ["node", "bun", "deno"] as const satisfies readonly Runtim
       const body = JSON.parse(r.body);
       assert.equal(body.upstream, "alpha");
       assert.equal(body.headers["x-forwarded-proto"], "https");
+    });
+
+    test("an edit of the config file in place reloads it; an invalid one keeps the last good", { timeout: 20_000 }, async () => {
+      const config = mesh(a, b, odd);
+      const pong = async () => (await request(port, { path: "/ping" })).body;
+      const edited = structuredClone(config);
+      edited.gateways.edge.routes[4] = { name: "ping", match: { path: { exact: "/ping" } }, directResponse: { status: 200, body: "edited\n" } };
+      try {
+        await gw.writeConfig(edited);
+        await until("the edited config answering /ping", async () => (await pong()) === "edited\n");
+        const invalid = structuredClone(edited);
+        (invalid.gateways.edge.routes[5] as { forward: { timeoutMs: number } }).forward.timeoutMs = -1;
+        await gw.writeConfig(invalid);
+        await until("the invalid edit refused", async () => gw.logs().some((l) => l.msg === "invalid config" && l.path === "gateways.edge.routes.5.forward.timeoutMs"));
+        assert.equal(await pong(), "edited\n");
+      } finally {
+        // Leave the first config serving, whichever of the above failed.
+        await gw.writeConfig(config);
+        await until("the first config answering /ping again", async () => (await pong()) === "pong\n");
+      }
     });
   });
 }
